@@ -207,6 +207,12 @@ class Method:
     def log_prob(self, x: Tensor) -> LogLikelihood:
         raise NotImplementedError
 
+    def extra_likelihoods(self, x: Tensor) -> dict[str, LogLikelihood]:
+        """Further likelihoods of the same model, by short name (e.g. DDPM's ``{"elbo":
+        <bound>}`` beside its probability-flow ODE ``log_prob``). Recorded as
+        ``test_nll_<name>`` with their kind. Default: none."""
+        return {}
+
     def modules(self) -> dict[str, torch.nn.Module]:
         """The trainable networks, by name (used by contract tests and parameter counts)."""
         return {}

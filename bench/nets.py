@@ -1,0 +1,102 @@
+"""Time-dependent networks v(t, x) shared by the flow methods.
+
+The same `net` / `hidden` / `activation` parameters build the same network in InterFlow
+and in the MLE CNF, so a per-iteration comparison can use identical architectures:
+
+- ``mlp``: x and t concatenated at the input, then an MLP (the InterFlow paper's choice);
+- ``concat``: t concatenated to the input of every layer (FFJORD's ConcatLinear);
+- ``concatsquash``: FFJORD's ConcatSquashLinear, (W x + b) * sigmoid(W_g t + b_g) + W_b t.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bench.errors import UsageError
+
+__all__ = ["ACTIVATIONS", "NETS", "build_net", "count_parameters", "TimeNet"]
+
+ACTIVATIONS = {
+    "softplus": nn.Softplus,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+}
+
+
+class ConcatLinear(nn.Module):
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(d_in + 1, d_out)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        tt = t.expand(x.shape[0], 1)
+        return self.lin(torch.cat([x, tt], dim=1))
+
+
+class ConcatSquashLinear(nn.Module):
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(d_in, d_out)
+        self.hyper_gate = nn.Linear(1, d_out)
+        self.hyper_bias = nn.Linear(1, d_out, bias=False)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        tt = t.reshape(1, 1)
+        return self.lin(x) * torch.sigmoid(self.hyper_gate(tt)) + self.hyper_bias(tt)
+
+
+LAYERS = {"concat": ConcatLinear, "concatsquash": ConcatSquashLinear}
+NETS = ("mlp", "concat", "concatsquash")
+
+
+class TimeNet(nn.Module):
+    """v(t, x) for flat x of shape (n, dim); t a scalar tensor or a (n,) tensor (mlp only)."""
+
+    def __init__(self, dim: int, hidden: tuple[int, ...], activation: str, net: str) -> None:
+        super().__init__()
+        if net not in NETS:
+            raise UsageError(f"unknown net {net!r}; valid: {', '.join(NETS)}")
+        if activation not in ACTIVATIONS:
+            raise UsageError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        self.net, self.dim = net, dim
+        sizes = [dim, *hidden, dim]
+        if net == "mlp":
+            layers: list[nn.Module] = []
+            d_in = dim + 1
+            for h in hidden:
+                layers += [nn.Linear(d_in, h), ACTIVATIONS[activation]()]
+                d_in = h
+            layers.append(nn.Linear(d_in, dim))
+            self.body = nn.Sequential(*layers)
+        else:
+            self.layers = nn.ModuleList(
+                LAYERS[net](a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+            )
+            self.act = ACTIVATIONS[activation]()
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if self.net == "mlp":
+            tt = t.reshape(-1, 1).expand(x.shape[0], 1) if t.numel() == 1 else t.reshape(-1, 1)
+            return self.body(torch.cat([x, tt], dim=1))
+        if t.numel() != 1:
+            raise ValueError(f"net {self.net!r} takes one time per call")
+        t = t.reshape(1, 1)
+        h = x
+        for i, layer in enumerate(self.layers):
+            h = layer(t, h)
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+        return h
+
+
+def build_net(dim: int, hidden: tuple[int, ...], activation: str, net: str) -> TimeNet:
+    return TimeNet(dim, tuple(hidden), activation, net)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
