@@ -1,0 +1,240 @@
+"""FFJORD-style continuous normalizing flow trained by maximum likelihood (Grathwohl et al.,
+ICLR 2019), with optional RNODE regularization (Finlay et al., ICML 2020).
+
+The model is the ODE dX/dt = v_t(X) from a standard Gaussian (t=0) to the data (t=1).
+Training maximises log p_1(x) = log N(x_0; 0, I) - int_0^1 div v_t(x_t) dt by integrating
+(x, log-density) from the data back to the base with dopri5 and the adjoint method, the
+divergence estimated by Hutchinson's trace estimator with a probe fixed for each solve
+(`bench.cnf_engine`). Evaluation is the harness's: the shared engine with its own solver
+settings and the exact trace (`FlowMethod.log_prob`).
+
+Defaults are FFJORD's MINIBOONE setting (README of rtqichen/ffjord, ``train_tabular.py``):
+concatsquash layers, softplus, 2 hidden layers of width 20 x data dimension, one block,
+batch 1000, Adam lr 1e-3, weight decay 1e-6, training tolerances atol 1e-8 / rtol 1e-6,
+Gaussian probes. FFJORD also learns the end time T (``train_T``); here that is
+``train_time=true`` (off by default so that ``net``/``hidden``/``activation`` give the very
+network InterFlow trains, parameter for parameter).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bench.api import FlowMethod, RunContext, Splits
+from bench.cnf_engine import TrainConfig, TrainingLikelihood, training_log_likelihood
+from bench.errors import UsageError
+from bench.nets import ACTIVATIONS, NETS, build_net
+
+__all__ = ["CNF", "CNFParams", "ScaledTimeField"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CNFParams:
+    """Parameters of the MLE CNF (FFJORD's names in brackets).
+
+    Attributes:
+        net: mlp | concat | concatsquash [layer_type].
+        hidden: hidden widths; empty means ``n_hidden`` layers of ``hidden_mult`` x dim.
+        hidden_mult, n_hidden: [hdim_factor, nhidden] used when ``hidden`` is empty.
+        activation: [nonlinearity].
+        solver, train_atol, train_rtol, step_size: training solves [solver, atol, rtol,
+            step_size]; ``step_size`` only for fixed-step solvers (euler, rk4, ...).
+        adjoint: gradients by the adjoint method (else backprop through the solver).
+        divergence: hutchinson | exact, during training [divergence_fn].
+        probe: gaussian | rademacher [rademacher]; n_probes per solve.
+        kinetic_weight, jacobian_weight: RNODE penalties on int |v|^2 and int |eps^T J|^2.
+        grad_clip: max gradient norm (0: off).
+        train_time, time_length: learn the end time T, v(t, x) = T f(T t, x) [train_T,
+            time_length].
+    """
+
+    net: str = "concatsquash"
+    hidden: tuple[int, ...] = ()
+    hidden_mult: int = 20
+    n_hidden: int = 2
+    activation: str = "softplus"
+    batch_size: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    solver: str = "dopri5"
+    train_atol: float = 1e-8
+    train_rtol: float = 1e-6
+    step_size: float = 0.0
+    adjoint: bool = True
+    divergence: str = "hutchinson"
+    probe: str = "gaussian"
+    n_probes: int = 1
+    kinetic_weight: float = 0.0
+    jacobian_weight: float = 0.0
+    grad_clip: float = 0.0
+    train_time: bool = False
+    time_length: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.net not in NETS:
+            raise ValueError(f"net must be one of {NETS}, got {self.net!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}")
+        if self.batch_size < 1 or self.lr <= 0 or self.n_probes < 1:
+            raise ValueError("batch_size and n_probes must be >= 1 and lr > 0")
+        if not self.hidden and (self.hidden_mult < 1 or self.n_hidden < 0):
+            raise ValueError("hidden_mult must be >= 1 and n_hidden >= 0")
+        if min(self.kinetic_weight, self.jacobian_weight, self.grad_clip) < 0:
+            raise ValueError("kinetic_weight, jacobian_weight and grad_clip must be >= 0")
+        if self.time_length <= 0:
+            raise ValueError("time_length must be > 0")
+        self.train_config()  # checks solver, step size, divergence and probe
+
+    def widths(self, dim: int) -> tuple[int, ...]:
+        """Hidden widths for data of dimension ``dim``."""
+        return tuple(self.hidden) or (self.hidden_mult * dim,) * self.n_hidden
+
+    def train_config(self) -> TrainConfig:
+        try:
+            return TrainConfig(
+                method=self.solver, rtol=self.train_rtol, atol=self.train_atol,
+                step_size=self.step_size or None, adjoint=self.adjoint,
+                divergence=self.divergence, probe=self.probe, n_probes=self.n_probes,
+                kinetic=self.kinetic_weight > 0, jacobian=self.jacobian_weight > 0,
+            )
+        except UsageError as e:
+            raise ValueError(str(e)) from None
+
+
+class ScaledTimeField(nn.Module):
+    """v(t, x) = T f(T t, x) with a learned end time T = s^2 (FFJORD's ``sqrt_end_time``):
+    the flow of f over [0, T] reparametrised to [0, 1]."""
+
+    def __init__(self, net: nn.Module, time_length: float) -> None:
+        super().__init__()
+        self.net = net
+        self.sqrt_end_time = nn.Parameter(torch.tensor(math.sqrt(time_length)))
+
+    def end_time(self) -> Tensor:
+        return self.sqrt_end_time * self.sqrt_end_time
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        """Args: t scalar, x (n, dim). Returns (n, dim)."""
+        big_t = self.end_time().to(x.dtype)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return big_t * self.net(big_t * t, x)
+
+
+class CNF(FlowMethod):
+    """FFJORD CNF: maximum likelihood through the ODE (adjoint, Hutchinson trace)."""
+
+    name = "cnf"
+    Params = CNFParams
+    test_params = {
+        "hidden": (16, 16), "batch_size": 64, "train_atol": 1e-5, "train_rtol": 1e-5,
+    }
+    likelihood = "exact"
+
+    def __init__(self, params: CNFParams, splits: Splits, ctx: RunContext) -> None:
+        super().__init__(params, splits, ctx)
+        if len(self.event_shape) != 1:
+            raise UsageError(f"cnf models flat data; got event shape {self.event_shape}")
+        self.dim = splits.dim
+        self.device = torch.device(ctx.device)
+        net = build_net(self.dim, params.widths(self.dim), params.activation, params.net)
+        self.v: nn.Module = ScaledTimeField(net, params.time_length) if params.train_time else net
+        self.v.to(self.device)
+        self.opt = torch.optim.Adam(self.v.parameters(), lr=params.lr,
+                                    weight_decay=params.weight_decay)
+        self.train_cfg = params.train_config()
+        self.gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
+
+    # -- the base density (t = 0) -------------------------------------------------------
+    def base_log_prob(self, x_0: Tensor) -> Tensor:
+        """log N(x_0; 0, I) of (n, dim) -> (n,)."""
+        return -0.5 * (x_0**2).sum(1) - 0.5 * self.dim * math.log(2 * math.pi)
+
+    def base_sample(self, n: int) -> Tensor:
+        """(n, dim) standard Gaussian draws on the run's device."""
+        return torch.randn(n, self.dim, generator=self.gen).to(self.device)
+
+    def velocity_field(self) -> nn.Module:
+        return self.v
+
+    # -- training -----------------------------------------------------------------------
+    def train_log_prob(self, x: Tensor, probes: Tensor | None = None) -> TrainingLikelihood:
+        """The training solve on a (n, dim) batch: log p(x) with gradients (`bench.cnf_engine`).
+
+        Args:
+            x: (n, dim) data.
+            probes: optional (k, n, dim) Hutchinson probes (default: drawn from the method's
+                generator, ``n_probes`` of them).
+        """
+        return training_log_likelihood(self.v, x, self.base_log_prob, self.train_cfg,
+                                       generator=self.gen, probes=probes)
+
+    def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
+        """One Adam step on -mean log p(batch). Returns loss (mean NLL, nats) and NFEs.
+
+        A non-finite objective (or a solver that gave up on exploding dynamics) returns
+        the non-finite loss without updating, for the harness to raise on.
+        """
+        p = self.params
+        x = batch.to(self.device).reshape(batch.shape[0], self.dim)
+        self.v.train()
+        self.opt.zero_grad(set_to_none=True)
+        try:
+            res = self.train_log_prob(x)
+        except AssertionError as exc:  # torchdiffeq: "underflow in dt nan" and the like
+            logger.warning("cnf step %d: training solve failed (%s)", step, exc)
+            return {"loss": math.nan, "nfe_forward": math.nan, "nfe_backward": 0.0}
+        nll = -res.log_prob.mean()
+        objective = nll
+        out: dict[str, float] = {}
+        if res.kinetic is not None:
+            kinetic = res.kinetic.mean()
+            objective = objective + p.kinetic_weight * kinetic
+            out["kinetic"] = float(kinetic.detach())
+        if res.jacobian is not None:
+            jac = res.jacobian.mean()
+            objective = objective + p.jacobian_weight * jac
+            out["jacobian_frobenius"] = float(jac.detach())
+        out["loss"] = float(nll.detach())
+        out["nfe_forward"] = float(res.nfe_forward)
+        if not torch.isfinite(objective):
+            out["loss"] = float(objective.detach())
+            out["nfe_backward"] = 0.0
+            return out
+        if res.kinetic is not None or res.jacobian is not None:
+            out["objective"] = float(objective.detach())
+        try:
+            objective.backward()
+        except AssertionError as exc:
+            logger.warning("cnf step %d: adjoint solve failed (%s)", step, exc)
+            return {**out, "loss": math.nan, "nfe_backward": float(res.nfe_backward)}
+        out["nfe_backward"] = float(res.nfe_backward)
+        if p.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.v.parameters(), p.grad_clip)
+            out["grad_norm"] = float(norm)
+        self.opt.step()
+        if isinstance(self.v, ScaledTimeField):
+            out["end_time"] = float(self.v.end_time().detach())
+        return out
+
+    # -- state ----------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        return {"v": self.v}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"v": self.v.state_dict(), "opt": self.opt.state_dict(),
+                "probe_rng": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.v.load_state_dict(state["v"])
+        if "opt" in state:
+            self.opt.load_state_dict(state["opt"])
+        if "probe_rng" in state:
+            self.gen.set_state(state["probe_rng"])

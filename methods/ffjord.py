@@ -1,0 +1,249 @@
+"""FFJORD's own code (rtqichen/ffjord, pinned as the submodule ``submodules/ffjord``)
+behind our plug-in interface, to compare our `cnf` with the original on the same data.
+
+Training is the reference's: its ``ODEnet`` / ``ODEfunc`` / ``CNF`` / ``SequentialFlow``
+(``lib/layers``, odeint_adjoint, Hutchinson probe per solve) and the loss and NFE counting
+of its ``train_tabular.py``; optionally its own Adam (``lib/custom_optimizers.py``).
+Evaluation is the harness's: the trained chain is exposed as a velocity field in our time
+convention (t=0 base, t=1 data), so the shared engine scores it exactly like `cnf`.
+
+The code is loaded by path from ``submodules/ffjord`` (or the folder named by
+``BENCH_FFJORD_DIR``, a checkout of the same commit outside this repository) under a
+private module name, so its top-level ``datasets`` and ``lib`` packages are never imported
+by name. Without it this plug-in is listed as unavailable with the instruction to run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bench.api import FlowMethod, RunContext, Splits
+from bench.errors import UsageError
+
+__all__ = ["FFJORD", "FFJORDParams", "FFJORDVelocity", "ffjord_dir"]
+
+SUBMODULE_MESSAGE = "submodule not checked out: run git submodule update --init submodules/ffjord"
+PINNED_COMMIT = "994864ad0517db3549717c25170f9b71e96788b1"
+
+
+def ffjord_dir() -> Path:
+    """``BENCH_FFJORD_DIR`` if set, else the submodule folder of this repository."""
+    env = os.environ.get("BENCH_FFJORD_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(__file__).resolve().parents[1] / "submodules" / "ffjord"
+
+
+def _load_package(name: str, folder: Path) -> ModuleType:
+    """Import the package in `folder` under the private module name `name`."""
+    init = folder / "__init__.py"
+    old = sys.modules.get(name)
+    if old is not None and Path(getattr(old, "__file__", "")) == init:
+        return old
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+    spec = importlib.util.spec_from_file_location(name, init,
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _load_file(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_ROOT = ffjord_dir()
+if not (_ROOT / "lib" / "layers" / "cnf.py").is_file():
+    raise ImportError(SUBMODULE_MESSAGE)
+layers = _load_package("_bench_ffjord_layers", _ROOT / "lib" / "layers")
+
+
+@dataclass
+class FFJORDParams:
+    """FFJORD ``train_tabular.py`` flags (same names), defaults from its MINIBOONE command:
+    ``--nhidden 2 --hdim_factor 20 --num_blocks 1 --nonlinearity softplus
+    --batch_size 1000 --lr 1e-3`` with the script's other defaults. ``dims`` overrides
+    the widths (hdim_factor x data dim); ``optimizer`` is "reference" (FFJORD's Adam,
+    whose weight decay does nothing: it calls the out-of-place ``p.data.add``) or
+    "torch" (``torch.optim.Adam``, coupled L2 weight decay)."""
+
+    layer_type: str = "concatsquash"
+    hdim_factor: int = 20
+    nhidden: int = 2
+    dims: tuple[int, ...] = ()
+    num_blocks: int = 1
+    nonlinearity: str = "softplus"
+    time_length: float = 1.0
+    train_T: bool = True
+    divergence_fn: str = "approximate"
+    rademacher: bool = False
+    residual: bool = False
+    solver: str = "dopri5"
+    atol: float = 1e-8
+    rtol: float = 1e-6
+    step_size: float = 0.0
+    batch_size: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    optimizer: str = "reference"
+
+    def __post_init__(self) -> None:
+        if self.divergence_fn not in ("approximate", "brute_force"):
+            raise ValueError("divergence_fn must be approximate or brute_force")
+        if self.optimizer not in ("reference", "torch"):
+            raise ValueError("optimizer must be reference or torch")
+        if self.num_blocks < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("num_blocks and batch_size must be >= 1 and lr > 0")
+
+
+def _quiet() -> warnings.catch_warnings:
+    """Silence the reference code's known deprecation warnings (torch.tensor(t), add_)."""
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+    warnings.filterwarnings("ignore", message="This overload of add")
+    return ctx
+
+
+class FFJORDVelocity(nn.Module):
+    """FFJORD's chain of CNF blocks as one field v(t, x) on [0, 1], t=0 base, t=1 data.
+
+    Block i of K (applied i-th to the data) integrates dz/ds = f_i(s, z) over s in
+    [0, T_i] from its data side; it occupies t in [(K-1-i)/K, (K-i)/K] with
+    s = T_i (1 - u), u = K t - (K-1-i), so v(t, x) = -K T_i f_i(s, x).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        """Args: t scalar, x (n, dim). Returns (n, dim)."""
+        blocks = self.model.chain
+        k = len(blocks)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        from_base = min(max(int(math.floor(float(t) * k)), 0), k - 1)
+        cnf = blocks[k - 1 - from_base]
+        end = (cnf.sqrt_end_time * cnf.sqrt_end_time).to(x.dtype)
+        s = end * (1 - (t * k - from_base))
+        odefunc = getattr(cnf.odefunc, "odefunc", cnf.odefunc)  # unwrap regularization
+        f = odefunc.diffeq(s, x)
+        if odefunc.residual:
+            f = f - x
+        return -k * end * f
+
+
+class FFJORD(FlowMethod):
+    """FFJORD reference implementation (submodules/ffjord) trained by its own code."""
+
+    name = "ffjord"
+    Params = FFJORDParams
+    test_params = {"dims": (16, 16), "batch_size": 64, "atol": 1e-5, "rtol": 1e-5}
+    likelihood = "exact"
+
+    def __init__(self, params: FFJORDParams, splits: Splits, ctx: RunContext) -> None:
+        super().__init__(params, splits, ctx)
+        if len(self.event_shape) != 1:
+            raise UsageError(f"ffjord (tabular) models flat data; got {self.event_shape}")
+        self.dim = splits.dim
+        self.device = torch.device(ctx.device)
+        p = params
+        hidden = tuple(p.dims) or (p.hdim_factor * self.dim,) * p.nhidden
+        try:
+            blocks = [self._block(hidden) for _ in range(p.num_blocks)]
+        except (KeyError, AssertionError) as e:
+            raise UsageError(f"ffjord: unsupported setting ({e!r})") from None
+        self.model = layers.SequentialFlow(blocks).to(self.device)
+        self.v = FFJORDVelocity(self.model)
+        if p.optimizer == "reference":
+            adam = _load_file("_bench_ffjord_optim", _ROOT / "lib" / "custom_optimizers.py").Adam
+        else:
+            adam = torch.optim.Adam
+        self.opt = adam(self.model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+
+    def _block(self, hidden: tuple[int, ...]) -> nn.Module:
+        """One CNF block as ``build_model_tabular`` + ``set_cnf_options`` make it."""
+        p = self.params
+        diffeq = layers.ODEnet(hidden_dims=hidden, input_shape=(self.dim,), strides=None,
+                               conv=False, layer_type=p.layer_type, nonlinearity=p.nonlinearity)
+        odefunc = layers.ODEfunc(diffeq=diffeq, divergence_fn=p.divergence_fn,
+                                 residual=p.residual, rademacher=p.rademacher)
+        cnf = layers.CNF(odefunc=odefunc, T=p.time_length, train_T=p.train_T,
+                         regularization_fns=None, solver=p.solver)
+        cnf.atol = cnf.test_atol = p.atol
+        cnf.rtol = cnf.test_rtol = p.rtol
+        if p.step_size:
+            cnf.solver_options["step_size"] = p.step_size
+        return cnf
+
+    # -- the base density (t = 0) -------------------------------------------------------
+    def base_log_prob(self, x_0: Tensor) -> Tensor:
+        """log N(x_0; 0, I) of (n, dim) -> (n,)."""
+        return -0.5 * (x_0**2).sum(1) - 0.5 * self.dim * math.log(2 * math.pi)
+
+    def base_sample(self, n: int) -> Tensor:
+        return torch.randn(n, self.dim).to(self.device)
+
+    def velocity_field(self) -> nn.Module:
+        return self.v
+
+    # -- training (train_tabular.py's loop body) ------------------------------------------
+    def count_nfe(self) -> int:
+        return int(sum(m.num_evals() for m in self.model.modules()
+                       if isinstance(m, layers.ODEfunc)))
+
+    def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
+        """One step of the reference loop. Returns loss (mean NLL, nats) and NFEs.
+        The Hutchinson probes come from torch's global generator, as in the reference."""
+        x = batch.to(self.device, torch.get_default_dtype())
+        self.model.train()
+        quiet = _quiet()
+        try:
+            self.opt.zero_grad()
+            zero = torch.zeros(x.shape[0], 1).to(x)
+            z, delta_logp = self.model(x, zero)
+            logpz = (-0.5 * math.log(2 * math.pi) - z.pow(2) / 2).view(z.shape[0], -1)
+            loss = -torch.mean(logpz.sum(1, keepdim=True) - delta_logp)
+            nfe_forward = self.count_nfe()
+            out = {"loss": float(loss.detach()), "nfe_forward": float(nfe_forward)}
+            if not math.isfinite(out["loss"]):
+                return {**out, "nfe_backward": 0.0}
+            loss.backward()
+            self.opt.step()
+            out["nfe_backward"] = float(self.count_nfe() - nfe_forward)
+            out["end_time"] = float(self.model.chain[0].sqrt_end_time.detach() ** 2)
+        finally:
+            quiet.__exit__(None, None, None)
+        return out
+
+    # -- state ----------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if "opt" in state:
+            self.opt.load_state_dict(state["opt"])
