@@ -128,6 +128,11 @@ class TrainingDynamics(nn.Module):
         self.nfe += 1
         # gradients on: a backward pass will differentiate the divergence (double backprop)
         create_graph = torch.is_grad_enabled()
+        # No gradient with respect to the integration times is ever asked for, but
+        # torchdiffeq's adjoint hands func a time that requires grad (``t_`` and ``t`` are
+        # one tensor after its in-place ``requires_grad_``), so a time-dependent net
+        # would make the adjoint integrate dL/dt too: a state that only costs steps.
+        t = t.detach()
         x = state[0]
         n = x.shape[0]
         with torch.enable_grad():

@@ -11,9 +11,9 @@ density (continuous data) or Ho et al.'s discretized Gaussian (8-bit data in [-1
 All terms are in nats per example (summed over dimensions).
 
 Continuous time (Song et al. 2021): s in [0, 1] runs data -> noise with
-``beta(s) = T * beta_{sT-1}`` (the discrete betas interpolated linearly in the index, so the
-network index of time s is ``sT - 1``), ``ab(s) = exp(-int_0^s beta)`` and
-``sigma(s) = sqrt(1 - ab(s))``. The probability-flow ODE is
+``beta(s) = T * beta_j`` at the cell centres s = (j + 1/2)/T (piecewise linear in s),
+``ab(s) = exp(-int_0^s beta)`` and ``sigma(s) = sqrt(1 - ab(s))``, so that ab((t+1)/T) ~ ab_t
+and the network index of continuous time s is ``sT - 1``. The probability-flow ODE is
 ``dx/ds = -1/2 beta(s) (x + score(s, x))``; `VPProbabilityFlow` returns it in the harness's
 convention t = 1 - s (t=0 noise, t=1 data).
 """
@@ -130,9 +130,10 @@ class DiffusionSchedule:
         self.posterior_log_variance_clipped = torch.log(torch.cat([pv[1:2], pv[1:]]))
         self.posterior_mean_coef1 = b * ab_prev.sqrt() / (1 - ab)
         self.posterior_mean_coef2 = (1 - ab_prev) * self.alphas.sqrt() / (1 - ab)
-        # cumulative integral of the continuous beta(s) at the knots s_k = (k+1)/T
-        d0 = b[1] - b[0]
-        c0 = (b[0] - d0 / 2).reshape(1)
+        # cumulative integral of the continuous beta(s) at the knots s_k = (k + 1/2)/T
+        # (below the first knot beta is the constant 2 T c0: the linear extrapolation's
+        # integral, so ab(1/T) = exp(-beta_0) for the linear schedule, but never negative)
+        c0 = (b[0] / 2 - (b[1] - b[0]) / 8).clamp(min=0).reshape(1)
         self._cum = torch.cat([c0, c0 + torch.cumsum((b[:-1] + b[1:]) / 2, 0)])
 
     @classmethod
@@ -221,21 +222,26 @@ class DiffusionSchedule:
         return s * self.T - 1
 
     def _segment(self, s: Tensor) -> tuple[Tensor, Tensor]:
-        idx = self.index(torch.as_tensor(s, dtype=torch.float64).cpu())
+        idx = torch.as_tensor(s, dtype=torch.float64).cpu() * self.T - 0.5
         i0 = idx.floor().clamp(0, self.T - 2).long()
         return i0, idx - i0
 
     def vp_beta(self, s: Tensor) -> Tensor:
-        """beta(s) = T * beta interpolated at index sT - 1 (float64, shape of s)."""
+        """beta(s) (float64, shape of s): T beta_j at the cell centres s = (j + 1/2)/T, linear
+        in between and above the last centre, constant (>= 0) below the first. Then
+        int_0^((t+1)/T) beta = sum_(j<=t) beta_j (exact for the linear schedule) ~ -log ab_t:
+        the noise level at s = (t+1)/T matches the network index sT - 1 = t."""
         i0, w = self._segment(s)
         b = self.betas
-        return self.T * (b[i0] + (b[i0 + 1] - b[i0]) * w)
+        lin = self.T * (b[i0] + (b[i0 + 1] - b[i0]) * w)
+        return torch.where(w < 0, 2 * self.T * self._cum[0], lin)
 
     def vp_log_alpha_bar(self, s: Tensor) -> Tensor:
         """log ab(s) = -int_0^s beta(u) du (exact for the piecewise-linear beta)."""
         i0, w = self._segment(s)
         b = self.betas
-        return -(self._cum[i0] + b[i0] * w + (b[i0 + 1] - b[i0]) * w**2 / 2)
+        quad = self._cum[i0] + b[i0] * w + (b[i0 + 1] - b[i0]) * w**2 / 2
+        return -torch.where(w < 0, self._cum[0] * (1 + 2 * w), quad)
 
     def vp_sigma(self, s: Tensor) -> Tensor:
         """sigma(s) = sqrt(1 - ab(s))."""

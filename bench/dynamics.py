@@ -180,6 +180,8 @@ def integrate(
     """Solve dx/dt = field(t, x) from t0 to t1; returns x(t1) and the NFE."""
     from torchdiffeq import odeint
 
+    if t0 == t1:
+        return ODEResult(x=x, nfe=0)
     counted = CountingField(field)
     ctx = torch.enable_grad() if grad else torch.no_grad()
     with ctx:
@@ -212,6 +214,8 @@ def log_likelihood(
 
     from bench.api import LogLikelihood
 
+    if t == 0.0:  # the flow starts at the base density
+        return LogLikelihood(values=base_log_prob(x), kind="exact", estimator="base density")
     gen = torch.Generator().manual_seed(seed)
     out, nfe = [], 0
     for xc in torch.split(x, cfg.chunk):

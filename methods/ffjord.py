@@ -85,7 +85,9 @@ class FFJORDParams:
     --batch_size 1000 --lr 1e-3`` with the script's other defaults. ``dims`` overrides
     the widths (hdim_factor x data dim); ``optimizer`` is "reference" (FFJORD's Adam,
     whose weight decay does nothing: it calls the out-of-place ``p.data.add``) or
-    "torch" (``torch.optim.Adam``, coupled L2 weight decay)."""
+    "torch" (``torch.optim.Adam``, coupled L2 weight decay). ``train_T`` is kept for
+    fidelity but has no effect at the pinned commit: ``CNF.forward`` builds its time grid
+    with ``torch.tensor([0.0, T])``, which detaches T, so the end time stays 1."""
 
     layer_type: str = "concatsquash"
     hdim_factor: int = 20
@@ -114,15 +116,6 @@ class FFJORDParams:
             raise ValueError("optimizer must be reference or torch")
         if self.num_blocks < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("num_blocks and batch_size must be >= 1 and lr > 0")
-
-
-def _quiet() -> warnings.catch_warnings:
-    """Silence the reference code's known deprecation warnings (torch.tensor(t), add_)."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.filterwarnings("ignore", message="To copy construct from a tensor")
-    warnings.filterwarnings("ignore", message="This overload of add")
-    return ctx
 
 
 class FFJORDVelocity(nn.Module):
@@ -217,8 +210,11 @@ class FFJORD(FlowMethod):
         The Hutchinson probes come from torch's global generator, as in the reference."""
         x = batch.to(self.device, torch.get_default_dtype())
         self.model.train()
-        quiet = _quiet()
-        try:
+        with warnings.catch_warnings():
+            # the reference's known warnings: torch.tensor(t), torch.tensor([0, T]), add_(a, b)
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+            warnings.filterwarnings("ignore", message="This overload of add")
+            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
             self.opt.zero_grad()
             zero = torch.zeros(x.shape[0], 1).to(x)
             z, delta_logp = self.model(x, zero)
@@ -231,9 +227,7 @@ class FFJORD(FlowMethod):
             loss.backward()
             self.opt.step()
             out["nfe_backward"] = float(self.count_nfe() - nfe_forward)
-            out["end_time"] = float(self.model.chain[0].sqrt_end_time.detach() ** 2)
-        finally:
-            quiet.__exit__(None, None, None)
+        out["end_time"] = float(self.model.chain[0].sqrt_end_time.detach() ** 2)
         return out
 
     # -- state ----------------------------------------------------------------------------

@@ -1,0 +1,32 @@
+# Two commands: `make run` (the main job) and `make test` (the test suite).
+# Each sets up what it needs: a virtual environment in .venv with torch==2.13.0 pinned
+# (a CPU build here; an unpinned torch would pull several GB of CUDA packages), and this
+# package in editable mode.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+.PHONY: run test setup lint clean
+
+$(BIN)/bench: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(BIN)/bench
+
+setup: $(BIN)/bench
+
+run: setup
+	$(BIN)/bench run --method interflow --dataset miniboone
+
+test: setup
+	$(BIN)/ruff check bench methods datasets tests
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check bench methods datasets tests
+
+clean:
+	rm -rf $(VENV) results/mlflow.db results/artifacts .pytest_cache

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench.errors import PluginUnavailable, UsageError
+from bench.registry import Registry
+
+METHOD = '''
+from dataclasses import dataclass
+from bench.api import Method
+
+@dataclass
+class Params:
+    width: int = 3
+
+class {cls}(Method):
+    """A plug-in written for the tests."""
+    name = "{name}"
+    Params = Params
+'''
+
+
+def write(folder: Path, kind: str, stem: str, text: str) -> Path:
+    (folder / kind).mkdir(parents=True, exist_ok=True)
+    path = folder / kind / f"{stem}.py"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_builtin_plugins_are_discovered(registry):
+    assert {"interflow"} <= set(registry.names("method"))
+    assert {"checkerboard", "8gaussians", "spirals", "gaussian", "miniboone", "power"} <= set(
+        registry.names("dataset"))
+    mod = sys.modules[registry.get("method", "interflow").__module__]
+    assert mod.__name__ == "bench_plugins.methods.interflow"
+
+
+def test_plugins_folder_and_env(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a, "methods", "mine", METHOD.format(cls="Mine", name="mine"))
+    write(b, "methods", "other", METHOD.format(cls="Other", name="other"))
+    monkeypatch.setenv("BENCH_PLUGINS", str(b))
+    reg = Registry(extra_dirs=[a])
+    assert reg.get("method", "mine").name == "mine"
+    assert reg.get("method", "other").name == "other"
+    _, params = reg.resolve("method", "mine[width=7]")
+    assert params.width == 7
+
+
+def test_broken_plugin_is_listed_and_raises_only_when_selected(tmp_path):
+    write(tmp_path, "methods", "broken", "import not_a_module_anywhere\n")
+    reg = Registry(extra_dirs=[tmp_path])
+    plugin = reg.plugins["method"]["broken"]
+    assert not plugin.available and "not_a_module_anywhere" in plugin.error
+    assert reg.get("method", "interflow")  # others still usable
+    with pytest.raises(PluginUnavailable, match="not_a_module_anywhere"):
+        reg.get("method", "broken")
+
+
+def test_duplicate_names_name_both_files(tmp_path):
+    write(tmp_path, "methods", "dup", METHOD.format(cls="Dup", name="interflow"))
+    with pytest.raises(UsageError) as e:
+        Registry(extra_dirs=[tmp_path])
+    msg = str(e.value)
+    assert "duplicate method name 'interflow'" in msg
+    assert "interflow.py" in msg and "dup.py" in msg
+
+
+def test_unknown_name_lists_valid_and_closest(registry):
+    with pytest.raises(UsageError) as e:
+        registry.get("method", "interflw")
+    assert "did you mean 'interflow'" in str(e.value) and "valid:" in str(e.value)
+    with pytest.raises(UsageError, match="unknown parameter 'lrr'"):
+        registry.resolve("method", "interflow[lrr=1]")
+
+
+def test_entry_points(monkeypatch, tmp_path):
+    from importlib import metadata
+
+    path = write(tmp_path, "pkg", "ep_mod", METHOD.format(cls="FromEP", name="from_ep"))
+    monkeypatch.syspath_prepend(str(path.parent))
+
+    def fake(group=None):
+        if group == "bench.methods":
+            return [metadata.EntryPoint("from_ep", "ep_mod:FromEP", group)]
+        return []
+
+    monkeypatch.setattr(metadata, "entry_points", fake)
+    reg = Registry()
+    assert reg.get("method", "from_ep").__name__ == "FromEP"
+
+
+def test_plugin_folders_do_not_shadow_installed_datasets_package(tmp_path):
+    """A package named `datasets` (like HuggingFace's) stays importable after discovery."""
+    fake = tmp_path / "site" / "datasets"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("MARKER = 'the installed datasets package'\n")
+    code = (
+        "import sys; sys.path.insert(0, {!r})\n"
+        "from bench.registry import Registry; Registry()\n"
+        "assert 'datasets' not in sys.modules\n"
+        "import datasets; print(datasets.MARKER)\n".format(str(tmp_path / "site"))
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "the installed datasets package" in out.stdout
+
+
+def test_cli_import_is_light():
+    code = "import sys, bench.cli; assert 'torch' not in sys.modules; " \
+           "assert 'mlflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
