@@ -253,5 +253,51 @@ def table(results_dir, tracking_uri, experiment, metric, fmt, out):
         click.echo(f"written {out}", err=True)
 
 
+@main.command()
+@click.option("-d", "--dataset", required=True, help="Dataset selection.")
+@click.option("-m", "--method", "methods", multiple=True, default=("interflow", "cnf"),
+              show_default=True, help="Methods to compare (the first is the reference).")
+@click.option("--budget", type=float, default=600, show_default=True,
+              help="Total training seconds, split equally between the methods.")
+@click.option("--steps", type=int, default=None, help="Optional cap on steps per method.")
+@click.option("--net", default="concatsquash", show_default=True, help="Shared network type.")
+@click.option("--hidden", default=None, help="Shared hidden widths, e.g. (860,860); "
+              "default: --n-hidden layers of --hidden-mult x data dimension (FFJORD's rule).")
+@click.option("--hidden-mult", type=int, default=20, show_default=True)
+@click.option("--n-hidden", type=int, default=2, show_default=True)
+@click.option("--activation", default="softplus", show_default=True)
+@click.option("--batch-size", type=int, default=1000, show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Further parameter overrides (as for run).")
+@click.option("--evals", type=int, default=8, show_default=True,
+              help="Validation evaluations per method, evenly spaced in training time.")
+@click.option("--target", type=float, default=None,
+              help="Target validation NLL (default: the worst final NLL among the methods).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--test/--no-test", "with_test", default=False, show_default=True,
+              help="Also evaluate the test NLL of each method's best checkpoint.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--results-dir", type=click.Path(file_okay=False), default="results",
+              show_default=True)
+@click.option("--tracking-uri", default=None)
+@click.option("--experiment", default="bench", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+@click.pass_context
+def speedup(ctx, dataset, methods, budget, steps, net, hidden, hidden_mult, n_hidden,
+            activation, batch_size, sets, evals, target, seed, device, with_test, data_dir,
+            results_dir, tracking_uri, experiment, quiet):
+    """Per-iteration cost and time-to-target of methods sharing one network and batch."""
+    from bench.speedup_run import run_speedup
+
+    run_speedup(_registry(ctx), dataset=dataset, methods=list(methods), budget=budget,
+                steps=steps, shared={"net": net, "hidden": hidden, "activation": activation,
+                                     "batch_size": str(batch_size)},
+                hidden_rule=(n_hidden, hidden_mult), sets=_parse_sets(sets), evals=evals,
+                target=target, seed=seed, device=device, with_test=with_test,
+                data_dir=Path(data_dir) if data_dir else None, results_dir=Path(results_dir),
+                tracking_uri=tracking_uri, experiment=experiment, quiet=quiet, echo=click.echo)
+
+
 if __name__ == "__main__":
     main()

@@ -33,8 +33,7 @@ class ConcatLinear(nn.Module):
         self.lin = nn.Linear(d_in + 1, d_out)
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        tt = t.expand(x.shape[0], 1)
-        return self.lin(torch.cat([x, tt], dim=1))
+        return self.lin(torch.cat([x, t.expand(x.shape[0], 1)], dim=1))
 
 
 class ConcatSquashLinear(nn.Module):
@@ -45,8 +44,7 @@ class ConcatSquashLinear(nn.Module):
         self.hyper_bias = nn.Linear(1, d_out, bias=False)
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        tt = t.reshape(1, 1)
-        return self.lin(x) * torch.sigmoid(self.hyper_gate(tt)) + self.hyper_bias(tt)
+        return self.lin(x) * torch.sigmoid(self.hyper_gate(t)) + self.hyper_bias(t)
 
 
 LAYERS = {"concat": ConcatLinear, "concatsquash": ConcatSquashLinear}
@@ -54,7 +52,7 @@ NETS = ("mlp", "concat", "concatsquash")
 
 
 class TimeNet(nn.Module):
-    """v(t, x) for flat x of shape (n, dim); t a scalar tensor or a (n,) tensor (mlp only)."""
+    """v(t, x) for flat x of shape (n, dim); t a scalar, or one time per row of shape (n,)."""
 
     def __init__(self, dim: int, hidden: tuple[int, ...], activation: str, net: str) -> None:
         super().__init__()
@@ -80,12 +78,10 @@ class TimeNet(nn.Module):
 
     def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        # one time for the batch -> (1, 1); one time per row -> (n, 1)
+        t = t.reshape(1, 1) if t.numel() == 1 else t.reshape(-1, 1)
         if self.net == "mlp":
-            tt = t.reshape(-1, 1).expand(x.shape[0], 1) if t.numel() == 1 else t.reshape(-1, 1)
-            return self.body(torch.cat([x, tt], dim=1))
-        if t.numel() != 1:
-            raise ValueError(f"net {self.net!r} takes one time per call")
-        t = t.reshape(1, 1)
+            return self.body(torch.cat([x, t.expand(x.shape[0], 1)], dim=1))
         h = x
         for i, layer in enumerate(self.layers):
             h = layer(t, h)

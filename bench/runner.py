@@ -38,7 +38,9 @@ class RunConfig:
     steps: int | None = 5000
     max_seconds: float | None = None
     eval_every: int = 250
+    eval_every_seconds: float | None = None
     patience: int = 8
+    evaluate_test: bool = True
     val_rows: int | None = None
     n_samples: int = 20_000
     device: str = "cpu"
@@ -115,6 +117,7 @@ class _Loop:
         self.best_val, self.best_state, self.best_step = math.inf, None, -1
         self.bad_evals, self.train_seconds, self.eval_seconds = 0, 0.0, 0.0
         self.last_val = math.nan
+        self.next_eval_at = cfg.eval_every_seconds or 0.0
 
     def evaluate_val(self, step: int) -> bool:
         """Validation NLL; keeps the best state. Returns True to stop early."""
@@ -130,7 +133,8 @@ class _Loop:
         dt = time.perf_counter() - t0
         self.eval_seconds += dt
         self.last_val = s.mean
-        self.tracker.log_metrics({"val_nll": s.mean, "val_nfe": s.nfe, "val_seconds": dt}, step)
+        self.tracker.log_metrics({"val_nll": s.mean, "val_nfe": s.nfe, "val_seconds": dt,
+                                  "train_seconds_at_eval": self.train_seconds}, step)
         if not math.isfinite(s.mean):
             log.warning("non-finite validation NLL at step %d", step)
         if s.mean < self.best_val:
@@ -139,6 +143,16 @@ class _Loop:
         else:
             self.bad_evals += 1
         return self.bad_evals >= self.cfg.patience
+
+    def _due(self, step: int) -> bool:
+        """Evaluate every `eval_every` steps, or every `eval_every_seconds` of training."""
+        every_s = self.cfg.eval_every_seconds
+        if every_s is None:
+            return step % self.cfg.eval_every == 0
+        if self.train_seconds >= self.next_eval_at:
+            self.next_eval_at = (self.train_seconds // every_s + 1) * every_s
+            return True
+        return False
 
     def train(self, gen: torch.Generator) -> int:
         cfg, m, train = self.cfg, self.method, self.splits.train
@@ -171,7 +185,7 @@ class _Loop:
                                           "epoch_mean_nfe": epoch_nfe / max(1, epoch_steps),
                                           "epoch": float(epoch)}, step)
                 epoch_t, epoch_steps, epoch_nfe = 0.0, 0, 0.0
-            stop = step % cfg.eval_every == 0 and self.evaluate_val(step)
+            stop = self._due(step) and self.evaluate_val(step)
             self.progress.update(1)
             self.progress.set_postfix(loss=f"{loss:.3f}", val_nll=f"{self.last_val:.3f}",
                                       it_s=f"{step / max(self.train_seconds, 1e-9):.1f}")
@@ -245,8 +259,9 @@ def run_one(method_sel: str, dataset_sel: str, seed: int, cfg: RunConfig, regist
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             method = m_cls(m_params, splits, _context(cfg, seed, registry, work, tracker))
-            tracker.set_tags({"likelihood": method.likelihood, "n_parameters": str(sum(
-                p.numel() for mod in method.modules().values() for p in mod.parameters()))})
+            n_par = sum(p.numel() for mod in method.modules().values() for p in mod.parameters())
+            tracker.set_tags({"likelihood": method.likelihood})
+            tracker.log_metrics({"n_parameters": float(n_par)}, None)
             gen = torch.Generator().manual_seed(seed)
             with tqdm(total=cfg.steps, disable=cfg.quiet, desc=f"{m_cls.name}/{d_cls.name}",
                       leave=False) as bar:
@@ -259,7 +274,8 @@ def run_one(method_sel: str, dataset_sel: str, seed: int, cfg: RunConfig, regist
             if math.isfinite(loop.best_val):
                 metrics["best_val_nll"] = loop.best_val
             tracker.log_metrics(metrics, None)
-            metrics.update(_final_eval(method, dataset, splits, cfg, tracker))
+            if cfg.evaluate_test:
+                metrics.update(_final_eval(method, dataset, splits, cfg, tracker))
             ckpt = work / "checkpoint.pt"
             torch.save({"method": m_cls.name, "params": dataclasses.asdict(m_params),
                         "dataset": d_cls.name, "step": loop.best_step,

@@ -8,7 +8,6 @@ Step metrics are buffered and written in batches so logging does not slow traini
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -57,6 +56,7 @@ class Tracker:
         self.run_id: str | None = None
         self._buffer: list[Any] = []
         self.flush_every = flush_every
+        self.history: dict[str, list[tuple[int, float]]] = {}
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         from mlflow.entities import Param
@@ -75,9 +75,8 @@ class Tracker:
         ts = int(time.time() * 1000)
         for k, v in metrics.items():
             v = float(v)
-            if math.isnan(v) or math.isinf(v):
-                v = float("nan") if math.isnan(v) else v
             self._buffer.append(Metric(k, v, ts, step or 0))
+            self.history.setdefault(k, []).append((step or 0, v))
         if len(self._buffer) >= self.flush_every:
             self.flush()
 

@@ -11,9 +11,10 @@ settings and the exact trace (`FlowMethod.log_prob`).
 Defaults are FFJORD's MINIBOONE setting (README of rtqichen/ffjord, ``train_tabular.py``):
 concatsquash layers, softplus, 2 hidden layers of width 20 x data dimension, one block,
 batch 1000, Adam lr 1e-3, weight decay 1e-6, training tolerances atol 1e-8 / rtol 1e-6,
-Gaussian probes. FFJORD also learns the end time T (``train_T``); here that is
-``train_time=true`` (off by default so that ``net``/``hidden``/``activation`` give the very
-network InterFlow trains, parameter for parameter).
+Gaussian probes. FFJORD's script asks to learn the end time T (``train_T``), but at the
+pinned commit its T gets no gradient (``CNF.forward`` detaches it), so T stays 1 as here by
+default; ``train_time=true`` learns it for real. Off by default, ``net``/``hidden``/
+``activation`` give the very network InterFlow trains, parameter for parameter.
 """
 
 from __future__ import annotations

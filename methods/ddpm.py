@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -67,6 +68,12 @@ class Params:
     elbo_t_draws: int = 0  # 0: every KL term; k > 0: unbiased estimate from k draws of t
     ode_s_min: float | None = None  # PF-ODE density at s_min; None: 1/T
     eval_chunk: int = 1000  # rows per batch in sampling and in the bound
+
+
+def _generator(seed: int, purpose: str) -> torch.Generator:
+    """A CPU generator seeded from the run seed and a purpose, so that evaluation noise never
+    coincides with data drawn from a generator seeded with the run seed itself."""
+    return torch.Generator().manual_seed(zlib.crc32(f"ddpm-{purpose}-{seed}".encode()))
 
 
 def _std_normal_log_prob(z: Tensor) -> Tensor:
@@ -210,7 +217,7 @@ class DDPM(Method):
         x = x.to(self.ctx.device)
         offset, deq = 0.0, ""
         if self.image:
-            gen = torch.Generator().manual_seed(self.ctx.seed)
+            gen = _generator(self.ctx.seed, "dequantization")
             u = (torch.rand(x.shape, generator=gen) * 2 - 1) / 255.0
             x = x + u.to(x)
             offset = self.dim * math.log(2.0 / 255.0)
@@ -223,7 +230,7 @@ class DDPM(Method):
     def extra_likelihoods(self, x: Tensor) -> dict[str, LogLikelihood]:
         """{"elbo": the negative-ELBO bound as a log-likelihood lower bound (n,)}."""
         p = self.params
-        gen = torch.Generator().manual_seed(self.ctx.seed)
+        gen = _generator(self.ctx.seed, "elbo")
         values = torch.cat([self._neg_elbo(xc, gen) for xc in torch.split(x, p.eval_chunk)])
         if p.elbo_t_draws > 0:
             terms = (f"unbiased estimate of sum_t L_(t-1) from {p.elbo_t_draws} uniform draws "

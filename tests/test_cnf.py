@@ -203,8 +203,8 @@ def test_adjoint_does_not_integrate_time_gradients():
     """A time-dependent net costs the adjoint no extra steps for dL/dt, which is never used
     (torchdiffeq would otherwise carry it, see TrainingDynamics.forward)."""
     torch.manual_seed(0)
-    net = build_net(2, (16,), "softplus", "concatsquash").double()
-    x = torch.randn(16, 2, dtype=F64)
+    net = build_net(4, (32, 32), "softplus", "concatsquash")
+    x = torch.randn(64, 4)
     counts = []
     for field in (net, DetachedTime(net)):
         res = training_log_likelihood(field, x, std_normal_log_prob, TrainConfig(),

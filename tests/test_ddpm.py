@@ -177,6 +177,44 @@ def test_vb_terms_vanish_for_the_true_noise() -> None:
     assert torch.all(sch.vb_term(x_0, x_t, t, noise, "fixedlarge", "gaussian", False) >= 0)
 
 
+class DiscreteOracle(nn.Module):
+    """E[eps | x_t] for data N(m, diag(s2)) at integer index t (the ideal DDPM network):
+    sqrt(1 - ab_t) (x_t - sqrt(ab_t) m) / (ab_t s2 + 1 - ab_t)."""
+
+    def __init__(self, sch: DiffusionSchedule, m: Tensor, s2: Tensor) -> None:
+        super().__init__()
+        self.sch, self.m, self.s2 = sch, m, s2
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor, index: Tensor) -> Tensor:
+        ab = self.sch.alphas_cumprod[index.round().long().cpu()].to(x).reshape(-1, 1)
+        m, s2 = self.m.to(x), self.s2.to(x)
+        return (1 - ab).sqrt() * (x - ab.sqrt() * m) / (ab * s2 + 1 - ab)
+
+
+@pytest.mark.parametrize("variance", ["fixedlarge", "fixedsmall"])
+def test_bound_of_the_ideal_network_has_the_analytic_gap(ddpm_cls, variance: str) -> None:
+    """For data N(0, I) the ideal reverse step is N(sqrt(alpha_t) x_t, beta_t), so the whole
+    chain is exact except the fixed variances: E[negELBO] - H = sum_t (d/2)(r - 1 - log r),
+    r = true / model variance (fixedlarge: only the decoder, r = beta_0 / beta~_1;
+    fixedsmall: r_t = beta_t / beta~_t at every t). Checks prior, KLs and decoder together."""
+    n, T = 20000, 100
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(7))
+    method = make(ddpm_cls, splits_of(x), RunContext(seed=3), T=T, variance=variance,
+                  eval_chunk=n)
+    sch = method.schedule
+    method.net = DiscreteOracle(sch, torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64))
+    d = -method.extra_likelihoods(x)["elbo"].values.double() - (
+        0.5 * (x.double() ** 2).sum(1) + math.log(2 * math.pi))
+    pv = sch.posterior_variance
+    if variance == "fixedlarge":
+        r = sch.betas[:1] / pv[1]
+    else:
+        r = sch.betas / torch.cat([pv[1:2], pv[1:]])
+    expected = float((r - 1 - r.log()).sum())  # 2 dims x 1/2
+    assert abs(float(d.mean()) - expected) < 4 * float(d.std()) / math.sqrt(n)
+
+
 # a known-density dataset ---------------------------------------------------------------
 CENTERS = torch.tensor([[1.5, 1.5], [-1.5, 1.5], [1.5, -1.5], [-1.5, -1.5]], dtype=F64)
 STD = 0.4
@@ -270,7 +308,7 @@ def test_ddim_with_ideal_network_reaches_the_data_distribution(ddpm_cls) -> None
     m, s2 = torch.tensor([0.5, -1.0], dtype=F64), torch.tensor([0.09, 2.25], dtype=F64)
     method = make(ddpm_cls, splits_of(torch.zeros(10, 2)), T=1000, sampler="ddim",
                   sample_steps=1000)
-    method.net = OracleEps(method.schedule, gaussian_vp(method.schedule, m, s2)[1])
+    method.net = DiscreteOracle(method.schedule, m, s2)
     torch.manual_seed(0)
     s = method.sample(10000).double()
     assert torch.allclose(s.mean(0), m, atol=0.03)
