@@ -46,40 +46,6 @@ def _parse_sets(items: tuple[str, ...]) -> list[tuple[str, str]]:
     return out
 
 
-def _split_sets(registry, methods, datasets, sets):
-    """Route each --set key to the method and/or dataset params that have it."""
-    from bench.selection import param_fields, parse_selection
-
-    m_fields = [set(param_fields(registry.get("method", parse_selection(s)[0]).Params))
-                for s in methods]
-    d_fields = [set(param_fields(registry.get("dataset", parse_selection(s)[0]).Params))
-                for s in datasets]
-    per_m = [dict() for _ in methods]
-    per_d = [dict() for _ in datasets]
-    for key, val in sets:
-        target, name = None, key
-        if "." in key:
-            target, name = key.split(".", 1)
-            if target not in ("method", "dataset"):
-                raise UsageError(f"--set {key}: prefix must be 'method.' or 'dataset.'")
-        hit = False
-        if target in (None, "method"):
-            for fields, d in zip(m_fields, per_m, strict=True):
-                if name in fields:
-                    d[name], hit = val, True
-        if target in (None, "dataset"):
-            for fields, d in zip(d_fields, per_d, strict=True):
-                if name in fields:
-                    d[name], hit = val, True
-        if not hit:
-            valid = sorted(set().union(*m_fields, *d_fields))
-            from bench.selection import closest
-
-            raise UsageError(f"--set {key}: no selected method or dataset has parameter "
-                             f"{name!r}{closest(name, valid)}; valid: {', '.join(valid)}")
-    return per_m, per_d
-
-
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--plugins", multiple=True, type=click.Path(file_okay=False),
               help="Extra plug-in folder (repeatable; also BENCH_PLUGINS).")
@@ -131,7 +97,7 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
     """Train and evaluate every (method, dataset, seed) combination; record them in MLflow."""
     from bench.dynamics import SolverConfig
     from bench.runner import RunConfig, run_one
-    from bench.selection import build_params, parse_selection
+    from bench.selection import build_params, parse_selection, route_overrides
     from bench.tracking import Tracker, default_tracking_uri
 
     try:
@@ -139,7 +105,7 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
     except ValueError:
         raise UsageError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     registry = _registry(ctx)
-    per_m, per_d = _split_sets(registry, methods, datasets, _parse_sets(sets))
+    per_m, per_d = route_overrides(registry, methods, datasets, _parse_sets(sets))
     for sel, extra in zip(methods, per_m, strict=True):  # check all input before any run
         name, over = parse_selection(sel)
         build_params(registry.get("method", name).Params, {**extra, **over}, f"method {name!r}")

@@ -47,18 +47,20 @@ def run_speedup(registry, *, dataset: str, methods: list[str], budget: float,
     ds = registry.dataset(dataset, data_dir=data_dir)
     dim = ds.splits().dim
     common = _shared_overrides(registry, methods, shared, hidden_rule, dim)
-    extra = dict(sets)
+    from bench.selection import route_overrides
+
+    extra, _ = route_overrides(registry, methods, [], sets)
     per_method = budget / len(methods)
     cfg = RunConfig(steps=steps, max_seconds=per_method, eval_every_seconds=per_method / evals,
                     patience=10**9, device=device, quiet=quiet, solver=SolverConfig(),
                     data_dir=data_dir, evaluate_test=with_test)
     uri = tracking_uri or default_tracking_uri(results_dir)
     results, test_nll = [], {}
-    for sel in methods:
+    for sel, own in zip(methods, extra, strict=True):
         tracker = Tracker(uri, experiment, artifact_root=results_dir / "artifacts")
         echo(f"training {sel} for {per_method:.0f} s on {ds.name} "
              f"(net {common['net']} {common['hidden']}, batch {common['batch_size']})")
-        res = run_one(sel, dataset, seed, cfg, registry, tracker, {**common, **extra}, None)
+        res = run_one(sel, dataset, seed, cfg, registry, tracker, {**common, **own}, None)
         sr = from_tracker(res.method, res.run_id, tracker)
         sr.n_parameters = int(tracker.history.get("n_parameters", [(0, 0.0)])[-1][1])
         if "test_nll" in res.metrics:

@@ -217,6 +217,10 @@ class DDPM(Method):
         x = x.to(self.ctx.device)
         offset, deq = 0.0, ""
         if self.image:
+            if cfg.divergence == "exact":
+                log.warning("ddpm: exact divergence of a %d-dim image field costs %d "
+                            "vector-Jacobian products per evaluation; consider "
+                            "divergence=hutchinson", self.dim, self.dim)
             gen = _generator(self.ctx.seed, "dequantization")
             u = (torch.rand(x.shape, generator=gen) * 2 - 1) / 255.0
             x = x + u.to(x)

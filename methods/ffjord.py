@@ -80,29 +80,43 @@ layers = _load_package("_bench_ffjord_layers", _ROOT / "lib" / "layers")
 
 @dataclass
 class FFJORDParams:
-    """FFJORD ``train_tabular.py`` flags (same names), defaults from its MINIBOONE command:
-    ``--nhidden 2 --hdim_factor 20 --num_blocks 1 --nonlinearity softplus
-    --batch_size 1000 --lr 1e-3`` with the script's other defaults. ``dims`` overrides
-    the widths (hdim_factor x data dim); ``optimizer`` is "reference" (FFJORD's Adam,
-    whose weight decay does nothing: it calls the out-of-place ``p.data.add``) or
-    "torch" (``torch.optim.Adam``, coupled L2 weight decay). ``train_T`` is kept for
-    fidelity but has no effect at the pinned commit: ``CNF.forward`` builds its time grid
-    with ``torch.tensor([0.0, T])``, which detaches T, so the end time stays 1."""
+    """The flags of FFJORD's ``train_tabular.py`` under the names `cnf` uses, so that one
+    ``--set`` reaches both (FFJORD's flag in brackets). Defaults are its MINIBOONE command,
+    ``--nhidden 2 --hdim_factor 20 --num_blocks 1 --nonlinearity softplus --batch_size 1000
+    --lr 1e-3``, with the script's other defaults.
 
-    layer_type: str = "concatsquash"
-    hdim_factor: int = 20
-    nhidden: int = 2
-    dims: tuple[int, ...] = ()
+    Attributes:
+        net: [layer_type] any of the reference's (concatsquash, concat, ignore, hyper,
+            squash, concat_v2, blend, concatcoord).
+        hidden: [dims] widths; empty means ``n_hidden`` [nhidden] layers of ``hidden_mult``
+            [hdim_factor] x data dimension.
+        activation: [nonlinearity].
+        num_blocks, time_length, train_T, residual: as the reference's flags, except that
+            ``train_T`` defaults to false: the script's true has no effect at the pinned
+            commit (``CNF.forward`` builds its time grid with ``torch.tensor([0.0, T])``,
+            which detaches T, so T stays 1 and its parameter never gets a gradient); false
+            trains identically, without a parameter that gets no gradient.
+        divergence: [divergence_fn] hutchinson (approximate) | exact (brute_force).
+        probe: gaussian | rademacher [rademacher].
+        solver, train_atol, train_rtol, step_size: [solver, atol, rtol, step_size].
+        optimizer: "reference" (FFJORD's Adam, whose weight decay does nothing: it calls the
+            out-of-place ``p.data.add``) or "torch" (``torch.optim.Adam``, as `cnf`).
+    """
+
+    net: str = "concatsquash"
+    hidden: tuple[int, ...] = ()
+    hidden_mult: int = 20
+    n_hidden: int = 2
+    activation: str = "softplus"
     num_blocks: int = 1
-    nonlinearity: str = "softplus"
     time_length: float = 1.0
-    train_T: bool = True
-    divergence_fn: str = "approximate"
-    rademacher: bool = False
+    train_T: bool = False
     residual: bool = False
+    divergence: str = "hutchinson"
+    probe: str = "gaussian"
     solver: str = "dopri5"
-    atol: float = 1e-8
-    rtol: float = 1e-6
+    train_atol: float = 1e-8
+    train_rtol: float = 1e-6
     step_size: float = 0.0
     batch_size: int = 1000
     lr: float = 1e-3
@@ -110,8 +124,10 @@ class FFJORDParams:
     optimizer: str = "reference"
 
     def __post_init__(self) -> None:
-        if self.divergence_fn not in ("approximate", "brute_force"):
-            raise ValueError("divergence_fn must be approximate or brute_force")
+        if self.divergence not in ("hutchinson", "exact"):
+            raise ValueError("divergence must be hutchinson or exact")
+        if self.probe not in ("gaussian", "rademacher"):
+            raise ValueError("probe must be gaussian or rademacher")
         if self.optimizer not in ("reference", "torch"):
             raise ValueError("optimizer must be reference or torch")
         if self.num_blocks < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -151,7 +167,9 @@ class FFJORD(FlowMethod):
 
     name = "ffjord"
     Params = FFJORDParams
-    test_params = {"dims": (16, 16), "batch_size": 64, "atol": 1e-5, "rtol": 1e-5}
+    test_params = {
+        "hidden": (16, 16), "batch_size": 64, "train_atol": 1e-5, "train_rtol": 1e-5,
+    }
     likelihood = "exact"
 
     def __init__(self, params: FFJORDParams, splits: Splits, ctx: RunContext) -> None:
@@ -161,7 +179,7 @@ class FFJORD(FlowMethod):
         self.dim = splits.dim
         self.device = torch.device(ctx.device)
         p = params
-        hidden = tuple(p.dims) or (p.hdim_factor * self.dim,) * p.nhidden
+        hidden = tuple(p.hidden) or (p.hidden_mult * self.dim,) * p.n_hidden
         try:
             blocks = [self._block(hidden) for _ in range(p.num_blocks)]
         except (KeyError, AssertionError) as e:
@@ -178,13 +196,14 @@ class FFJORD(FlowMethod):
         """One CNF block as ``build_model_tabular`` + ``set_cnf_options`` make it."""
         p = self.params
         diffeq = layers.ODEnet(hidden_dims=hidden, input_shape=(self.dim,), strides=None,
-                               conv=False, layer_type=p.layer_type, nonlinearity=p.nonlinearity)
-        odefunc = layers.ODEfunc(diffeq=diffeq, divergence_fn=p.divergence_fn,
-                                 residual=p.residual, rademacher=p.rademacher)
+                               conv=False, layer_type=p.net, nonlinearity=p.activation)
+        divergence = "approximate" if p.divergence == "hutchinson" else "brute_force"
+        odefunc = layers.ODEfunc(diffeq=diffeq, divergence_fn=divergence,
+                                 residual=p.residual, rademacher=p.probe == "rademacher")
         cnf = layers.CNF(odefunc=odefunc, T=p.time_length, train_T=p.train_T,
                          regularization_fns=None, solver=p.solver)
-        cnf.atol = cnf.test_atol = p.atol
-        cnf.rtol = cnf.test_rtol = p.rtol
+        cnf.atol = cnf.test_atol = p.train_atol
+        cnf.rtol = cnf.test_rtol = p.train_rtol
         if p.step_size:
             cnf.solver_options["step_size"] = p.step_size
         return cnf

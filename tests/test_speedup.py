@@ -1,0 +1,64 @@
+"""The speed-up study: its arithmetic on known histories, and the command end to end."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import main
+from bench.speedup import SpeedupResult, speedup_table, summarize_costs, time_to_target
+
+
+def _res(name, secs, val, nfe=None):
+    return SpeedupResult(name, None, list(enumerate(secs, 1)),
+                         list(enumerate(nfe, 1)) if nfe else [], val)
+
+
+def test_cost_summary_and_ratio():
+    fast = _res("fast", [0.01] * 100, [(50, 0.5, 3.0), (100, 1.0, 2.0)])
+    slow = _res("slow", [1.0] * 50 + [3.0] * 50, [(50, 50.0, 4.0), (100, 200.0, 2.5)],
+                nfe=[20] * 50 + [60] * 50)
+    s = summarize_costs(slow)
+    assert s["steps"] == 100 and s["s_per_it_min"] == 1.0 and s["s_per_it_max"] == 3.0
+    assert s["cost_growth"] == pytest.approx(3.0)
+    assert s["nfe_first10pct"] == 20 and s["nfe_last10pct"] == 60
+    assert s["s_per_it_at_10"] == 1.0 and s["s_per_it_at_100"] == 3.0
+    tab, target, _ = speedup_table([fast, slow], budget=300)
+    assert target == 2.5  # the worst best-validation NLL among the methods
+    assert tab.loc["slow", "cost_ratio_vs_fast"] == pytest.approx(2.0 / 0.01)
+    assert tab.loc["fast", "time_to_target_s"] == 1.0
+    assert tab.loc["slow", "time_to_target_s"] == 200.0
+    assert tab.loc["slow", "time_to_target_ratio_vs_fast"] == pytest.approx(200.0)
+
+
+def test_unreached_target_is_reported_not_dropped():
+    a = _res("a", [0.1] * 10, [(10, 1.0, 1.0)])
+    b = _res("b", [0.2] * 10, [(10, 2.0, 5.0)])
+    tab, _, _ = speedup_table([a, b], budget=60, target=2.0)
+    assert list(tab.index) == ["a", "b"]
+    assert tab.loc["b", "time_to_target"] == "> budget (60 s)"
+    assert math.isnan(tab.loc["b", "time_to_target_s"])
+    assert time_to_target(a, 2.0) == 1.0
+
+
+def test_speedup_command_end_to_end(tmp_path, monkeypatch, registry):
+    cnf = registry.plugins["method"].get("cnf")
+    if cnf is None or not cnf.available:
+        pytest.skip("cnf method not available")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, [
+        "speedup", "-d", "8gaussians[n_train=500,n_val=100,n_test=100]", "--budget", "6",
+        "--evals", "2", "--hidden", "(8,8)", "--batch-size", "64", "-q",
+        "--set", "train_atol=1e-4", "--set", "train_rtol=1e-4",
+        "--tracking-uri", f"sqlite:///{tmp_path / 'r.db'}", "--results-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "cost_ratio_vs_interflow" in res.output
+    out = list((tmp_path / "speedup").glob("8gaussians-*"))
+    assert {p.suffix for p in out} == {".md", ".csv", ".png"}
+    import pandas as pd
+
+    tab = pd.read_csv(next(p for p in out if p.suffix == ".csv"), index_col=0)
+    assert tab.loc["interflow", "parameters"] == tab.loc["cnf", "parameters"] > 0
+    assert tab.loc["cnf", "steps"] >= 1 and tab.loc["interflow", "steps"] >= 1
