@@ -74,6 +74,8 @@ def main(ctx, plugins, verbose):
               help="Validation NLL every N steps.")
 @click.option("--patience", type=int, default=8, show_default=True,
               help="Early stop after N evaluations without improvement.")
+@click.option("--n-samples", type=int, default=20000, show_default=True,
+              help="Samples drawn for the 2-D samples PNG.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--rtol", type=float, default=1e-5, show_default=True, help="Eval ODE rtol.")
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="Eval ODE atol.")
@@ -91,7 +93,8 @@ def main(ctx, plugins, verbose):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
 @click.pass_context
-def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, patience, device,
+def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, patience, n_samples,
+        device,
         rtol, atol, solver, divergence, probes, data_dir, results_dir, tracking_uri,
         experiment, quiet, as_json):
     """Train and evaluate every (method, dataset, seed) combination; record them in MLflow."""
@@ -114,7 +117,7 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
         build_params(registry.get("dataset", name).Params, {**extra, **over},
                      f"dataset {name!r}")
     cfg = RunConfig(steps=steps, max_seconds=max_seconds, eval_every=eval_every,
-                    patience=patience, device=device, quiet=quiet,
+                    patience=patience, device=device, quiet=quiet, n_samples=n_samples,
                     solver=SolverConfig(method=solver, rtol=rtol, atol=atol,
                                         divergence=divergence, n_probes=probes),
                     data_dir=Path(data_dir) if data_dir else None)

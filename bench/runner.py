@@ -281,7 +281,7 @@ def run_one(method_sel: str, dataset_sel: str, seed: int, cfg: RunConfig, regist
                         "dataset": d_cls.name, "step": loop.best_step,
                         "state": loop.best_state}, ckpt)
             tracker.log_artifact(ckpt)
-            if splits.event_shape == (2,):
+            if splits.event_shape == (2,) and cfg.n_samples > 0:
                 with torch.no_grad():
                     samples = method.sample(cfg.n_samples)
                 png = plot_samples_2d(samples, splits.test, work / "samples.png",

@@ -53,7 +53,7 @@ def run_speedup(registry, *, dataset: str, methods: list[str], budget: float,
     per_method = budget / len(methods)
     cfg = RunConfig(steps=steps, max_seconds=per_method, eval_every_seconds=per_method / evals,
                     patience=10**9, device=device, quiet=quiet, solver=SolverConfig(),
-                    data_dir=data_dir, evaluate_test=with_test)
+                    data_dir=data_dir, evaluate_test=with_test, n_samples=0)
     uri = tracking_uri or default_tracking_uri(results_dir)
     results, test_nll = [], {}
     for sel, own in zip(methods, extra, strict=True):

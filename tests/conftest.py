@@ -38,3 +38,23 @@ def toy_splits():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(600, 2, generator=g) * torch.tensor([1.0, 0.5]) + 1.0
     return Splits(x[:400], x[400:500], x[500:], (2,), "test gaussian 400/100/100")
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    """An initialised MLflow SQLite store (creating one runs migrations for ~10 s)."""
+    from bench.tracking import _client
+
+    path = tmp_path_factory.mktemp("mlflow") / "template.db"
+    _client(f"sqlite:///{path}").search_experiments()  # creates the tables, no experiment
+    return path
+
+
+@pytest.fixture()
+def tracking_uri(tmp_path, _mlflow_template) -> str:
+    """A fresh MLflow store for one test (a copy of the template)."""
+    import shutil
+
+    path = tmp_path / "runs.db"
+    shutil.copy(_mlflow_template, path)
+    return f"sqlite:///{path}"

@@ -34,10 +34,10 @@ class Diverging(Method):
 
 
 @pytest.fixture()
-def cli(tmp_path, monkeypatch):
+def cli(tmp_path, monkeypatch, tracking_uri):
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    uri = tracking_uri
 
     def invoke(*args, ok=True):
         res = runner.invoke(main, [*args[:1], *args[1:]] if args[0] != "run" else
@@ -51,7 +51,8 @@ def cli(tmp_path, monkeypatch):
     return invoke
 
 
-TINY = ["--steps", "30", "--eval-every", "15", "-q", "--rtol", "1e-4", "--atol", "1e-4"]
+TINY = ["--steps", "30", "--eval-every", "15", "-q", "--n-samples", "500",
+        "--rtol", "1e-4", "--atol", "1e-4"]
 TOY = "8gaussians[n_train=500,n_val=100,n_test=200]"
 
 

@@ -43,7 +43,7 @@ def test_unreached_target_is_reported_not_dropped():
     assert time_to_target(a, 2.0) == 1.0
 
 
-def test_speedup_command_end_to_end(tmp_path, monkeypatch, registry):
+def test_speedup_command_end_to_end(tmp_path, monkeypatch, registry, tracking_uri):
     cnf = registry.plugins["method"].get("cnf")
     if cnf is None or not cnf.available:
         pytest.skip("cnf method not available")
@@ -52,7 +52,7 @@ def test_speedup_command_end_to_end(tmp_path, monkeypatch, registry):
         "speedup", "-d", "8gaussians[n_train=500,n_val=100,n_test=100]", "--budget", "6",
         "--evals", "2", "--hidden", "(8,8)", "--batch-size", "64", "-q",
         "--set", "train_atol=1e-4", "--set", "train_rtol=1e-4",
-        "--tracking-uri", f"sqlite:///{tmp_path / 'r.db'}", "--results-dir", str(tmp_path)])
+        "--tracking-uri", tracking_uri, "--results-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "cost_ratio_vs_interflow" in res.output
     out = list((tmp_path / "speedup").glob("8gaussians-*"))
