@@ -21,12 +21,13 @@ from typing import Any
 import torch
 
 from bench.api import Dataset, RunContext
+from bench.cost import peak_memory_bytes, reset_peak_memory, synchronize
 from bench.dynamics import SolverConfig
 from bench.errors import TrainingDiverged, UsageError
 from bench.metrics import NLLSummary, plot_samples_2d, summarize, true_nll
 from bench.registry import PROJECT_ROOT, Registry
 
-__all__ = ["RunConfig", "RunResult", "run_one", "synchronize", "peak_memory_mb", "git_commit"]
+__all__ = ["RunConfig", "RunResult", "run_one", "git_commit", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +66,6 @@ class RunResult:
     seed: int
     metrics: dict[str, float]
     status: str = "FINISHED"
-
-
-def synchronize(device: str) -> None:
-    """Wait for queued device work, so that clocks read after it are honest."""
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def peak_memory_mb(device: str) -> float:
-    """CUDA max allocated on a GPU; else the process's peak resident set size."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def git_commit() -> str:
@@ -164,6 +150,7 @@ class _Loop:
             if cfg.max_seconds is not None and self.train_seconds >= cfg.max_seconds:
                 break
             batch = train[idx].to(cfg.device)
+            reset_peak_memory(cfg.device)
             synchronize(cfg.device)
             t0 = time.perf_counter()
             out = m.train_step(batch, step)
@@ -178,7 +165,7 @@ class _Loop:
             epoch_t, epoch_steps, epoch_nfe = epoch_t + dt, epoch_steps + 1, epoch_nfe + nfe
             metrics = {k: float(v) for k, v in out.items()}
             metrics["step_seconds"] = dt
-            metrics["peak_mem_mb"] = peak_memory_mb(cfg.device)
+            metrics["peak_mem_mb"] = peak_memory_bytes(cfg.device) / 2**20
             self.tracker.log_metrics(metrics, step)
             if end_epoch:
                 self.tracker.log_metrics({"epoch_seconds": epoch_t,
