@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: run test setup lint clean
+.PHONY: run test setup lint clean benchmark
 
 $(BIN)/bench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) results/mlflow.db results/artifacts .pytest_cache
+
+# pytest-benchmark: one training step of each method; prints the CNF / InterFlow ratio.
+benchmark: setup
+	$(BIN)/pytest benchmarks -p no:xdist --benchmark-only -s

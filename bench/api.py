@@ -93,6 +93,8 @@ class Dataset:
     test_params: ClassVar[dict[str, Any]] = {}
     has_log_prob: ClassVar[bool] = False
     synthetic: ClassVar[bool] = False
+    #: the harness's default budget for this dataset (``--steps``/``--eval-every`` override)
+    default_budget: ClassVar[dict[str, int]] = {"steps": 5000, "eval_every": 250}
 
     def __init__(self, params: Any | None = None, data_dir: Path | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -206,6 +208,11 @@ class Method:
 
     def log_prob(self, x: Tensor) -> LogLikelihood:
         raise NotImplementedError
+
+    def validation_likelihood(self, x: Tensor) -> LogLikelihood:
+        """What early stopping watches (recorded as ``val_nll`` with its kind). Default:
+        ``log_prob``; a method whose likelihood is costly may use a cheaper estimate."""
+        return self.log_prob(x)
 
     def extra_likelihoods(self, x: Tensor) -> dict[str, LogLikelihood]:
         """Further likelihoods of the same model, by short name (e.g. DDPM's ``{"elbo":

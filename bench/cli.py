@@ -6,6 +6,7 @@ so ``bench --help`` answers at once. Errors are one line; usage errors exit 2.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -68,10 +69,12 @@ def main(ctx, plugins, verbose):
               help="Override a parameter of the selected methods/datasets "
                    "(prefix method. or dataset. to disambiguate).")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
-@click.option("--steps", type=int, default=5000, show_default=True, help="Training steps.")
+@click.option("--steps", type=int, default=None,
+              help="Training steps [default: the dataset's, 5000 tabular, 15000 2-D].")
 @click.option("--max-seconds", type=float, default=None, help="Training wall-clock budget.")
-@click.option("--eval-every", type=int, default=250, show_default=True,
-              help="Validation NLL every N steps.")
+@click.option("--eval-every", type=int, default=None,
+              help="Validation NLL every N steps [default: the dataset's, 250 tabular, "
+                   "1000 2-D].")
 @click.option("--patience", type=int, default=8, show_default=True,
               help="Early stop after N evaluations without improvement.")
 @click.option("--n-samples", type=int, default=20000, show_default=True,
@@ -116,7 +119,7 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
         name, over = parse_selection(sel)
         build_params(registry.get("dataset", name).Params, {**extra, **over},
                      f"dataset {name!r}")
-    cfg = RunConfig(steps=steps, max_seconds=max_seconds, eval_every=eval_every,
+    cfg = RunConfig(steps=steps or 1, max_seconds=max_seconds, eval_every=eval_every or 1,
                     patience=patience, device=device, quiet=quiet, n_samples=n_samples,
                     solver=SolverConfig(method=solver, rtol=rtol, atol=atol,
                                         divergence=divergence, n_probes=probes),
@@ -126,7 +129,14 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
     failures, records = [], []
     combos = itertools.product(zip(methods, per_m, strict=True),
                                zip(datasets, per_d, strict=True), seed_list)
+    budgets = {}
+    for sel in datasets:
+        default = registry.get("dataset", parse_selection(sel)[0]).default_budget
+        budgets[sel] = dataclasses.replace(
+            cfg, steps=steps if steps is not None else (None if max_seconds else default["steps"]),
+            eval_every=eval_every or default["eval_every"])
     for (m_sel, m_set), (d_sel, d_set), seed in combos:
+        cfg = budgets[d_sel]
         tracker = Tracker(uri, experiment, artifact_root=results_dir / "artifacts")
         try:
             res = run_one(m_sel, d_sel, seed, cfg, registry, tracker, m_set, d_set)

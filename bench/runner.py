@@ -104,6 +104,7 @@ class _Loop:
         self.bad_evals, self.train_seconds, self.eval_seconds = 0, 0.0, 0.0
         self.last_val = math.nan
         self.next_eval_at = cfg.eval_every_seconds or 0.0
+        self.val_tagged = False
 
     def evaluate_val(self, step: int) -> bool:
         """Validation NLL; keeps the best state. Returns True to stop early."""
@@ -114,7 +115,7 @@ class _Loop:
         val = self.splits.val if self.cfg.val_rows is None else self.splits.val[:self.cfg.val_rows]
         t0 = time.perf_counter()
         with torch.no_grad():
-            s = summarize(m.log_prob(val.to(self.cfg.device)))
+            s = summarize(m.validation_likelihood(val.to(self.cfg.device)))
         synchronize(self.cfg.device)
         dt = time.perf_counter() - t0
         self.eval_seconds += dt
@@ -123,6 +124,9 @@ class _Loop:
                                   "train_seconds_at_eval": self.train_seconds}, step)
         if not math.isfinite(s.mean):
             log.warning("non-finite validation NLL at step %d", step)
+        if not self.val_tagged:
+            self.tracker.set_tags({"val_nll.kind": s.kind, "val_nll.estimator": s.estimator})
+            self.val_tagged = True
         if s.mean < self.best_val:
             self.best_val, self.best_step, self.bad_evals = s.mean, step, 0
             self.best_state = copy.deepcopy(m.state_dict())

@@ -66,6 +66,7 @@ class Params:
     ema: bool = False  # evaluate with an exponential moving average of the weights
     ema_decay: float = 0.9999  # effective decay min(decay, (1 + n) / (10 + n)) after n updates
     elbo_t_draws: int = 0  # 0: every KL term; k > 0: unbiased estimate from k draws of t
+    val_t_draws: int = 100  # draws of t in the bound estimate used for early stopping
     ode_s_min: float | None = None  # PF-ODE density at s_min; None: 1/T
     eval_chunk: int = 1000  # rows per batch in sampling and in the bound
 
@@ -233,23 +234,32 @@ class DDPM(Method):
 
     def extra_likelihoods(self, x: Tensor) -> dict[str, LogLikelihood]:
         """{"elbo": the negative-ELBO bound as a log-likelihood lower bound (n,)}."""
+        return {"elbo": self._bound(x, self.params.elbo_t_draws, "elbo")}
+
+    def validation_likelihood(self, x: Tensor) -> LogLikelihood:
+        """Early stopping uses the bound estimated from `val_t_draws` draws of t (the ODE
+        likelihood costs hundreds of function evaluations per validation)."""
+        return self._bound(x, self.params.val_t_draws, "val")
+
+    def _bound(self, x: Tensor, draws: int, purpose: str) -> LogLikelihood:
         p = self.params
-        gen = _generator(self.ctx.seed, "elbo")
-        values = torch.cat([self._neg_elbo(xc, gen) for xc in torch.split(x, p.eval_chunk)])
-        if p.elbo_t_draws > 0:
-            terms = (f"unbiased estimate of sum_t L_(t-1) from {p.elbo_t_draws} uniform draws "
-                     f"of t in 1..{p.T - 1} per example (weight (T-1)/{p.elbo_t_draws})")
+        gen = _generator(self.ctx.seed, purpose)
+        values = torch.cat([self._neg_elbo(xc, gen, draws)
+                            for xc in torch.split(x, p.eval_chunk)])
+        if draws > 0:
+            terms = (f"unbiased estimate of sum_t L_(t-1) from {draws} uniform draws "
+                     f"of t in 1..{p.T - 1} per example (weight (T-1)/{draws})")
         else:
             terms = f"sum of all {p.T - 1} KL terms L_(t-1), one x_t draw each"
         dec = ("L_0 = discretized Gaussian decoder (8-bit bins of [-1,1], x_0 clipped)"
                if self.image else "L_0 = Gaussian decoder density -log N(x_0; mu(x_1,1), s_1^2)")
         est = (f"negative ELBO (Ho et al.) L_T + {terms} + {dec}; T={p.T} {p.schedule} "
                f"{p.variance} variance, nats")
-        return {"elbo": LogLikelihood(values=-values.float(), kind="bound", estimator=est,
-                                      nfe=(p.elbo_t_draws or p.T - 1) + 1)}
+        return LogLikelihood(values=-values.float(), kind="bound", estimator=est,
+                             nfe=(draws or p.T - 1) + 1)
 
     @torch.no_grad()
-    def _neg_elbo(self, x_0: Tensor, gen: torch.Generator) -> Tensor:
+    def _neg_elbo(self, x_0: Tensor, gen: torch.Generator, draws: int) -> Tensor:
         p, sch = self.params, self.schedule
         net = self._eval_net()
         x_0 = x_0.to(self.ctx.device)
@@ -263,10 +273,10 @@ class DDPM(Method):
                                clip=self.image).double()
 
         total = sch.prior_kl(x_0).double() + term(torch.zeros(n, dtype=torch.long))
-        if p.elbo_t_draws > 0:
-            for _ in range(p.elbo_t_draws):
+        if draws > 0:
+            for _ in range(draws):
                 t = torch.randint(1, p.T, (n,), generator=gen)
-                total += (p.T - 1) / p.elbo_t_draws * term(t)
+                total += (p.T - 1) / draws * term(t)
         else:
             for i in range(1, p.T):
                 total += term(torch.full((n,), i, dtype=torch.long))
