@@ -22,11 +22,11 @@ run: setup
 	$(BIN)/bench run --method interflow --dataset miniboone
 
 test: setup
-	$(BIN)/ruff check bench methods datasets tests
+	$(BIN)/ruff check bench methods datasets tests benchmarks
 	$(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check bench methods datasets tests
+	$(BIN)/ruff check bench methods datasets tests benchmarks
 
 clean:
 	rm -rf $(VENV) results/mlflow.db results/artifacts .pytest_cache

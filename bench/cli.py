@@ -249,7 +249,7 @@ def table(results_dir, tracking_uri, experiment, metric, fmt, out):
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Further parameter overrides (as for run).")
 @click.option("--evals", type=int, default=8, show_default=True,
-              help="Validation evaluations per method, evenly spaced in training time.")
+              help="Validation evaluations per method, at training times budget/2^k.")
 @click.option("--target", type=float, default=None,
               help="Target validation NLL (default: the worst final NLL among the methods).")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -39,7 +39,7 @@ class RunConfig:
     steps: int | None = 5000
     max_seconds: float | None = None
     eval_every: int = 250
-    eval_every_seconds: float | None = None
+    eval_at_seconds: tuple[float, ...] = ()
     patience: int = 8
     evaluate_test: bool = True
     val_rows: int | None = None
@@ -103,12 +103,14 @@ class _Loop:
         self.best_val, self.best_state, self.best_step = math.inf, None, -1
         self.bad_evals, self.train_seconds, self.eval_seconds = 0, 0.0, 0.0
         self.last_val = math.nan
-        self.next_eval_at = cfg.eval_every_seconds or 0.0
+        self.eval_times = list(cfg.eval_at_seconds)
         self.val_tagged = False
+        self.last_eval_step = -1
 
     def evaluate_val(self, step: int) -> bool:
         """Validation NLL; keeps the best state. Returns True to stop early."""
         m = self.method
+        self.last_eval_step = step
         if m.likelihood == "none":
             self.best_state, self.best_step = copy.deepcopy(m.state_dict()), step
             return False
@@ -135,14 +137,15 @@ class _Loop:
         return self.bad_evals >= self.cfg.patience
 
     def _due(self, step: int) -> bool:
-        """Evaluate every `eval_every` steps, or every `eval_every_seconds` of training."""
-        every_s = self.cfg.eval_every_seconds
-        if every_s is None:
+        """Evaluate every `eval_every` steps, or once each of `eval_at_seconds` of training
+        time is passed."""
+        if not self.cfg.eval_at_seconds:
             return step % self.cfg.eval_every == 0
-        if self.train_seconds >= self.next_eval_at:
-            self.next_eval_at = (self.train_seconds // every_s + 1) * every_s
-            return True
-        return False
+        due = False
+        while self.eval_times and self.train_seconds >= self.eval_times[0]:
+            self.eval_times.pop(0)
+            due = True
+        return due
 
     def train(self, gen: torch.Generator) -> int:
         cfg, m, train = self.cfg, self.method, self.splits.train
@@ -183,8 +186,10 @@ class _Loop:
             if stop:
                 log.info("early stop at step %d (best step %d)", step, self.best_step)
                 break
-        if self.best_step != step:
+        if self.last_eval_step != step:
             self.evaluate_val(step)
+        if self.best_state is None:  # no finite validation NLL: keep the last state
+            self.best_state, self.best_step = copy.deepcopy(m.state_dict()), step
         return step
 
 

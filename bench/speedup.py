@@ -123,9 +123,9 @@ def plot(results: list[SpeedupResult], target: float, path: Path) -> Path:
         if val:
             ax2.plot([v[1] for v in val], [v[2] for v in val], "o-", ms=3, label=r.method,
                      color=line.get_color())
-    ax1.set(xlabel="iteration", ylabel="seconds per iteration", yscale="log",
+    ax1.set(xlabel="iteration", ylabel="seconds per iteration", yscale="log", xscale="log",
             title="training cost per iteration")
-    ax2.set(xlabel="training wall-clock (s)", ylabel="validation NLL (nats)",
+    ax2.set(xlabel="training wall-clock (s)", ylabel="validation NLL (nats)", xscale="log",
             title="validation NLL vs wall-clock")
     if math.isfinite(target):
         ax2.axhline(target, ls="--", color="gray", label=f"target {target:.2f}")

@@ -51,7 +51,10 @@ def run_speedup(registry, *, dataset: str, methods: list[str], budget: float,
 
     extra, _ = route_overrides(registry, methods, [], sets)
     per_method = budget / len(methods)
-    cfg = RunConfig(steps=steps, max_seconds=per_method, eval_every_seconds=per_method / evals,
+    # evaluations at geometrically spaced training times (budget/2^k, ..., budget/2, budget):
+    # the early ones resolve the time to reach the target of a fast method
+    times = tuple(per_method / 2**k for k in range(evals - 1, -1, -1))
+    cfg = RunConfig(steps=steps, max_seconds=per_method, eval_at_seconds=times,
                     patience=10**9, device=device, quiet=quiet, solver=SolverConfig(),
                     data_dir=data_dir, evaluate_test=with_test, n_samples=0)
     uri = tracking_uri or default_tracking_uri(results_dir)
