@@ -249,7 +249,10 @@ class FlowMethod(Method):
         raise NotImplementedError
 
     def base_log_prob(self, x_0: Tensor) -> Tensor:
-        raise NotImplementedError
+        """log rho_0(x_0), (n, *shape) -> (n,). Default: the standard Gaussian."""
+        from bench.dynamics import standard_normal_log_prob
+
+        return standard_normal_log_prob(x_0)
 
     def base_sample(self, n: int) -> Tensor:
         raise NotImplementedError

@@ -13,6 +13,7 @@ deterministic for the adaptive solver). Function evaluations are counted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ __all__ = [
     "SolverConfig",
     "ODEResult",
     "CountingField",
+    "standard_normal_log_prob",
     "divergence_exact",
     "divergence_hutchinson",
     "integrate",
@@ -83,6 +85,12 @@ class CountingField(nn.Module):
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         self.nfe += 1
         return self.field(t, x)
+
+
+def standard_normal_log_prob(x: Tensor) -> Tensor:
+    """log N(x; 0, I) of (n, *shape) -> (n,): the base density of the flow methods."""
+    x = x.reshape(x.shape[0], -1)
+    return -0.5 * (x * x).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
 
 
 def divergence_exact(v: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:

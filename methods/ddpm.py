@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from bench.api import LogLikelihood, Method, RunContext, Splits
 from bench.diffusion import DiffusionSchedule, VPProbabilityFlow
-from bench.dynamics import log_likelihood
+from bench.dynamics import log_likelihood, standard_normal_log_prob
 from bench.errors import UsageError
 from bench.unet import EpsMLP, UNet
 
@@ -76,10 +76,6 @@ def _generator(seed: int, purpose: str) -> torch.Generator:
     coincides with data drawn from a generator seeded with the run seed itself."""
     return torch.Generator().manual_seed(zlib.crc32(f"ddpm-{purpose}-{seed}".encode()))
 
-
-def _std_normal_log_prob(z: Tensor) -> Tensor:
-    z = z.reshape(z.shape[0], -1)
-    return -0.5 * (z**2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
 
 
 class DDPM(Method):
@@ -227,7 +223,8 @@ class DDPM(Method):
             x = x + u.to(x)
             offset = self.dim * math.log(2.0 / 255.0)
             deq = ", uniform dequantization in the 8-bit bin + D log(2/255)"
-        ll = log_likelihood(flow, x, _std_normal_log_prob, cfg, t=1.0 - s_min, seed=self.ctx.seed)
+        ll = log_likelihood(flow, x, standard_normal_log_prob, cfg, t=1.0 - s_min,
+                            seed=self.ctx.seed)
         est = f"pf-ode (VP, s_min={s_min:g}, index sT-1) {ll.estimator}{deq}"
         return LogLikelihood(values=ll.values.cpu() + offset, kind="exact", estimator=est,
                              nfe=ll.nfe)

@@ -209,10 +209,6 @@ class FFJORD(FlowMethod):
         return cnf
 
     # -- the base density (t = 0) -------------------------------------------------------
-    def base_log_prob(self, x_0: Tensor) -> Tensor:
-        """log N(x_0; 0, I) of (n, dim) -> (n,)."""
-        return -0.5 * (x_0**2).sum(1) - 0.5 * self.dim * math.log(2 * math.pi)
-
     def base_sample(self, n: int) -> Tensor:
         return torch.randn(n, self.dim).to(self.device)
 

@@ -9,7 +9,6 @@ dX/dt = v_t(X) with the harness's shared engine (`bench.dynamics`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,7 +90,7 @@ class InterFlow(FlowMethod):
     def base_log_prob(self, x_0: Tensor) -> Tensor:
         if self.base_dataset is not None:
             return self.base_dataset.log_prob(x_0)
-        return -0.5 * (x_0**2).sum(1) - 0.5 * self.dim * math.log(2 * math.pi)
+        return super().base_log_prob(x_0)
 
     def velocity_field(self) -> torch.nn.Module:
         return self.ema.model()
