@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bench.dynamics import DIVERGENCES, PROBES, divergence_exact, draw_probes
+from bench.dynamics import ADAPTIVE_SOLVERS, check_divergence, divergence_exact, draw_probes
 from bench.errors import UsageError
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "training_log_likelihood",
 ]
 
-ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_STEP_SOLVERS = (
     "euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
     "fixed_adams",
@@ -73,12 +72,7 @@ class TrainConfig:
             raise UsageError(f"unknown solver {self.method!r}; valid: {valid}")
         if self.method in FIXED_STEP_SOLVERS and not (self.step_size and self.step_size > 0):
             raise UsageError(f"fixed-step solver {self.method!r} needs a step_size > 0")
-        if self.divergence not in DIVERGENCES:
-            raise UsageError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
-        if self.probe not in PROBES:
-            raise UsageError(f"probe must be one of {PROBES}, got {self.probe!r}")
-        if self.n_probes < 1:
-            raise UsageError("n_probes must be >= 1")
+        check_divergence(self.divergence, self.probe, self.n_probes)
 
     def options(self) -> dict[str, float]:
         """Solver options for torchdiffeq (the step size of a fixed-step solver)."""

@@ -35,10 +35,23 @@ __all__ = [
     "integrate",
     "log_likelihood",
     "DIVERGENCES",
+    "ADAPTIVE_SOLVERS",
+    "check_divergence",
 ]
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
+ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+def check_divergence(divergence: str, probe: str, n_probes: int) -> None:
+    """UsageError unless the divergence settings are valid (shared by every engine)."""
+    if divergence not in DIVERGENCES:
+        raise UsageError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    if probe not in PROBES:
+        raise UsageError(f"probe must be one of {PROBES}, got {probe!r}")
+    if n_probes < 1:
+        raise UsageError("n_probes must be >= 1")
 
 
 @dataclass
@@ -54,12 +67,10 @@ class SolverConfig:
     chunk: int = 4096
 
     def __post_init__(self) -> None:
-        if self.divergence not in DIVERGENCES:
-            raise UsageError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
-        if self.probe not in PROBES:
-            raise UsageError(f"probe must be one of {PROBES}, got {self.probe!r}")
-        if self.n_probes < 1:
-            raise UsageError("n_probes must be >= 1")
+        if self.method not in ADAPTIVE_SOLVERS:  # checked before training, not after it
+            raise UsageError(f"unknown evaluation solver {self.method!r}; valid (adaptive): "
+                             f"{', '.join(ADAPTIVE_SOLVERS)}")
+        check_divergence(self.divergence, self.probe, self.n_probes)
 
     def label(self) -> str:
         div = self.divergence

@@ -41,6 +41,8 @@ def long_results(runs: pd.DataFrame, metric: str = "test_nll") -> pd.DataFrame:
                 continue
             key = c[len("metrics."):]
             kind = r.get(f"tags.{key}.kind", "") or ""
+            if "hutchinson" in str(r.get(f"tags.{key}.estimator", "") or ""):
+                kind += ", hutchinson"  # an unbiased estimate, not the exact divergence
             extra = key[len(metric) + 1:] if key != metric else ""
             label = r["params.method"] + (f" [{extra}]" if extra else "")
             label += f" ({kind})" if kind else ""

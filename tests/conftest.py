@@ -58,3 +58,14 @@ def tracking_uri(tmp_path, _mlflow_template) -> str:
     path = tmp_path / "runs.db"
     shutil.copy(_mlflow_template, path)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks run fastest on one thread (and far faster on a loaded 2-core box)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -104,6 +104,8 @@ def test_recorded_params_metrics_and_tags(cli):
     (["-m", "interflow[lr=abc]", "-d", "checkerboard"], ["bad value 'abc'"]),
     (["-m", "interflow", "-d", "checkerboard", "--set", "nope=1"], ["no selected method"]),
     (["-m", "interflow", "-d", "checkerbord"], ["did you mean 'checkerboard'"]),
+    (["-m", "interflow", "-d", "checkerboard", "--solver", "rk9"],
+     ["unknown evaluation solver 'rk9'"]),
     (["-m", "interflow[interpolant=zigzag]", "-d", "checkerboard", "--steps", "1"],
      ["unknown interpolant 'zigzag'"]),
 ])
@@ -159,3 +161,21 @@ def test_list_shows_plugins_and_unavailable_ones(cli, tmp_path):
 def test_table_without_runs_is_an_error(cli):
     res = cli("table", "--tracking-uri", cli.uri, ok=False)
     assert res.exit_code == 2 and "no finished runs" in res.output
+
+
+def test_table_labels_kind_and_estimator():
+    import pandas as pd
+
+    from bench.tables import comparison_table
+
+    runs = pd.DataFrame([
+        {"status": "FINISHED", "params.method": "m", "params.dataset": "d", "params.seed": s,
+         "metrics.test_nll": v, "metrics.test_nll_elbo": v + 1, "tags.test_nll.kind": "exact",
+         "tags.test_nll.estimator": est, "tags.test_nll_elbo.kind": "bound",
+         "tags.dataset_provenance": "x"}
+        for s, v, est in ((0, 1.0, "ode div=exact"), (1, 3.0, "ode div=exact"),
+                          (2, 9.0, "ode div=hutchinson(rademacher,k=1)"))])
+    tab = comparison_table(runs)
+    assert tab.loc["m (exact)", "d"] == "2.000 ± 1.414 (2)"
+    assert tab.loc["m (exact, hutchinson)", "d"] == "9.000 (1)"
+    assert tab.loc["m [elbo] (bound)", "d"].endswith("(3)")
