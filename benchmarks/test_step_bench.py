@@ -16,12 +16,13 @@ import os
 import pytest
 import torch
 
+from bench.harness import make_context
 from bench.api import RunContext, Splits
-from bench.cost import peak_memory_bytes, reset_peak_memory, synchronize
-from bench.errors import PluginUnavailable, UsageError
-from bench.nets import count_parameters
-from bench.registry import Registry
-from bench.selection import build_params, param_fields
+from bench.harness.cost import peak_memory_bytes, reset_peak_memory, synchronize
+from bench.api.errors import PluginUnavailable, ConfigError
+from bench.science.nets import count_parameters
+from bench.harness.registry import Registry
+from bench.harness.selection import build_params, param_fields
 
 DIM, BATCH = 8, 256
 NET = {"net": "concatsquash", "hidden": (64, 64), "activation": "softplus"}  # FFJORD's layers
@@ -43,13 +44,13 @@ def _splits() -> Splits:
 def _method(name: str):
     try:
         cls = Registry().get("method", name)
-    except (PluginUnavailable, UsageError) as e:
+    except (PluginUnavailable, ConfigError) as e:
         pytest.skip(f"{name} not available: {e}")
     fields = param_fields(cls.Params)
     overrides = {k: v for k, v in {**NET, "batch_size": BATCH}.items() if k in fields}
     params = build_params(cls.Params, overrides, name)
     torch.manual_seed(0)
-    return cls(params, _splits(), RunContext(device=DEVICE, seed=0))
+    return cls(params, _splits(), make_context(device=DEVICE, seed=0))
 
 
 @pytest.fixture(scope="module", autouse=True)

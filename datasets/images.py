@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from bench.api import Dataset, Splits
-from bench.errors import DataError
+from bench.api.errors import DataError
 
 __all__ = ["CIFAR10", "MNIST", "to_model_scale", "read_idx_images", "read_cifar_archive",
            "DEQUANTIZATION"]

@@ -1,7 +1,7 @@
 """The MAF tabular density-estimation benchmarks: POWER, GAS, HEPMASS, MINIBOONE, BSDS300.
 
 Preprocessed and split exactly as in Papamakarios et al. 2017 (github.com/gpapamak/maf),
-the version FFJORD, NSF and InterFlow report on; the science lives in `bench.maf`.
+the version FFJORD, NSF and InterFlow report on; the science lives in `bench.science.maf`.
 
 Data is looked up under the data root (``BENCH_DATA_DIR`` or the user cache folder):
 
@@ -26,9 +26,9 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
-from bench import maf
+from bench.science import maf
 from bench.api import Dataset, Splits
-from bench.errors import DataError
+from bench.api.errors import DataError
 
 log = logging.getLogger(__name__)
 

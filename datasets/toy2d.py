@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from bench.api import Dataset, Splits
-from bench.problems import gaussian_log_prob
+from bench.science.gaussian import gaussian_log_prob
 
 __all__ = ["Checkerboard", "EightGaussians", "Spirals", "Moons", "Rings", "CorrelatedGaussian"]
 

@@ -5,7 +5,7 @@ The model is the ODE dX/dt = v_t(X) from a standard Gaussian (t=0) to the data (
 Training maximises log p_1(x) = log N(x_0; 0, I) - int_0^1 div v_t(x_t) dt by integrating
 (x, log-density) from the data back to the base with dopri5 and the adjoint method, the
 divergence estimated by Hutchinson's trace estimator with a probe fixed for each solve
-(`bench.cnf_engine`). Evaluation is the harness's: the shared engine with its own solver
+(`bench.science.ode_train`). Evaluation is the harness's: the shared engine with its own solver
 settings and the exact trace (`FlowMethod.log_prob`).
 
 Defaults are FFJORD's MINIBOONE setting (README of rtqichen/ffjord, ``train_tabular.py``):
@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from bench.api import FlowMethod, RunContext, Splits
-from bench.cnf_engine import TrainConfig, TrainingLikelihood, training_log_likelihood
-from bench.errors import UsageError
-from bench.nets import ACTIVATIONS, NETS, build_net
+from bench.science.ode_train import TrainConfig, TrainingLikelihood, training_log_likelihood
+from bench.api.errors import ConfigError
+from bench.science.nets import ACTIVATIONS, NETS, build_net
 
 __all__ = ["CNF", "CNFParams", "ScaledTimeField"]
 
@@ -106,7 +106,7 @@ class CNFParams:
                 divergence=self.divergence, probe=self.probe, n_probes=self.n_probes,
                 kinetic=self.kinetic_weight > 0, jacobian=self.jacobian_weight > 0,
             )
-        except UsageError as e:
+        except ConfigError as e:
             raise ValueError(str(e)) from None
 
 
@@ -142,7 +142,7 @@ class CNF(FlowMethod):
     def __init__(self, params: CNFParams, splits: Splits, ctx: RunContext) -> None:
         super().__init__(params, splits, ctx)
         if len(self.event_shape) != 1:
-            raise UsageError(f"cnf models flat data; got event shape {self.event_shape}")
+            raise ConfigError(f"cnf models flat data; got event shape {self.event_shape}")
         self.dim = splits.dim
         self.device = torch.device(ctx.device)
         net = build_net(self.dim, params.widths(self.dim), params.activation, params.net)
@@ -163,7 +163,7 @@ class CNF(FlowMethod):
 
     # -- training -----------------------------------------------------------------------
     def train_log_prob(self, x: Tensor, probes: Tensor | None = None) -> TrainingLikelihood:
-        """The training solve on a (n, dim) batch: log p(x) with gradients (`bench.cnf_engine`).
+        """The training solve on a (n, dim) batch: log p(x) with gradients (`bench.science.ode_train`).
 
         Args:
             x: (n, dim) data.

@@ -3,7 +3,7 @@
 - ``extra_likelihoods(x)["elbo"]``: the variational bound (kind "bound") of the discrete
   reverse chain, L_T + sum_t L_{t-1} + L_0 (see `bench.diffusion`);
 - ``log_prob(x)``: the exact likelihood (kind "exact") of the same network's
-  probability-flow ODE (VP-SDE view, Song et al. 2021) through `bench.dynamics`, the engine
+  probability-flow ODE (VP-SDE view, Song et al. 2021) through `bench.science.ode`, the engine
   InterFlow and the CNF use. DDPM time s runs data -> noise; the harness time is t = 1 - s.
   The network index of continuous time s is ``sT - 1`` (trained on the integers 0..T-1), and
   the density is evaluated at ``s_min`` (default 1/T, the noise level of x_1: index 0, the
@@ -30,10 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from bench.api import LogLikelihood, Method, RunContext, Splits
-from bench.diffusion import DiffusionSchedule, VPProbabilityFlow
-from bench.dynamics import log_likelihood, standard_normal_log_prob
-from bench.errors import UsageError
-from bench.unet import EpsMLP, UNet
+from bench.science.diffusion import DiffusionSchedule, VPProbabilityFlow
+from bench.science.ode import log_likelihood, standard_normal_log_prob
+from bench.api.errors import ConfigError
+from bench.science.unet import EpsMLP, UNet
 
 __all__ = ["DDPM"]
 
@@ -97,7 +97,7 @@ class DDPM(Method):
         if self.image:
             lo, hi = float(splits.train.min()), float(splits.train.max())
             if lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
-                raise UsageError(f"ddpm expects images scaled to [-1, 1], got [{lo}, {hi}]")
+                raise ConfigError(f"ddpm expects images scaled to [-1, 1], got [{lo}, {hi}]")
             c, h, _ = self.event_shape
             mult = p.unet_ch_mult or ((1, 2, 2, 2) if h % 8 == 0 else (1, 2, 2))
             self.net: nn.Module = UNet(c, h, p.unet_ch, tuple(mult), p.unet_num_res_blocks,

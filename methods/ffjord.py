@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.api import FlowMethod, RunContext, Splits
-from bench.errors import UsageError
+from bench.api.errors import ConfigError
 
 __all__ = ["FFJORD", "FFJORDParams", "FFJORDVelocity", "ffjord_dir"]
 
@@ -175,7 +175,7 @@ class FFJORD(FlowMethod):
     def __init__(self, params: FFJORDParams, splits: Splits, ctx: RunContext) -> None:
         super().__init__(params, splits, ctx)
         if len(self.event_shape) != 1:
-            raise UsageError(f"ffjord (tabular) models flat data; got {self.event_shape}")
+            raise ConfigError(f"ffjord (tabular) models flat data; got {self.event_shape}")
         self.dim = splits.dim
         self.device = torch.device(ctx.device)
         p = params
@@ -183,7 +183,7 @@ class FFJORD(FlowMethod):
         try:
             blocks = [self._block(hidden) for _ in range(p.num_blocks)]
         except (KeyError, AssertionError) as e:
-            raise UsageError(f"ffjord: unsupported setting ({e!r})") from None
+            raise ConfigError(f"ffjord: unsupported setting ({e!r})") from None
         self.model = layers.SequentialFlow(blocks).to(self.device)
         self.v = FFJORDVelocity(self.model)
         if p.optimizer == "reference":

@@ -4,7 +4,7 @@ interpolants with a quadratic loss and no ODE solve.
 With x_t = I_t(x_0, x_1) between a base sample x_0 (t=0) and a data sample x_1 (t=1), the
 velocity v_t(x) minimises G(v) = E_{t, x_0, x_1}[|v_t(x_t)|^2 - 2 dI_t/dt . v_t(x_t)]
 whose minimiser is v_t(x) = E[dI_t/dt | x_t = x]. Sampling and likelihood integrate
-dX/dt = v_t(X) with the harness's shared engine (`bench.dynamics`).
+dX/dt = v_t(X) with the harness's shared engine (`bench.science.ode`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 
 from bench.api import FlowMethod, Splits
-from bench.errors import UsageError
-from bench.interpolants import get_interpolant
-from bench.nets import build_net
-from bench.training import EMA, make_optimizer, make_scheduler
+from bench.api.errors import ConfigError
+from bench.science.interpolants import get_interpolant
+from bench.science.nets import build_net
+from bench.harness.optim import EMA, make_optimizer, make_scheduler
 
 __all__ = ["InterFlow"]
 
@@ -68,11 +68,11 @@ class InterFlow(FlowMethod):
         self.base_dataset = None
         if params.base != "gaussian":
             if ctx.load_dataset is None:
-                raise UsageError("a dataset base density needs the harness's load_dataset")
+                raise ConfigError("a dataset base density needs the harness's load_dataset")
             self.base_dataset = ctx.load_dataset(params.base)
             base_shape = tuple(self.base_dataset.splits().event_shape)
             if base_shape != tuple(splits.event_shape):
-                raise UsageError(
+                raise ConfigError(
                     f"base {params.base!r} has shape {base_shape}, data has "
                     f"{tuple(splits.event_shape)}"
                 )

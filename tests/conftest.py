@@ -24,7 +24,7 @@ def data_dir() -> Path | None:
 
 @pytest.fixture(scope="session")
 def registry():
-    from bench.registry import Registry
+    from bench.harness.registry import Registry
 
     return Registry()
 
@@ -43,7 +43,7 @@ def toy_splits():
 @pytest.fixture(scope="session")
 def _mlflow_template(tmp_path_factory) -> Path:
     """An initialised MLflow SQLite store (creating one runs migrations for ~10 s)."""
-    from bench.tracking import _client
+    from bench.record.mlflow_sink import _client
 
     path = tmp_path_factory.mktemp("mlflow") / "template.db"
     _client(f"sqlite:///{path}").search_experiments()  # creates the tables, no experiment

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
-from bench.cli import main
+from bench.cli.main import main
 
 DIVERGING = '''
 from dataclasses import dataclass
@@ -67,7 +67,7 @@ def test_run_then_table(cli, tmp_path):
     png = list((tmp_path / "results" / "artifacts").rglob("samples.png"))
     ckpt = list((tmp_path / "results" / "artifacts").rglob("checkpoint.pt"))
     assert len(png) == 2 and len(ckpt) == 2
-    from bench.runner import load_checkpoint
+    from bench.harness.run import load_checkpoint
 
     state = load_checkpoint(ckpt[0])
     assert state["method"] == "interflow" and state["params"]["hidden"] == (16, 16)
@@ -85,7 +85,7 @@ def test_run_then_table(cli, tmp_path):
 
 def test_recorded_params_metrics_and_tags(cli):
     cli("run", "-m", "interflow[hidden=(8,8)]", "-d", TOY, "--set", "lr=5e-3", *TINY)
-    from bench.tracking import search_runs
+    from bench.record.mlflow_sink import search_runs
 
     runs = search_runs(cli.uri)
     row = runs.iloc[0]
@@ -126,7 +126,7 @@ def test_diverging_training_fails_cleanly_and_keeps_records(cli, tmp_path):
                                     "-m", "diverging", "-d", TOY, *TINY])
     assert res.exit_code == 1
     assert "training diverged at step 3" in res.output
-    from bench.tracking import search_runs
+    from bench.record.mlflow_sink import search_runs
 
     runs = search_runs(cli.uri).set_index("params.method")
     assert runs.loc["interflow", "status"] == "FINISHED"
@@ -135,7 +135,7 @@ def test_diverging_training_fails_cleanly_and_keeps_records(cli, tmp_path):
 
 
 def test_missing_data_is_a_one_line_error(cli, tmp_path, monkeypatch):
-    import bench.maf
+    import bench.science.maf
 
     monkeypatch.setattr(bench.maf, "MAF_ARCHIVE_URL", "file:///nonexistent/data.tar.gz")
     res = cli("run", "-m", "interflow", "-d", "power", "--data-dir", str(tmp_path / "empty"),
@@ -166,7 +166,7 @@ def test_table_without_runs_is_an_error(cli):
 def test_table_labels_kind_and_estimator():
     import pandas as pd
 
-    from bench.tables import comparison_table
+    from bench.record.tables import comparison_table
 
     runs = pd.DataFrame([
         {"status": "FINISHED", "params.method": "m", "params.dataset": "d", "params.seed": s,

@@ -1,5 +1,5 @@
 """Tests of the maximum-likelihood CNF (methods/cnf.py), its training engine
-(bench/cnf_engine.py) and the FFJORD adapter (methods/ffjord.py).
+(bench/science/ode_train.py) and the FFJORD adapter (methods/ffjord.py).
 
 Closed form used throughout: the linear field v(t, x) = A x carries x_0 ~ N(0, I) at t=0
 to x_1 = expm(A) x_0, so log p_1(x) = log N(expm(-A) x; 0, I) - tr(A).
@@ -17,13 +17,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from bench.harness import make_context
 from bench.api import RunContext, Splits
-from bench.cnf_engine import TrainConfig, training_log_likelihood
-from bench.dynamics import SolverConfig, log_likelihood
-from bench.errors import PluginUnavailable
-from bench.nets import build_net
-from bench.registry import Registry
-from bench.selection import build_params
+from bench.science.ode_train import TrainConfig, training_log_likelihood
+from bench.api import SolverConfig
+from bench.science.ode import log_likelihood
+from bench.api.errors import PluginUnavailable
+from bench.science.nets import build_net
+from bench.harness.registry import Registry
+from bench.harness.selection import build_params
 
 FFJORD_MESSAGE = "submodule not checked out: run git submodule update --init submodules/ffjord"
 F64 = torch.float64
@@ -71,7 +73,7 @@ def make_cnf(dim: int = 2, n: int = 256, ctx: RunContext | None = None, **overri
     data = data + 0.3 * torch.randn(3 * n, dim, generator=g)
     splits = Splits(train=data[:n], val=data[n:2 * n], test=data[2 * n:],
                     event_shape=(dim,), provenance="two blobs (test)")
-    return cls(params, splits, ctx or RunContext()), splits
+    return cls(params, splits, ctx or make_context()), splits
 
 
 # -- likelihood against the closed form ------------------------------------------------------
@@ -115,7 +117,7 @@ def test_cnf_method_linear_net_closed_form(linear_problem):
     """cnf with no hidden layer is linear once its biases are zero: both engines of the
     method (training solve, harness evaluation) give the closed-form density."""
     _, x = linear_problem
-    ctx = RunContext(solver=SolverConfig(rtol=1e-10, atol=1e-10))
+    ctx = make_context(solver=SolverConfig(rtol=1e-10, atol=1e-10))
     method, _ = make_cnf(dim=4, ctx=ctx, hidden=(), n_hidden=0, train_atol=1e-10,
                          train_rtol=1e-10, probe="rademacher")
     method.v.double()
@@ -303,7 +305,7 @@ def test_ffjord_adapter_matches_its_checkout_state():
     _, splits = make_cnf()
     torch.manual_seed(0)
     method = cls(build_params(cls.Params, cls.test_params, "ffjord"), splits,
-                 RunContext(solver=SolverConfig(rtol=1e-6, atol=1e-6)))
+                 make_context(solver=SolverConfig(rtol=1e-6, atol=1e-6)))
     model, x = method.model, splits.train[:64]
     torch.manual_seed(7)
     eps = torch.randn(x.shape)

@@ -7,11 +7,12 @@ import io
 import pytest
 import torch
 
+from bench.harness import make_context
 from bench.api import RunContext
-from bench.dynamics import SolverConfig
-from bench.errors import DataError
-from bench.registry import Registry
-from bench.selection import build_params
+from bench.api import SolverConfig
+from bench.api.errors import DataError
+from bench.harness.registry import Registry
+from bench.harness.selection import build_params
 
 _REG = Registry()
 METHODS = [n for n in _REG.names("method") if _REG.plugins["method"][n].available]
@@ -19,7 +20,7 @@ DATASETS = _REG.names("dataset")
 
 
 def _ctx(seed=0):
-    return RunContext(seed=seed, solver=SolverConfig(rtol=1e-5, atol=1e-5), max_steps=10,
+    return make_context(seed=seed, solver=SolverConfig(rtol=1e-5, atol=1e-5), max_steps=10,
                       load_dataset=lambda sel: _REG.dataset(sel))
 
 

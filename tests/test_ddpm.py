@@ -13,17 +13,19 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from bench.harness import make_context
 from bench.api import RunContext, Splits
-from bench.diffusion import (
+from bench.science.diffusion import (
     DiffusionSchedule,
     VPProbabilityFlow,
     discretized_gaussian_log_likelihood,
     normal_kl,
 )
-from bench.dynamics import SolverConfig, log_likelihood
-from bench.problems import gaussian_log_prob
-from bench.registry import Registry
-from bench.selection import build_params
+from bench.api import SolverConfig
+from bench.science.ode import log_likelihood
+from bench.science.gaussian import gaussian_log_prob
+from bench.harness.registry import Registry
+from bench.harness.selection import build_params
 
 F64 = torch.float64
 LOOSE = SolverConfig(rtol=1e-3, atol=1e-3)
@@ -39,7 +41,7 @@ def ddpm_cls():
 
 def make(cls, splits: Splits, ctx: RunContext | None = None, **overrides):
     params = build_params(cls.Params, {**cls.test_params, **overrides}, "method 'ddpm'")
-    return cls(params, splits, ctx or RunContext(solver=LOOSE))
+    return cls(params, splits, ctx or make_context(solver=LOOSE))
 
 
 def splits_of(x: Tensor) -> Splits:
@@ -122,7 +124,7 @@ def test_method_log_prob_with_ideal_network(ddpm_cls) -> None:
     m, s2 = torch.tensor([0.5, -1.0], dtype=F64), torch.tensor([0.09, 2.25], dtype=F64)
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(2)) * 1.5
     cfg = SolverConfig(rtol=1e-6, atol=1e-6)
-    method = make(ddpm_cls, splits_of(x), RunContext(solver=cfg), T=1000)
+    method = make(ddpm_cls, splits_of(x), make_context(solver=cfg), T=1000)
     mean_var, score = gaussian_vp(method.schedule, m, s2)
     method.net = OracleEps(method.schedule, score)
     ll = method.log_prob(x)
@@ -194,7 +196,7 @@ def test_bound_of_the_ideal_network_has_the_analytic_gap(ddpm_cls, variance: str
     fixedsmall: r_t = beta_t / beta~_t at every t). Checks prior, KLs and decoder together."""
     n, T = 20000, 100
     x = torch.randn(n, 2, generator=torch.Generator().manual_seed(7))
-    method = make(ddpm_cls, splits_of(x), RunContext(seed=3), T=T, variance=variance,
+    method = make(ddpm_cls, splits_of(x), make_context(seed=3), T=T, variance=variance,
                   eval_chunk=n)
     sch = method.schedule
     method.net = DiscreteOracle(sch, torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64))
@@ -287,7 +289,7 @@ def test_state_dict_round_trip_gives_identical_likelihoods(ddpm_cls, ema: bool) 
                                                        ("ancestral", 10, 10), ("ddim", 10, 10)])
 def test_samples_shape_and_nfe(ddpm_cls, sampler: str, steps: int, nfe: int) -> None:
     logged: dict[str, float] = {}
-    ctx = RunContext(log_metrics=lambda m, step=None: logged.update(m))
+    ctx = make_context(log_metrics=lambda m, step=None: logged.update(m))
     x = mixture_sample(200, seed=5).float()
     method = make(ddpm_cls, splits_of(x), ctx, sampler=sampler, sample_steps=steps)
     s = method.sample(7)

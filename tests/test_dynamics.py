@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from bench.dynamics import (
+from bench.science.ode import (
     SolverConfig,
     divergence_exact,
     divergence_hutchinson,
     integrate,
     log_likelihood,
 )
-from bench.interpolants import INTERPOLANTS, get_interpolant
-from bench.problems import GaussianPath, gaussian_log_prob
+from bench.science.interpolants import INTERPOLANTS, get_interpolant
+from bench.science.gaussian import GaussianPath, gaussian_log_prob
 
 
 def _path(name: str, d: int = 3) -> GaussianPath:

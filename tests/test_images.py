@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 
+from bench.harness import make_context
 from bench.api import RunContext, Splits
-from bench.dynamics import SolverConfig
-from bench.errors import DataError, UsageError
-from bench.nets import count_parameters
-from bench.registry import Registry
-from bench.selection import build_params
-from bench.unet import UNet
+from bench.api import SolverConfig
+from bench.api.errors import DataError, ConfigError
+from bench.science.nets import count_parameters
+from bench.harness.registry import Registry
+from bench.harness.selection import build_params
+from bench.science.unet import UNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,7 +83,7 @@ def test_unet_cifar10_config_has_ho_et_al_parameter_count() -> None:
 
 
 def test_unet_rejects_resolution_not_divisible_by_the_levels() -> None:
-    with pytest.raises(UsageError, match="not divisible"):
+    with pytest.raises(ConfigError, match="not divisible"):
         UNet(1, 28, ch=8, ch_mult=(1, 2, 2, 2))
 
 
@@ -155,7 +156,7 @@ def _tiny_ddpm(images: torch.Tensor, **overrides):
     params = build_params(cls.Params, {**cls.test_params, **overrides}, "method 'ddpm'")
     splits = Splits(images, images, images, tuple(images.shape[1:]), "test images")
     solver = SolverConfig(rtol=1e-2, atol=1e-2, divergence="hutchinson")
-    return cls(params, splits, RunContext(solver=solver))
+    return cls(params, splits, make_context(solver=solver))
 
 
 def test_tiny_ddpm_bound_in_bits_per_dim_on_8x8_images() -> None:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.harness import make_context
 from bench.api import RunContext, Splits
-from bench.dynamics import SolverConfig
-from bench.interpolants import get_interpolant
-from bench.problems import GaussianPath
-from bench.selection import build_params
+from bench.api import SolverConfig
+from bench.science.interpolants import get_interpolant
+from bench.science.gaussian import GaussianPath
+from bench.harness.selection import build_params
 
 
 def _make(registry, splits, ctx=None, **over):
     cls = registry.get("method", "interflow")
     params = build_params(cls.Params, {**cls.test_params, **over}, "interflow")
-    return cls(params, splits, ctx or RunContext(solver=SolverConfig(rtol=1e-6, atol=1e-6)))
+    return cls(params, splits, ctx or make_context(solver=SolverConfig(rtol=1e-6, atol=1e-6)))
 
 
 def _gauss_splits(m, s, n=4000):
@@ -68,7 +69,7 @@ def test_short_training_approaches_true_nll(registry):
 def test_density_to_density_base(registry):
     """8 Gaussians -> checkerboard: the base is another dataset and its density is used."""
     data = registry.dataset("checkerboard[n_train=500,n_val=50,n_test=50]")
-    ctx = RunContext(solver=SolverConfig(rtol=1e-4, atol=1e-4),
+    ctx = make_context(solver=SolverConfig(rtol=1e-4, atol=1e-4),
                      load_dataset=lambda sel: registry.dataset(sel))
     method = _make(registry, data.splits(), ctx, base="8gaussians")
     out = method.train_step(data.splits().train[:64], 0)
@@ -85,9 +86,9 @@ def test_density_to_density_base(registry):
 
 
 def test_base_with_wrong_shape_is_a_usage_error(registry):
-    from bench.errors import UsageError
+    from bench.api.errors import ConfigError
 
     data = registry.dataset("gaussian[dim=3,n_train=100,n_val=10,n_test=10]")
-    ctx = RunContext(load_dataset=lambda sel: registry.dataset(sel))
-    with pytest.raises(UsageError, match="shape"):
+    ctx = make_context(load_dataset=lambda sel: registry.dataset(sel))
+    with pytest.raises(ConfigError, match="shape"):
         _make(registry, data.splits(), ctx, base="8gaussians")

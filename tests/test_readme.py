@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.harness import make_context
 from bench.api import RunContext
-from bench.registry import Registry
-from bench.selection import build_params
+from bench.harness.registry import Registry
+from bench.harness.selection import build_params
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -41,7 +42,7 @@ def test_readme_examples_work(plugins):
     splits = ds.splits()
     assert splits.train.shape == (240, 2)
     cls = plugins.get("method", "diag_gaussian")
-    m = cls(build_params(cls.Params, {"lr": 0.05}, "diag"), splits, RunContext())
+    m = cls(build_params(cls.Params, {"lr": 0.05}, "diag"), splits, make_context())
     before = -m.log_prob(splits.test).values.mean()
     for step in range(300):
         m.train_step(splits.train, step)

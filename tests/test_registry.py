@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import PluginUnavailable, UsageError
-from bench.registry import Registry
+from bench.api.errors import PluginUnavailable, ConfigError
+from bench.harness.registry import Registry
 
 METHOD = '''
 from dataclasses import dataclass
@@ -64,7 +64,7 @@ def test_broken_plugin_is_listed_and_raises_only_when_selected(tmp_path):
 
 def test_duplicate_names_name_both_files(tmp_path):
     write(tmp_path, "methods", "dup", METHOD.format(cls="Dup", name="interflow"))
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(ConfigError) as e:
         Registry(extra_dirs=[tmp_path])
     msg = str(e.value)
     assert "duplicate method name 'interflow'" in msg
@@ -72,10 +72,10 @@ def test_duplicate_names_name_both_files(tmp_path):
 
 
 def test_unknown_name_lists_valid_and_closest(registry):
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(ConfigError) as e:
         registry.get("method", "interflw")
     assert "did you mean 'interflow'" in str(e.value) and "valid:" in str(e.value)
-    with pytest.raises(UsageError, match="unknown parameter 'lrr'"):
+    with pytest.raises(ConfigError, match="unknown parameter 'lrr'"):
         registry.resolve("method", "interflow[lrr=1]")
 
 
@@ -102,7 +102,7 @@ def test_plugin_folders_do_not_shadow_installed_datasets_package(tmp_path):
     (fake / "__init__.py").write_text("MARKER = 'the installed datasets package'\n")
     code = (
         "import sys; sys.path.insert(0, {!r})\n"
-        "from bench.registry import Registry; Registry()\n"
+        "from bench.harness.registry import Registry; Registry()\n"
         "assert 'datasets' not in sys.modules\n"
         "import datasets; print(datasets.MARKER)\n".format(str(tmp_path / "site"))
     )

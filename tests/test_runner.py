@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bench.api import LogLikelihood, Method
-from bench.runner import RunConfig, _Loop
-from bench.tracking import Tracker
+from bench.harness.run import RunConfig, _Loop
+from bench.record.mlflow_sink import Tracker
 
 VAL = [5.0, 4.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
 

@@ -5,8 +5,8 @@ from typing import Literal
 
 import pytest
 
-from bench.errors import UsageError
-from bench.selection import build_params, parse_selection, split_top
+from bench.api.errors import ConfigError
+from bench.harness.selection import build_params, parse_selection, split_top
 
 
 @dataclass
@@ -30,7 +30,7 @@ def test_parse_plain_and_bracketed():
 
 @pytest.mark.parametrize("bad", ["m[lr=1", "m]", "m[lr]", ""])
 def test_parse_malformed(bad):
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError):
         parse_selection(bad)
 
 
@@ -53,7 +53,7 @@ def test_build_params_coerces_types():
     ({"flag": "maybe"}, ["true or false"]),
 ])
 def test_build_params_errors_name_the_problem(over, words):
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(ConfigError) as e:
         build_params(P, over, "method 'm'")
     for w in words:
         assert w in str(e.value)

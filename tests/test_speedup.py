@@ -7,8 +7,8 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from bench.cli import main
-from bench.speedup import SpeedupResult, speedup_table, summarize_costs, time_to_target
+from bench.cli.main import main
+from bench.record.speedup import SpeedupResult, speedup_table, summarize_costs, time_to_target
 
 
 def _res(name, secs, val, nfe=None):

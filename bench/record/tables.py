@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import UsageError
+from bench.api.errors import ConfigError
 
 __all__ = ["long_results", "comparison_table", "render", "export"]
 
@@ -72,7 +72,7 @@ def comparison_table(runs: pd.DataFrame, metric: str = "test_nll") -> pd.DataFra
     """Rows: method [likelihood] (kind); columns: datasets; cells: mean ± std (count)."""
     long = long_results(runs, metric)
     if long.empty:
-        raise UsageError(f"no finished runs with metric {metric!r} recorded yet; "
+        raise ConfigError(f"no finished runs with metric {metric!r} recorded yet; "
                          "run `bench run` first")
     tab = long.groupby(["row", "dataset"])["value"].apply(_cell).unstack("dataset")
     tab = tab.fillna("")
@@ -90,13 +90,13 @@ def render(tab: pd.DataFrame, fmt: str) -> str:
         return tab.to_latex()
     if fmt == "json":
         return tab.to_json(orient="index", indent=1)
-    raise UsageError(f"unknown format {fmt!r}")
+    raise ConfigError(f"unknown format {fmt!r}")
 
 
 def export(tab: pd.DataFrame, path: Path) -> Path:
     fmt = {".md": "markdown", ".csv": "csv", ".tex": "latex", ".json": "json"}.get(path.suffix)
     if fmt is None:
-        raise UsageError(f"--out {path}: use a .md, .csv, .tex or .json file name")
+        raise ConfigError(f"--out {path}: use a .md, .csv, .tex or .json file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(tab, fmt) + "\n")
     return path

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench.errors import UsageError
+from bench.api.errors import ConfigError
 
 __all__ = [
     "PathSample",
@@ -147,5 +147,5 @@ INTERPOLANTS: dict[str, type[Interpolant]] = {
 
 def get_interpolant(name: str) -> Interpolant:
     if name not in INTERPOLANTS:
-        raise UsageError(f"unknown interpolant {name!r}; valid: {', '.join(INTERPOLANTS)}")
+        raise ConfigError(f"unknown interpolant {name!r}; valid: {', '.join(INTERPOLANTS)}")
     return INTERPOLANTS[name]()

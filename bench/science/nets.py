@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bench.errors import UsageError
+from bench.api.errors import ConfigError
 
 __all__ = ["ACTIVATIONS", "NETS", "build_net", "count_parameters", "TimeNet"]
 
@@ -57,9 +57,9 @@ class TimeNet(nn.Module):
     def __init__(self, dim: int, hidden: tuple[int, ...], activation: str, net: str) -> None:
         super().__init__()
         if net not in NETS:
-            raise UsageError(f"unknown net {net!r}; valid: {', '.join(NETS)}")
+            raise ConfigError(f"unknown net {net!r}; valid: {', '.join(NETS)}")
         if activation not in ACTIVATIONS:
-            raise UsageError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
         self.net, self.dim = net, dim
         sizes = [dim, *hidden, dim]
         if net == "mlp":

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from bench.api import Dataset, RunContext
-from bench.cost import peak_memory_bytes, reset_peak_memory, synchronize
-from bench.dynamics import SolverConfig
-from bench.errors import TrainingDiverged, UsageError
-from bench.metrics import NLLSummary, plot_samples_2d, summarize, true_nll
-from bench.registry import PROJECT_ROOT, Registry
+from bench.harness.cost import peak_memory_bytes, reset_peak_memory, synchronize
+from bench.science.ode import SolverConfig
+from bench.api.errors import TrainingDiverged, ConfigError
+from bench.science.metrics import NLLSummary, plot_samples_2d, summarize, true_nll
+from bench.harness.registry import PROJECT_ROOT, Registry
 
 __all__ = ["RunConfig", "RunResult", "run_one", "git_commit", "load_checkpoint"]
 
@@ -51,11 +51,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.steps is None and self.max_seconds is None:
-            raise UsageError("give a budget: --steps and/or --max-seconds")
+            raise ConfigError("give a budget: --steps and/or --max-seconds")
         if self.steps is not None and self.steps < 1:
-            raise UsageError("--steps must be >= 1")
+            raise ConfigError("--steps must be >= 1")
         if self.eval_every < 1:
-            raise UsageError("--eval-every must be >= 1")
+            raise ConfigError("--eval-every must be >= 1")
 
 
 @dataclass

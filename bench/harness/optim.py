@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from bench.errors import UsageError
+from bench.api.errors import ConfigError
 
 __all__ = ["make_optimizer", "make_scheduler", "EMA", "SCHEDULES"]
 
@@ -23,7 +23,7 @@ def make_scheduler(opt, schedule: str, total_steps: int | None, warmup: int = 0)
     """A LambdaLR: linear warm-up, then constant, cosine or linear decay to 0 over the
     run's step budget (constant when the budget is only in seconds)."""
     if schedule not in SCHEDULES:
-        raise UsageError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+        raise ConfigError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -43,7 +43,7 @@ class EMA:
 
     def __init__(self, module: nn.Module, decay: float) -> None:
         if not 0.0 <= decay < 1.0:
-            raise UsageError(f"ema decay must be in [0, 1), got {decay}")
+            raise ConfigError(f"ema decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.module = module
         self.shadow = copy.deepcopy(module).eval() if decay > 0 else None

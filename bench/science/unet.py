@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.errors import UsageError
-from bench.nets import ACTIVATIONS
+from bench.api.errors import ConfigError
+from bench.science.nets import ACTIVATIONS
 
 __all__ = ["timestep_embedding", "UNet", "EpsMLP"]
 
@@ -122,7 +122,7 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         if resolution % 2 ** (len(ch_mult) - 1):
-            raise UsageError(f"U-Net resolution {resolution} is not divisible by "
+            raise ConfigError(f"U-Net resolution {resolution} is not divisible by "
                              f"2^{len(ch_mult) - 1} (ch_mult={tuple(ch_mult)})")
         self.ch, temb_ch = ch, 4 * ch
         self.temb = nn.Sequential(_init(nn.Linear(ch, temb_ch)), nn.SiLU(),
@@ -189,7 +189,7 @@ class EpsMLP(nn.Module):
                  time_embed_dim: int) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise UsageError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
         self.time_embed_dim = time_embed_dim
         self.act = ACTIVATIONS[activation]()
         self.temb = nn.Sequential(nn.Linear(time_embed_dim, time_embed_dim), nn.SiLU(),

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.errors import DataError
+from bench.api.errors import DataError
 
 __all__ = [
     "MAF_ARCHIVE_URL", "MAF_ARCHIVE_MD5", "MAF_RECORD", "MAF_SIZES", "MAF_DIMS", "RAW_FILES",

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from bench.errors import UsageError
+from bench.api.types import (
+    ADAPTIVE_SOLVERS,
+    DIVERGENCES,
+    LogLikelihood,
+    SolverConfig,
+    check_divergence,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,47 +43,8 @@ __all__ = [
     "DIVERGENCES",
     "ADAPTIVE_SOLVERS",
     "check_divergence",
+    "ODEEngine",
 ]
-
-DIVERGENCES = ("exact", "hutchinson")
-PROBES = ("rademacher", "gaussian")
-ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-
-
-def check_divergence(divergence: str, probe: str, n_probes: int) -> None:
-    """UsageError unless the divergence settings are valid (shared by every engine)."""
-    if divergence not in DIVERGENCES:
-        raise UsageError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    if probe not in PROBES:
-        raise UsageError(f"probe must be one of {PROBES}, got {probe!r}")
-    if n_probes < 1:
-        raise UsageError("n_probes must be >= 1")
-
-
-@dataclass
-class SolverConfig:
-    """Solver settings owned by the harness (the same for every method it scores)."""
-
-    method: str = "dopri5"
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    divergence: str = "exact"
-    n_probes: int = 1
-    probe: str = "rademacher"
-    chunk: int = 4096
-
-    def __post_init__(self) -> None:
-        if self.method not in ADAPTIVE_SOLVERS:  # checked before training, not after it
-            raise UsageError(f"unknown evaluation solver {self.method!r}; valid (adaptive): "
-                             f"{', '.join(ADAPTIVE_SOLVERS)}")
-        check_divergence(self.divergence, self.probe, self.n_probes)
-
-    def label(self) -> str:
-        div = self.divergence
-        if div == "hutchinson":
-            div = f"hutchinson({self.probe},k={self.n_probes})"
-        return f"ode {self.method} rtol={self.rtol:g} atol={self.atol:g} div={div}"
-
 
 @dataclass
 class ODEResult:
@@ -231,8 +198,6 @@ def log_likelihood(
     """
     from torchdiffeq import odeint
 
-    from bench.api import LogLikelihood
-
     if t == 0.0:  # the flow starts at the base density
         return LogLikelihood(values=base_log_prob(x), kind="exact", estimator="base density")
     gen = torch.Generator().manual_seed(seed)
@@ -249,5 +214,19 @@ def log_likelihood(
                               atol=cfg.atol, method=cfg.method)
         # acc(0) = -int_0^t div v ds, so log rho_t(x) = log rho_0(x_0) + acc(0)
         out.append(base_log_prob(xs[-1]) + accs[-1])
-        nfe += dyn.nfe
+        nfe = max(nfe, dyn.nfe)  # per solve: the most any chunk needed
     return LogLikelihood(values=torch.cat(out), kind="exact", estimator=cfg.label(), nfe=nfe)
+
+
+class ODEEngine:
+    """The engine a `FlowMethod` reaches through ``ctx.engine``: `integrate` and
+    `log_likelihood` with the harness's solver settings and the run's probe seed."""
+
+    def __init__(self, cfg: SolverConfig, seed: int = 0) -> None:
+        self.cfg, self.seed = cfg, seed
+
+    def integrate(self, field, x: Tensor, t0: float, t1: float) -> Tensor:
+        return integrate(field, x, t0, t1, self.cfg).x
+
+    def log_likelihood(self, field, x: Tensor, base_log_prob, t: float = 1.0) -> LogLikelihood:
+        return log_likelihood(field, x, base_log_prob, self.cfg, t=t, seed=self.seed)

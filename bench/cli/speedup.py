@@ -6,13 +6,13 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.errors import UsageError
+from bench.api.errors import ConfigError
 
 __all__ = ["run_speedup"]
 
 
 def _shared_overrides(registry, methods, shared, hidden_rule, dim) -> dict[str, str]:
-    from bench.selection import param_fields, parse_selection
+    from bench.harness.selection import param_fields, parse_selection
 
     shared = dict(shared)
     if not shared.get("hidden"):
@@ -23,7 +23,7 @@ def _shared_overrides(registry, methods, shared, hidden_rule, dim) -> dict[str, 
         fields = param_fields(registry.get("method", name).Params)
         missing = [k for k in shared if k not in fields]
         if missing:
-            raise UsageError(f"method {name!r} has no parameter {missing[0]!r}: it cannot "
+            raise ConfigError(f"method {name!r} has no parameter {missing[0]!r}: it cannot "
                              "share the network and batch of the study")
     return shared
 
@@ -36,18 +36,18 @@ def run_speedup(registry, *, dataset: str, methods: list[str], budget: float,
                 echo: Callable[[str], None] = print):
     """Train each method for budget/len(methods) seconds with identical network and batch,
     then write the table (markdown, CSV) and the plot to results/speedup/ and to MLflow."""
-    from bench.dynamics import SolverConfig
-    from bench.runner import RunConfig, run_one
-    from bench.speedup import from_tracker, plot, speedup_table, stamp
-    from bench.tables import render
-    from bench.tracking import Tracker, default_tracking_uri
+    from bench.science.ode import SolverConfig
+    from bench.harness.run import RunConfig, run_one
+    from bench.record.speedup import from_tracker, plot, speedup_table, stamp
+    from bench.record.tables import render
+    from bench.record.mlflow_sink import Tracker, default_tracking_uri
 
     if budget <= 0 or evals < 1 or len(methods) < 2:
-        raise UsageError("speedup needs --budget > 0, --evals >= 1 and at least two methods")
+        raise ConfigError("speedup needs --budget > 0, --evals >= 1 and at least two methods")
     ds = registry.dataset(dataset, data_dir=data_dir)
     dim = ds.splits().dim
     common = _shared_overrides(registry, methods, shared, hidden_rule, dim)
-    from bench.selection import route_overrides
+    from bench.harness.selection import route_overrides
 
     extra, _ = route_overrides(registry, methods, [], sets)
     per_method = budget / len(methods)

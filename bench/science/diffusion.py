@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from bench.errors import UsageError
+from bench.api.errors import ConfigError
 
 __all__ = [
     "SCHEDULES",
@@ -54,7 +54,7 @@ def make_betas(schedule: str, T: int) -> Tensor:
     Dhariwal's ab(u) = cos^2(pi/2 (u + 0.008) / 1.008), betas clipped at 0.999.
     """
     if T < 2:
-        raise UsageError(f"the number of diffusion steps T must be >= 2, got {T}")
+        raise ConfigError(f"the number of diffusion steps T must be >= 2, got {T}")
     if schedule == "linear":
         scale = 1000.0 / T
         return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)
@@ -63,7 +63,7 @@ def make_betas(schedule: str, T: int) -> Tensor:
         f = torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
         ab = f / f[0]
         return (1 - ab[1:] / ab[:-1]).clamp(max=0.999)
-    raise UsageError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    raise ConfigError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
@@ -174,7 +174,7 @@ class DiffusionSchedule:
             return torch.log(torch.cat([pv[1:2], self.betas[1:]]))
         if variance == "fixedsmall":
             return self.posterior_log_variance_clipped
-        raise UsageError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
+        raise ConfigError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
 
     def p_mean(self, x_t: Tensor, t: Tensor, eps: Tensor, clip: bool) -> tuple[Tensor, Tensor]:
         """Mean of p(x_{t-1} | x_t) (the posterior mean at the predicted x_0) and that x_0;
@@ -213,7 +213,7 @@ class DiffusionSchedule:
         elif decoder == "discretized":
             nll = -_sum_flat(discretized_gaussian_log_likelihood(x_0, mean, 0.5 * logvar))
         else:
-            raise UsageError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
+            raise ConfigError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
         return torch.where(t.to(kl.device) == 0, nll, kl)
 
     # continuous-time (VP-SDE) view ----------------------------------------------------

@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any
 
-from bench.errors import UsageError
+from bench.api.errors import ConfigError
 
 __all__ = [
     "parse_selection", "split_top", "build_params", "param_fields", "closest",
@@ -50,15 +50,15 @@ def parse_selection(text: str) -> tuple[str, dict[str, str]]:
     text = text.strip()
     if "[" not in text:
         if "]" in text or not text:
-            raise UsageError(f"malformed selection {text!r}: expected name[key=value,...]")
+            raise ConfigError(f"malformed selection {text!r}: expected name[key=value,...]")
         return text, {}
     if not text.endswith("]"):
-        raise UsageError(f"malformed selection {text!r}: missing closing ']'")
+        raise ConfigError(f"malformed selection {text!r}: missing closing ']'")
     name, inner = text.split("[", 1)
     overrides: dict[str, str] = {}
     for item in split_top(inner[:-1]):
         if "=" not in item:
-            raise UsageError(f"malformed parameter {item!r} in {text!r}: expected key=value")
+            raise ConfigError(f"malformed parameter {item!r} in {text!r}: expected key=value")
         key, value = item.split("=", 1)
         overrides[key.strip()] = value.strip()
     return name.strip(), overrides
@@ -126,7 +126,7 @@ def build_params(params_cls: type, overrides: dict[str, Any], owner: str) -> Any
     for key, raw in overrides.items():
         if key not in fields:
             valid = ", ".join(sorted(fields)) or "none"
-            raise UsageError(
+            raise ConfigError(
                 f"unknown parameter {key!r} for {owner}{closest(key, list(fields))}; "
                 f"valid: {valid}"
             )
@@ -138,13 +138,13 @@ def build_params(params_cls: type, overrides: dict[str, Any], owner: str) -> Any
             kwargs[key] = _coerce(raw, tp)
         except (ValueError, TypeError) as e:
             tname = getattr(tp, "__name__", str(tp))
-            raise UsageError(
+            raise ConfigError(
                 f"bad value {raw!r} for {owner} parameter {key!r} ({tname}): {e}"
             ) from None
     try:
         return params_cls(**kwargs)
     except (ValueError, TypeError) as e:
-        raise UsageError(f"invalid parameters for {owner}: {e}") from None
+        raise ConfigError(f"invalid parameters for {owner}: {e}") from None
 
 
 def route_overrides(registry, methods, datasets, sets):
@@ -162,7 +162,7 @@ def route_overrides(registry, methods, datasets, sets):
         if "." in key:
             target, name = key.split(".", 1)
             if target not in ("method", "dataset"):
-                raise UsageError(f"--set {key}: prefix must be 'method.' or 'dataset.'")
+                raise ConfigError(f"--set {key}: prefix must be 'method.' or 'dataset.'")
         hit = False
         if target in (None, "method"):
             for fields, d in zip(m_fields, per_m, strict=True):
@@ -174,6 +174,6 @@ def route_overrides(registry, methods, datasets, sets):
                     d[name], hit = val, True
         if not hit:
             valid = sorted(set().union(*m_fields, *d_fields))
-            raise UsageError(f"--set {key}: no selected method or dataset has parameter "
+            raise ConfigError(f"--set {key}: no selected method or dataset has parameter "
                              f"{name!r}{closest(name, valid)}; valid: {', '.join(valid)}")
     return per_m, per_d

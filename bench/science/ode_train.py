@@ -1,6 +1,6 @@
 """Training-mode log-likelihood of a continuous normalizing flow (FFJORD, RNODE).
 
-The evaluation engine (`bench.dynamics.log_likelihood`) runs without gradients. Maximum
+The evaluation engine (`bench.science.ode.log_likelihood`) runs without gradients. Maximum
 likelihood training needs the gradient of log p(x) with respect to the network, so this
 module integrates the augmented state
 
@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bench.dynamics import ADAPTIVE_SOLVERS, check_divergence, divergence_exact, draw_probes
-from bench.errors import UsageError
+from bench.api.types import ADAPTIVE_SOLVERS, check_divergence
+from bench.science.ode import divergence_exact, draw_probes
+from bench.api.errors import ConfigError
 
 __all__ = [
     "FIXED_STEP_SOLVERS",
@@ -69,9 +70,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS:
             valid = ", ".join(ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS)
-            raise UsageError(f"unknown solver {self.method!r}; valid: {valid}")
+            raise ConfigError(f"unknown solver {self.method!r}; valid: {valid}")
         if self.method in FIXED_STEP_SOLVERS and not (self.step_size and self.step_size > 0):
-            raise UsageError(f"fixed-step solver {self.method!r} needs a step_size > 0")
+            raise ConfigError(f"fixed-step solver {self.method!r} needs a step_size > 0")
         check_divergence(self.divergence, self.probe, self.n_probes)
 
     def options(self) -> dict[str, float]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from bench.errors import BenchError, UsageError
+from bench.api.errors import BenchError, ConfigError
 
 __all__ = ["main"]
 
@@ -32,7 +32,7 @@ class _Group(click.Group):
 
 
 def _registry(ctx):
-    from bench.registry import Registry
+    from bench.harness.registry import Registry
 
     return Registry(extra_dirs=list(ctx.obj.get("plugins", ())))
 
@@ -41,7 +41,7 @@ def _parse_sets(items: tuple[str, ...]) -> list[tuple[str, str]]:
     out = []
     for item in items:
         if "=" not in item:
-            raise UsageError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
         out.append((k.strip(), v.strip()))
     return out
@@ -101,15 +101,15 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
         rtol, atol, solver, divergence, probes, data_dir, results_dir, tracking_uri,
         experiment, quiet, as_json):
     """Train and evaluate every (method, dataset, seed) combination; record them in MLflow."""
-    from bench.dynamics import SolverConfig
-    from bench.runner import RunConfig, run_one
-    from bench.selection import build_params, parse_selection, route_overrides
-    from bench.tracking import Tracker, default_tracking_uri
+    from bench.science.ode import SolverConfig
+    from bench.harness.run import RunConfig, run_one
+    from bench.harness.selection import build_params, parse_selection, route_overrides
+    from bench.record.mlflow_sink import Tracker, default_tracking_uri
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
-        raise UsageError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+        raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     registry = _registry(ctx)
     per_m, per_d = route_overrides(registry, methods, datasets, _parse_sets(sets))
     for sel, extra in zip(methods, per_m, strict=True):  # check all input before any run
@@ -141,7 +141,7 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
         try:
             res = run_one(m_sel, d_sel, seed, cfg, registry, tracker, m_set, d_set)
         except BenchError as e:
-            if isinstance(e, UsageError):
+            if isinstance(e, ConfigError):
                 raise
             failures.append(f"{m_sel} on {d_sel} seed {seed}: {e}")
             click.echo(f"error: {failures[-1]}", err=True)
@@ -220,8 +220,8 @@ def list_(ctx, as_json):
               help="Also write the table here (format from the extension: .md, .csv, .tex).")
 def table(results_dir, tracking_uri, experiment, metric, fmt, out):
     """Methods x datasets table of recorded runs: mean +- std over seeds (count)."""
-    from bench.tables import comparison_table, export, render
-    from bench.tracking import default_tracking_uri, search_runs
+    from bench.record.tables import comparison_table, export, render
+    from bench.record.mlflow_sink import default_tracking_uri, search_runs
 
     uri = tracking_uri or default_tracking_uri(Path(results_dir))
     runs = search_runs(uri, experiment)
@@ -267,7 +267,7 @@ def speedup(ctx, dataset, methods, budget, steps, net, hidden, hidden_mult, n_hi
             activation, batch_size, sets, evals, target, seed, device, with_test, data_dir,
             results_dir, tracking_uri, experiment, quiet):
     """Per-iteration cost and time-to-target of methods sharing one network and batch."""
-    from bench.speedup_run import run_speedup
+    from bench.cli.speedup import run_speedup
 
     run_speedup(_registry(ctx), dataset=dataset, methods=list(methods), budget=budget,
                 steps=steps, shared={"net": net, "hidden": hidden, "activation": activation,

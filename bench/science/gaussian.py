@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from bench.interpolants import Interpolant
+from bench.science.interpolants import Interpolant
 
 __all__ = ["GaussianPath", "gaussian_log_prob"]
 

@@ -18,8 +18,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.errors import PluginUnavailable, UsageError
-from bench.selection import build_params, closest, parse_selection
+from bench.api.errors import PluginUnavailable, ConfigError
+from bench.harness.selection import build_params, closest, parse_selection
 
 __all__ = ["Plugin", "Registry", "PROJECT_ROOT", "KINDS"]
 
@@ -84,7 +84,7 @@ class Registry:
         for root in plugin_dirs(extra_dirs):
             root = root.expanduser().resolve()
             if not root.is_dir():
-                raise UsageError(f"plug-in folder {root} does not exist")
+                raise ConfigError(f"plug-in folder {root} does not exist")
             for kind, sub in KINDS.items():
                 # a --plugins DIR may hold methods/ and datasets/ or plug-in files directly
                 folder = root / sub
@@ -100,7 +100,7 @@ class Registry:
     def _add(self, plugin: Plugin) -> None:
         table = self.plugins[plugin.kind]
         if plugin.name in table:
-            raise UsageError(
+            raise ConfigError(
                 f"duplicate {plugin.kind} name {plugin.name!r}: defined in "
                 f"{table[plugin.name].source} and {plugin.source}"
             )
@@ -143,11 +143,11 @@ class Registry:
         return sorted(self.plugins[kind])
 
     def get(self, kind: str, name: str) -> type:
-        """The class of plug-in `name`; UsageError if unknown, PluginUnavailable if broken."""
+        """The class of plug-in `name`; ConfigError if unknown, PluginUnavailable if broken."""
         table = self.plugins[kind]
         if name not in table:
             valid = ", ".join(self.names(kind)) or "none"
-            raise UsageError(
+            raise ConfigError(
                 f"unknown {kind} {name!r}{closest(name, self.names(kind))}; valid: {valid}"
             )
         plugin = table[name]

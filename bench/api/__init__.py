@@ -1,0 +1,34 @@
+"""The contract between bench and its plug-ins, and the data that flows through the harness.
+
+Imports nothing else of bench (enforced by import-linter, see pyproject.toml).
+"""
+
+from __future__ import annotations
+
+from bench.api.errors import (
+    BenchError,
+    ConfigError,
+    ContractError,
+    DataError,
+    PluginUnavailable,
+    TrainingDiverged,
+)
+from bench.api.plugins import Dataset, FlowMethod, Method
+from bench.api.records import Budget, Job, OptimConfig, RunRecord, Sink
+from bench.api.types import (
+    DatasetRef,
+    FlowEngine,
+    LogLikelihood,
+    NoParams,
+    RunContext,
+    SolverConfig,
+    Splits,
+    default_data_dir,
+)
+
+__all__ = [
+    "BenchError", "ConfigError", "ContractError", "DataError", "PluginUnavailable",
+    "TrainingDiverged", "Dataset", "FlowMethod", "Method", "Budget", "Job", "OptimConfig",
+    "RunRecord", "Sink", "DatasetRef", "FlowEngine", "LogLikelihood", "NoParams",
+    "RunContext", "SolverConfig", "Splits", "default_data_dir",
+]

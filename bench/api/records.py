@@ -1,0 +1,182 @@
+"""Jobs, records and sinks: what flows from the plan through the harness to the record.
+
+selection strings -> plan (`Job`s, validated) -> ``run_job(job, sink)`` -> `RunRecord`
+-> sinks (MLflow, in memory) and tables. Plain data; nothing here imports the rest of bench.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from bench.api.errors import ConfigError
+from bench.api.types import SolverConfig
+
+__all__ = ["OptimConfig", "Budget", "Job", "RunRecord", "Sink", "STATUSES"]
+
+STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimisation settings every method shares; the harness builds from them the
+    optimiser, learning-rate schedule, gradient clipping and EMA of the weights.
+
+    Attributes:
+        optimizer: "adam" or "adamw" (decoupled weight decay).
+        lr: learning rate. weight_decay: L2 (adam) or decoupled (adamw) decay.
+        schedule: "constant", "cosine" or "linear" decay to 0 over the step budget (constant
+            when the budget is only in seconds), after ``warmup`` linear warm-up steps.
+        grad_clip: maximum gradient norm (0: off).
+        ema: decay of the exponential moving average of the weights (0: off); evaluation,
+            sampling and checkpoints' "ema" entry use the average.
+        ema_warmup: use decay min(ema, (1 + n) / (10 + n)) after n updates (DDPM's).
+    """
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup: int = 0
+    grad_clip: float = 0.0
+    ema: float = 0.0
+    ema_warmup: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup < 0 or self.grad_clip < 0:
+            raise ConfigError("weight_decay, warmup and grad_clip must be >= 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema decay must be in [0, 1), got {self.ema}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a run trains and how it is validated.
+
+    Attributes:
+        steps: maximum training steps (None: only the time budget).
+        max_seconds: maximum training seconds (evaluation not counted).
+        eval_every: validation every N steps (unless ``eval_at_seconds``).
+        eval_at_seconds: validate once each of these training times is passed.
+        patience: early stop after N validations without improvement.
+        val_rows: use only the first N validation rows (None: all).
+    """
+
+    steps: int | None = 5000
+    max_seconds: float | None = None
+    eval_every: int = 250
+    eval_at_seconds: tuple[float, ...] = ()
+    patience: int = 8
+    val_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.max_seconds is None:
+            raise ConfigError("give a budget: --steps and/or --max-seconds")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ConfigError(f"--max-seconds must be > 0, got {self.max_seconds}")
+        if self.eval_every < 1:
+            raise ConfigError(f"--eval-every must be >= 1, got {self.eval_every}")
+        if self.patience < 1:
+            raise ConfigError(f"--patience must be >= 1, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (method, dataset, seed) run, fully resolved and validated by the plan.
+
+    Attributes:
+        method, dataset: plug-in names; method_cls, dataset_cls: their classes.
+        method_params, dataset_params: instances of their ``Params``.
+        refs: datasets named by ``DatasetRef`` parameters: field -> (class, params).
+        optim, budget, solver: the shared settings of this run.
+        sources: plug-in name -> "path (version)" of the file or entry point.
+        label: the selection as the user wrote it (with its overrides).
+    """
+
+    method: str
+    method_cls: type
+    method_params: Any
+    dataset: str
+    dataset_cls: type
+    dataset_params: Any
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    budget: Budget = field(default_factory=Budget)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    device: str = "cpu"
+    data_dir: Path | None = None
+    evaluate_test: bool = True
+    n_samples: int = 20_000
+    refs: dict[str, tuple[type, Any]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.dataset}-s{self.seed}"
+
+
+@dataclass
+class RunRecord:
+    """Everything one run recorded: what the tables, the speed-up study and the Python API
+    read (never a tracker's internals).
+
+    Attributes:
+        params: flat parameters (``method``, ``dataset``, ``seed``, ``p_method_*``,
+            ``p_dataset_*``, ``optim_*``, ``solver_*``, budget).
+        tags: labels (provenance, split names, estimator and kind of each likelihood).
+        metrics: final values (``test_nll``, ``test_nll_se``, ``train_seconds``, ...).
+        history: per-step series, metric -> [(step, value)].
+        status: RUNNING, FINISHED, FAILED or KILLED; failure: its one-line reason.
+        artifacts: name -> path or URI (``checkpoint.pt``, ``samples.png``, ...).
+    """
+
+    run_id: str | None
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    status: str = "RUNNING"
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return str(self.params.get("method", ""))
+
+    @property
+    def dataset(self) -> str:
+        return str(self.params.get("dataset", ""))
+
+    @property
+    def seed(self) -> int:
+        return int(self.params.get("seed", 0))
+
+    @property
+    def failure(self) -> str | None:
+        return self.tags.get("failure.reason")
+
+
+class Sink(Protocol):
+    """Where a run's record goes as it happens (MLflow, memory). One sink per run."""
+
+    def start(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str | None:
+        """Open the run; returns its id."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Record metric values (at a training step, or final when step is None)."""
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Record labels."""
+
+    def log_artifact(self, path: Path) -> str:
+        """Keep a file with the run; returns where it is kept."""
+
+    def end(self, status: str) -> None:
+        """Close the run with its final status (flushes everything)."""

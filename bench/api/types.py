@@ -1,0 +1,179 @@
+"""Data passed between the harness and plug-ins: splits, labelled likelihoods, solver
+settings, the run context. Plain data classes; nothing here imports the rest of bench.
+
+Time convention of the whole harness: t=0 is the base density, t=1 the data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NewType, Protocol
+
+from bench.api.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+__all__ = [
+    "Splits", "LogLikelihood", "SolverConfig", "RunContext", "FlowEngine", "NoParams",
+    "DatasetRef", "default_data_dir", "ADAPTIVE_SOLVERS", "DIVERGENCES", "PROBES", "KINDS",
+    "LIKELIHOOD_KINDS",
+]
+
+KINDS = ("toy2d", "tabular", "image")
+LIKELIHOOD_KINDS = ("exact", "bound")
+DIVERGENCES = ("exact", "hutchinson")
+PROBES = ("rademacher", "gaussian")
+ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+#: A ``Params`` field typed ``DatasetRef`` names a dataset selection (e.g. InterFlow's
+#: ``base=8gaussians``): the plan checks the name, the harness loads it and hands the
+#: instance to the method as ``ctx.datasets[field_name]``.
+DatasetRef = NewType("DatasetRef", str)
+
+
+@dataclass
+class NoParams:
+    """Parameters of a plug-in that has none."""
+
+
+def default_data_dir() -> Path:
+    """`BENCH_DATA_DIR`, else the user cache folder (``~/.cache/bench/data``)."""
+    env = os.environ.get("BENCH_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "bench" / "data"
+
+
+@dataclass
+class Splits:
+    """Train/validation/test data of one dataset.
+
+    Attributes:
+        train, val, test: float32 tensors of shape (n, *event_shape).
+        event_shape: shape of one example, e.g. (43,) or (3, 32, 32).
+        provenance: where the rows come from and how they were preprocessed; recorded
+            with every run (e.g. "MAF MINIBOONE, reduced pre-split folder ...").
+        split_names: a label per split, e.g. {"test": "MAF test split (3648 rows)"}.
+        dequantization: how discrete data is made continuous: "none" for real-valued data;
+            "uniform-8bit" for 8-bit data scaled to [-1, 1] (the harness adds the uniform
+            noise and the change of variables, see `bench.science.metrics`).
+    """
+
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    event_shape: tuple[int, ...]
+    provenance: str
+    split_names: dict[str, str] = field(default_factory=dict)
+    dequantization: str = "none"
+
+    @property
+    def dim(self) -> int:
+        n = 1
+        for s in self.event_shape:
+            n *= s
+        return n
+
+
+@dataclass
+class LogLikelihood:
+    """Per-example log-likelihood (nats) with the label every reported number needs.
+
+    Attributes:
+        values: (n,) log p(x) in nats (a lower bound of it when ``kind == "bound"``).
+        kind: "exact" (up to ODE-solver error) or "bound" (variational, ELBO).
+        estimator: how it was obtained, e.g. "ode dopri5 rtol=1e-05 atol=1e-05 div=exact".
+        nfe: function evaluations of ONE solve (per chunk of rows; the same for every chunk
+            of a fixed-step method, the largest chunk's for an adaptive one).
+    """
+
+    values: Tensor
+    kind: Literal["exact", "bound"] = "exact"
+    estimator: str = ""
+    nfe: int = 0
+
+
+def check_divergence(divergence: str, probe: str, n_probes: int) -> None:
+    """ConfigError unless the divergence settings are valid (shared by every engine)."""
+    if divergence not in DIVERGENCES:
+        raise ConfigError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    if probe not in PROBES:
+        raise ConfigError(f"probe must be one of {PROBES}, got {probe!r}")
+    if n_probes < 1:
+        raise ConfigError("n_probes must be >= 1")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Evaluation solver settings owned by the harness (the same for every method)."""
+
+    method: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    divergence: Literal["exact", "hutchinson"] = "exact"
+    n_probes: int = 1
+    probe: Literal["rademacher", "gaussian"] = "rademacher"
+    chunk: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.method not in ADAPTIVE_SOLVERS:  # checked in the plan, not after training
+            raise ConfigError(f"unknown evaluation solver {self.method!r}; valid (adaptive): "
+                              f"{', '.join(ADAPTIVE_SOLVERS)}")
+        if not (self.rtol > 0 and self.atol > 0):
+            raise ConfigError("solver tolerances rtol and atol must be > 0")
+        if self.chunk < 1:
+            raise ConfigError("solver chunk must be >= 1")
+        check_divergence(self.divergence, self.probe, self.n_probes)
+
+    def label(self) -> str:
+        div = self.divergence
+        if div == "hutchinson":
+            div = f"hutchinson({self.probe},k={self.n_probes})"
+        return f"ode {self.method} rtol={self.rtol:g} atol={self.atol:g} div={div}"
+
+
+class FlowEngine(Protocol):
+    """What a flow method asks of the harness's ODE engine (`bench.science.ode.ODEEngine`)."""
+
+    def integrate(self, field: Callable[[Tensor, Tensor], Tensor], x: Tensor, t0: float,
+                  t1: float) -> Tensor:
+        """x(t1) of dx/dt = field(t, x) started at x(t0) = x."""
+
+    def log_likelihood(self, field: Callable[[Tensor, Tensor], Tensor], x: Tensor,
+                       base_log_prob: Callable[[Tensor], Tensor],
+                       t: float = 1.0) -> LogLikelihood:
+        """log rho_t(x) of the flow started at rho_0 = base."""
+
+
+@dataclass
+class RunContext:
+    """What the harness hands to a method: device, seed, solver, engine, side datasets.
+
+    Plug-ins never import mlflow or the harness; they report through ``log_metrics``.
+
+    Attributes:
+        device, seed: where and with which seed the run happens.
+        solver: the evaluation solver settings (also used by methods with their own ODEs).
+        engine: the ODE engine configured with ``solver`` (flow methods sample and score
+            through it).
+        max_steps: the step budget, if any (for methods whose science needs it).
+        datasets: the datasets named by ``DatasetRef`` parameters, by field name.
+        log_metrics: metrics callback ``(metrics, step)``.
+        work_dir: a scratch folder of the run.
+    """
+
+    device: str = "cpu"
+    seed: int = 0
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    engine: FlowEngine | None = None
+    max_steps: int | None = None
+    datasets: dict[str, Any] = field(default_factory=dict)
+    log_metrics: Callable[[dict[str, float], int | None], None] = lambda m, step=None: None
+    work_dir: Path = field(default_factory=lambda: Path("."))
+    generator: torch.Generator | None = None
