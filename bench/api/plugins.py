@@ -163,7 +163,11 @@ class Method(ABC):
     def extra_likelihoods(self, x: Tensor) -> dict[str, LogLikelihood]:
         """Further likelihoods of the same model, by short name (e.g. DDPM's ``{"elbo":
         <bound>}`` beside its probability-flow ODE ``log_prob``). Recorded as
-        ``test_nll_<name>`` with their kind. Default: none."""
+        ``test_nll_<name>`` with their kind. On 8-bit data (``splits.dequantization ==
+        "uniform-8bit"``) these receive the data on the grid and must be log-probabilities
+        of the discrete data (e.g. a discretized decoder), while ``log_prob`` receives
+        uniformly dequantized points and is a continuous density (the harness adds the
+        change of variables). Default: none."""
         return {}
 
     def extra_state(self) -> dict[str, Any]:
