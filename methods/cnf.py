@@ -5,16 +5,17 @@ The model is the ODE dX/dt = v_t(X) from a standard Gaussian (t=0) to the data (
 Training maximises log p_1(x) = log N(x_0; 0, I) - int_0^1 div v_t(x_t) dt by integrating
 (x, log-density) from the data back to the base with dopri5 and the adjoint method, the
 divergence estimated by Hutchinson's trace estimator with a probe fixed for each solve
-(`bench.science.ode_train`). Evaluation is the harness's: the shared engine with its own solver
+(`bench.science.ode`). Evaluation is the harness's: the same engine with its own solver
 settings and the exact trace (`FlowMethod.log_prob`).
 
 Defaults are FFJORD's MINIBOONE setting (README of rtqichen/ffjord, ``train_tabular.py``):
 concatsquash layers, softplus, 2 hidden layers of width 20 x data dimension, one block,
-batch 1000, Adam lr 1e-3, weight decay 1e-6, training tolerances atol 1e-8 / rtol 1e-6,
-Gaussian probes. FFJORD's script asks to learn the end time T (``train_T``), but at the
-pinned commit its T gets no gradient (``CNF.forward`` detaches it), so T stays 1 as here by
-default; ``train_time=true`` learns it for real. Off by default, ``net``/``hidden``/
-``activation`` give the very network InterFlow trains, parameter for parameter.
+batch 1000, Adam lr 1e-3, weight decay 1e-6 (``CNF.optim``: the harness's shared optimiser
+settings), training tolerances atol 1e-8 / rtol 1e-6, Gaussian probes. FFJORD's script
+asks to learn the end time T (``train_T``), but at the pinned commit its T gets no gradient
+(``CNF.forward`` detaches it), so T stays 1 as here by default; ``train_time=true`` learns
+it for real. Off by default, ``net``/``hidden``/``activation`` give the very network
+InterFlow trains, parameter for parameter.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from bench.api import FlowMethod, RunContext, Splits
-from bench.science.ode_train import TrainConfig, TrainingLikelihood, training_log_likelihood
 from bench.api.errors import ConfigError
-from bench.science.nets import ACTIVATIONS, NETS, build_net
+from bench.science.nets import build_net
+from bench.science.ode import TrainConfig, TrainingLikelihood, training_log_likelihood
 
 __all__ = ["CNF", "CNFParams", "ScaledTimeField"]
 
@@ -52,44 +53,38 @@ class CNFParams:
         divergence: hutchinson | exact, during training [divergence_fn].
         probe: gaussian | rademacher [rademacher]; n_probes per solve.
         kinetic_weight, jacobian_weight: RNODE penalties on int |v|^2 and int |eps^T J|^2.
-        grad_clip: max gradient norm (0: off).
         train_time, time_length: learn the end time T, v(t, x) = T f(T t, x) [train_T,
             time_length].
     """
 
-    net: str = "concatsquash"
+    net: Literal["mlp", "concat", "concatsquash"] = "concatsquash"
     hidden: tuple[int, ...] = ()
     hidden_mult: int = 20
     n_hidden: int = 2
-    activation: str = "softplus"
+    activation: Literal["softplus", "tanh", "relu", "elu", "silu", "gelu"] = "softplus"
     batch_size: int = 1000
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    solver: str = "dopri5"
+    solver: Literal["dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler",
+                    "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
+                    "fixed_adams"] = "dopri5"
     train_atol: float = 1e-8
     train_rtol: float = 1e-6
     step_size: float = 0.0
     adjoint: bool = True
-    divergence: str = "hutchinson"
-    probe: str = "gaussian"
+    divergence: Literal["hutchinson", "exact"] = "hutchinson"
+    probe: Literal["gaussian", "rademacher"] = "gaussian"
     n_probes: int = 1
     kinetic_weight: float = 0.0
     jacobian_weight: float = 0.0
-    grad_clip: float = 0.0
     train_time: bool = False
     time_length: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.net not in NETS:
-            raise ValueError(f"net must be one of {NETS}, got {self.net!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}")
-        if self.batch_size < 1 or self.lr <= 0 or self.n_probes < 1:
-            raise ValueError("batch_size and n_probes must be >= 1 and lr > 0")
+        if self.batch_size < 1 or self.n_probes < 1:
+            raise ValueError("batch_size and n_probes must be >= 1")
         if not self.hidden and (self.hidden_mult < 1 or self.n_hidden < 0):
             raise ValueError("hidden_mult must be >= 1 and n_hidden >= 0")
-        if min(self.kinetic_weight, self.jacobian_weight, self.grad_clip) < 0:
-            raise ValueError("kinetic_weight, jacobian_weight and grad_clip must be >= 0")
+        if min(self.kinetic_weight, self.jacobian_weight) < 0:
+            raise ValueError("kinetic_weight and jacobian_weight must be >= 0")
         if self.time_length <= 0:
             raise ValueError("time_length must be > 0")
         self.train_config()  # checks solver, step size, divergence and probe
@@ -138,20 +133,26 @@ class CNF(FlowMethod):
         "hidden": (16, 16), "batch_size": 64, "train_atol": 1e-5, "train_rtol": 1e-5,
     }
     likelihood = "exact"
+    optim: ClassVar[dict[str, Any]] = {"lr": 1e-3, "weight_decay": 1e-6}
+
+    @classmethod
+    def supports(cls, kind: str, event_shape: tuple[int, ...]) -> str | None:
+        if len(event_shape) != 1:
+            return f"cnf models flat vectors (event shape (d,)); got {tuple(event_shape)}"
+        return None
 
     def __init__(self, params: CNFParams, splits: Splits, ctx: RunContext) -> None:
         super().__init__(params, splits, ctx)
         if len(self.event_shape) != 1:
-            raise ConfigError(f"cnf models flat data; got event shape {self.event_shape}")
+            raise ConfigError(self.supports("", self.event_shape))
         self.dim = splits.dim
         self.device = torch.device(ctx.device)
         net = build_net(self.dim, params.widths(self.dim), params.activation, params.net)
         self.v: nn.Module = ScaledTimeField(net, params.time_length) if params.train_time else net
         self.v.to(self.device)
-        self.opt = torch.optim.Adam(self.v.parameters(), lr=params.lr,
-                                    weight_decay=params.weight_decay)
         self.train_cfg = params.train_config()
         self.gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
+        self._last: TrainingLikelihood | None = None
 
     # -- the base density (t = 0) -------------------------------------------------------
     def base_sample(self, n: int) -> Tensor:
@@ -163,7 +164,8 @@ class CNF(FlowMethod):
 
     # -- training -----------------------------------------------------------------------
     def train_log_prob(self, x: Tensor, probes: Tensor | None = None) -> TrainingLikelihood:
-        """The training solve on a (n, dim) batch: log p(x) with gradients (`bench.science.ode_train`).
+        """The training solve on a (n, dim) batch: log p(x) with gradients
+        (`bench.science.ode.training_log_likelihood`).
 
         Args:
             x: (n, dim) data.
@@ -173,24 +175,27 @@ class CNF(FlowMethod):
         return training_log_likelihood(self.v, x, self.base_log_prob, self.train_cfg,
                                        generator=self.gen, probes=probes)
 
-    def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
-        """One Adam step on -mean log p(batch). Returns loss (mean NLL, nats) and NFEs.
+    def loss(self, batch: Tensor, step: int = 0) -> tuple[Tensor, dict[str, float]]:
+        """The objective -mean log p(batch) (+ RNODE penalties) on a (b, dim) batch.
 
-        A non-finite objective (or a solver that gave up on exploding dynamics) returns
-        the non-finite loss without updating, for the harness to raise on.
+        Metrics: ``loss`` (the mean NLL in nats, without penalties), ``nfe_forward``,
+        ``kinetic`` / ``jacobian_frobenius`` / ``objective`` with penalties. A training
+        solve that gives up (torchdiffeq asserts on exploding dynamics) returns a NaN
+        objective, for the harness to raise on.
         """
         p = self.params
         x = batch.to(self.device).reshape(batch.shape[0], self.dim)
-        self.v.train()
-        self.opt.zero_grad(set_to_none=True)
+        self._last = None
         try:
             res = self.train_log_prob(x)
         except AssertionError as exc:  # torchdiffeq: "underflow in dt nan" and the like
             logger.warning("cnf step %d: training solve failed (%s)", step, exc)
-            return {"loss": math.nan, "nfe_forward": math.nan, "nfe_backward": 0.0}
+            return torch.tensor(math.nan), {"nfe_forward": math.nan}
+        self._last = res
         nll = -res.log_prob.mean()
         objective = nll
-        out: dict[str, float] = {}
+        out: dict[str, float] = {"loss": float(nll.detach()),
+                                 "nfe_forward": float(res.nfe_forward)}
         if res.kinetic is not None:
             kinetic = res.kinetic.mean()
             objective = objective + p.kinetic_weight * kinetic
@@ -199,24 +204,14 @@ class CNF(FlowMethod):
             jac = res.jacobian.mean()
             objective = objective + p.jacobian_weight * jac
             out["jacobian_frobenius"] = float(jac.detach())
-        out["loss"] = float(nll.detach())
-        out["nfe_forward"] = float(res.nfe_forward)
-        if not torch.isfinite(objective):
-            out["loss"] = float(objective.detach())
-            out["nfe_backward"] = 0.0
-            return out
         if res.kinetic is not None or res.jacobian is not None:
             out["objective"] = float(objective.detach())
-        try:
-            objective.backward()
-        except AssertionError as exc:
-            logger.warning("cnf step %d: adjoint solve failed (%s)", step, exc)
-            return {**out, "loss": math.nan, "nfe_backward": float(res.nfe_backward)}
-        out["nfe_backward"] = float(res.nfe_backward)
-        if p.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.v.parameters(), p.grad_clip)
-            out["grad_norm"] = float(norm)
-        self.opt.step()
+        return objective, out
+
+    def after_backward(self) -> dict[str, float]:
+        """``nfe_backward``: the adjoint solve's function evaluations (0 without adjoint);
+        ``end_time`` with a learned T."""
+        out = {"nfe_backward": float(self._last.nfe_backward if self._last else 0)}
         if isinstance(self.v, ScaledTimeField):
             out["end_time"] = float(self.v.end_time().detach())
         return out
@@ -225,13 +220,9 @@ class CNF(FlowMethod):
     def modules(self) -> dict[str, nn.Module]:
         return {"v": self.v}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"v": self.v.state_dict(), "opt": self.opt.state_dict(),
-                "probe_rng": self.gen.get_state()}
+    def extra_state(self) -> dict[str, Any]:
+        return {"probe_rng": self.gen.get_state()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.v.load_state_dict(state["v"])
-        if "opt" in state:
-            self.opt.load_state_dict(state["opt"])
+    def load_extra_state(self, state: dict[str, Any]) -> None:
         if "probe_rng" in state:
             self.gen.set_state(state["probe_rng"])

@@ -12,27 +12,31 @@
 Data: vectors (2-D, tabular) use an MLP and a Gaussian decoder density; images
 (event shape (C, H, W), 8-bit values scaled to [-1, 1] by v -> 2v/255 - 1) use Ho et al.'s
 U-Net, the discretized Gaussian decoder and clipping of the predicted x_0 to [-1, 1] in the
-bound and in sampling. Image likelihoods are log-probabilities of the 8-bit image: the
-PF-ODE density is evaluated at uniformly dequantized points x + u, u ~ U(-1/255, 1/255)^D,
-plus D log(2/255) (Jensen: a lower bound on the bin probability; bits/dim = -ll / (D ln 2)).
+bound and in sampling. On images the bound is a log-probability of the 8-bit image (the
+discretized decoder), while ``log_prob`` is the PF-ODE density of the point it is given: the
+harness dequantizes the test images uniformly and adds D log(2/255) (`bench.science.metrics`).
+
+Optimisation is the harness's (``DDPM.default_optim``): Adam, lr 2e-4 on images (Ho et al.)
+and 1e-3 on vectors, gradient clipping at norm 1; Ho et al.'s EMA of the weights is
+``ema=0.9999`` (with their warm-up of the decay, ``ema_warmup``, on by default) and their
+learning-rate warm-up ``warmup=5000``.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from bench.api import LogLikelihood, Method, RunContext, Splits
-from bench.science.diffusion import DiffusionSchedule, VPProbabilityFlow
-from bench.science.ode import log_likelihood, standard_normal_log_prob
 from bench.api.errors import ConfigError
+from bench.science.diffusion import DiffusionSchedule, VPProbabilityFlow
+from bench.science.ode import standard_normal_log_prob
 from bench.science.unet import EpsMLP, UNet
 
 __all__ = ["DDPM"]
@@ -42,29 +46,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Params:
-    """DDPM settings. Defaults follow Ho et al. where they apply (T, schedule, grad clip)."""
+    """DDPM settings. Defaults follow Ho et al. where they apply (T, noise schedule); the
+    optimiser's (lr, grad_clip, warmup, ema) are the harness's shared settings."""
 
     T: int = 1000  # diffusion steps (linear betas scaled by 1000/T when T != 1000)
-    schedule: Literal["linear", "cosine"] = "linear"
+    noise_schedule: Literal["linear", "cosine"] = "linear"  # of the betas (lr: `schedule`)
     loss: Literal["simple", "vlb", "hybrid"] = "simple"
     vlb_weight: float = 0.001  # lambda of the hybrid loss L_simple + lambda L_vlb
     variance: Literal["fixedlarge", "fixedsmall"] = "fixedlarge"  # sigma_t^2 = beta_t | beta~_t
     sampler: Literal["ancestral", "ddim"] = "ancestral"
     sample_steps: int = 0  # 0: all T steps; k < T: k evenly spaced steps (respaced chain)
     hidden: tuple[int, ...] = (256, 256, 256)  # MLP (vector data)
-    activation: str = "silu"
+    activation: Literal["softplus", "tanh", "relu", "elu", "silu", "gelu"] = "silu"
     time_embed_dim: int = 128
     unet_ch: int = 128  # U-Net (image data)
     unet_ch_mult: tuple[int, ...] | None = None  # None: (1,2,2,2), or (1,2,2) if H % 8 != 0
     unet_num_res_blocks: int = 2
     unet_attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.1  # U-Net only
-    lr: float | None = None  # None: 2e-4 for images (Ho et al.), 1e-3 for vectors
     batch_size: int = 128
-    grad_clip: float = 1.0  # max gradient norm; 0 disables
-    warmup_steps: int = 0  # linear learning-rate warm-up (Ho et al.: 5000 on CIFAR-10)
-    ema: bool = False  # evaluate with an exponential moving average of the weights
-    ema_decay: float = 0.9999  # effective decay min(decay, (1 + n) / (10 + n)) after n updates
     elbo_t_draws: int = 0  # 0: every KL term; k > 0: unbiased estimate from k draws of t
     val_t_draws: int = 100  # draws of t in the bound estimate used for early stopping
     ode_s_min: float | None = None  # PF-ODE density at s_min; None: 1/T
@@ -88,12 +88,26 @@ class DDPM(Method):
                    "unet_attn_resolutions": (4,), "dropout": 0.0, "eval_chunk": 256}
     likelihood = "exact"
 
+    @classmethod
+    def default_optim(cls, kind: str) -> dict[str, Any]:
+        """Adam with lr 2e-4 on images (Ho et al.), 1e-3 on vectors; clipping at norm 1;
+        the EMA decay, when switched on with ``ema``, warms up as in Ho et al."""
+        return {"lr": 2e-4 if kind == "image" else 1e-3, "grad_clip": 1.0,
+                "ema_warmup": True}
+
+    @classmethod
+    def supports(cls, kind: str, event_shape: tuple[int, ...]) -> str | None:
+        if len(event_shape) not in (1, 3):
+            return (f"ddpm models vectors (d,) or images (C, H, W); got "
+                    f"{tuple(event_shape)}")
+        return None
+
     def __init__(self, params: Params, splits: Splits, ctx: RunContext) -> None:
         super().__init__(params, splits, ctx)
         p = params
         self.image = len(self.event_shape) == 3
         self.dim = splits.dim
-        self.schedule = DiffusionSchedule.from_name(p.schedule, p.T)
+        self.schedule = DiffusionSchedule.from_name(p.noise_schedule, p.T)
         if self.image:
             lo, hi = float(splits.train.min()), float(splits.train.max())
             if lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
@@ -106,21 +120,14 @@ class DDPM(Method):
             self.net = EpsMLP(self.dim, tuple(p.hidden), p.activation, p.time_embed_dim)
         self.net.to(ctx.device)
         self.decoder = "discretized" if self.image else "gaussian"
-        self.lr = p.lr if p.lr is not None else (2e-4 if self.image else 1e-3)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
-        self.ema_net: nn.Module | None = None
-        if p.ema:
-            self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
-        self.n_updates = 0
 
     # training -------------------------------------------------------------------------
-    def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
-        """One Adam step on (b, *event_shape) data; loss per ``Params.loss``:
-        ``simple`` mean ||eps - eps_theta||^2 (Ho et al.'s L_simple); ``vlb`` the unbiased
-        one-t estimate (T L_t + L_T) / D of the negative ELBO in nats/dim (no clipping, as
-        Ho et al.'s training code); ``hybrid`` L_simple + vlb_weight * vlb."""
+    def loss(self, batch: Tensor, step: int = 0) -> tuple[Tensor, dict[str, float]]:
+        """The loss on (b, *event_shape) data, per ``Params.loss``: ``simple`` mean
+        ||eps - eps_theta||^2 (Ho et al.'s L_simple); ``vlb`` the unbiased one-t estimate
+        (T L_t + L_T) / D of the negative ELBO in nats/dim (no clipping, as Ho et al.'s
+        training code); ``hybrid`` L_simple + vlb_weight * vlb. Metrics: ``mse``, ``vlb``."""
         p, sch = self.params, self.schedule
-        self.net.train()
         x_0 = batch.to(self.ctx.device)
         n = x_0.shape[0]
         t = torch.randint(0, p.T, (n,), device=x_0.device)
@@ -128,36 +135,18 @@ class DDPM(Method):
         x_t = sch.q_sample(x_0, t, noise)
         eps = self.net(x_t, t.float())
         mse = ((eps - noise) ** 2).reshape(n, -1).mean(1).mean()
-        out = {"mse": mse.item()}
+        out = {"mse": float(mse.detach())}
         loss = mse
         if p.loss != "simple":
             vb = sch.vb_term(x_0, x_t, t, eps, p.variance, self.decoder, clip=False)
             vlb = ((p.T * vb + sch.prior_kl(x_0)) / self.dim).mean()
             loss = vlb if p.loss == "vlb" else mse + p.vlb_weight * vlb
-            out["vlb"] = vlb.item()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if p.grad_clip > 0:
-            out["grad_norm"] = float(nn.utils.clip_grad_norm_(self.net.parameters(),
-                                                              p.grad_clip))
-        if p.warmup_steps > 0:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr * min(1.0, (step + 1) / p.warmup_steps)
-        self.optimizer.step()
-        self.n_updates += 1
-        if self.ema_net is not None:
-            decay = min(p.ema_decay, (1 + self.n_updates) / (10 + self.n_updates))
-            with torch.no_grad():
-                for e, w in zip(self.ema_net.parameters(), self.net.parameters(), strict=True):
-                    e.lerp_(w, 1.0 - decay)
-                for e, w in zip(self.ema_net.buffers(), self.net.buffers(), strict=True):
-                    e.copy_(w)
-        out["loss"] = loss.item()
-        return out
+            out["vlb"] = float(vlb.detach())
+        return loss, out
 
     def _eval_net(self) -> nn.Module:
-        net = self.ema_net if self.ema_net is not None else self.net
-        return net.eval()
+        """The network in eval mode (the harness swaps the EMA weights in when it has one)."""
+        return self.net.eval()
 
     def _eps(self, net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
         return net(x, t.to(device=x.device, dtype=x.dtype))
@@ -200,9 +189,12 @@ class DDPM(Method):
 
     # likelihoods ----------------------------------------------------------------------
     def log_prob(self, x: Tensor) -> LogLikelihood:
-        """Exact log-density (n,) of the probability-flow ODE model at s_min (images: of the
-        8-bit bin, see the module docstring), with the harness's solver settings."""
-        p, sch, cfg = self.params, self.schedule, self.ctx.solver_config()
+        """Exact log-density (n,) of the probability-flow ODE model at s_min at the points
+        x (n, *event_shape), through the harness's engine and solver settings."""
+        p, sch, cfg = self.params, self.schedule, self.ctx.solver
+        if self.ctx.engine is None:
+            raise ConfigError("this RunContext has no ODE engine: build it with "
+                              "bench.harness.make_context")
         net = self._eval_net()
         s_min = p.ode_s_min if p.ode_s_min is not None else 1.0 / p.T
 
@@ -212,22 +204,13 @@ class DDPM(Method):
 
         flow = VPProbabilityFlow(sch, score)
         x = x.to(self.ctx.device)
-        offset, deq = 0.0, ""
-        if self.image:
-            if cfg.divergence == "exact":
-                log.warning("ddpm: exact divergence of a %d-dim image field costs %d "
-                            "vector-Jacobian products per evaluation; consider "
-                            "divergence=hutchinson", self.dim, self.dim)
-            gen = _generator(self.ctx.seed, "dequantization")
-            u = (torch.rand(x.shape, generator=gen) * 2 - 1) / 255.0
-            x = x + u.to(x)
-            offset = self.dim * math.log(2.0 / 255.0)
-            deq = ", uniform dequantization in the 8-bit bin + D log(2/255)"
-        ll = log_likelihood(flow, x, standard_normal_log_prob, cfg, t=1.0 - s_min,
-                            seed=self.ctx.seed)
-        est = f"pf-ode (VP, s_min={s_min:g}, index sT-1) {ll.estimator}{deq}"
-        return LogLikelihood(values=ll.values.cpu() + offset, kind="exact", estimator=est,
-                             nfe=ll.nfe)
+        if self.image and cfg.divergence == "exact":
+            log.warning("ddpm: exact divergence of a %d-dim image field costs %d "
+                        "vector-Jacobian products per evaluation; consider "
+                        "divergence=hutchinson", self.dim, self.dim)
+        ll = self.ctx.engine.log_likelihood(flow, x, standard_normal_log_prob, t=1.0 - s_min)
+        est = f"pf-ode (VP, s_min={s_min:g}, index sT-1) {ll.estimator}"
+        return LogLikelihood(values=ll.values.cpu(), kind="exact", estimator=est, nfe=ll.nfe)
 
     def extra_likelihoods(self, x: Tensor) -> dict[str, LogLikelihood]:
         """{"elbo": the negative-ELBO bound as a log-likelihood lower bound (n,)}."""
@@ -250,7 +233,7 @@ class DDPM(Method):
             terms = f"sum of all {p.T - 1} KL terms L_(t-1), one x_t draw each"
         dec = ("L_0 = discretized Gaussian decoder (8-bit bins of [-1,1], x_0 clipped)"
                if self.image else "L_0 = Gaussian decoder density -log N(x_0; mu(x_1,1), s_1^2)")
-        est = (f"negative ELBO (Ho et al.) L_T + {terms} + {dec}; T={p.T} {p.schedule} "
+        est = (f"negative ELBO (Ho et al.) L_T + {terms} + {dec}; T={p.T} {p.noise_schedule} "
                f"{p.variance} variance, nats")
         return LogLikelihood(values=-values.float(), kind="bound", estimator=est,
                              nfe=(draws or p.T - 1) + 1)
@@ -282,21 +265,6 @@ class DDPM(Method):
     # state ----------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net}
-
-    def state_dict(self) -> dict:
-        state = {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "n_updates": self.n_updates}
-        if self.ema_net is not None:
-            state["ema"] = self.ema_net.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.n_updates = int(state.get("n_updates", 0))
-        if self.ema_net is not None:
-            self.ema_net.load_state_dict(state.get("ema", state["net"]))
 
 
 def _chunks(n: int, size: int) -> list[int]:

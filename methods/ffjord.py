@@ -3,7 +3,12 @@ behind our plug-in interface, to compare our `cnf` with the original on the same
 
 Training is the reference's: its ``ODEnet`` / ``ODEfunc`` / ``CNF`` / ``SequentialFlow``
 (``lib/layers``, odeint_adjoint, Hutchinson probe per solve) and the loss and NFE counting
-of its ``train_tabular.py``; optionally its own Adam (``lib/custom_optimizers.py``).
+of its ``train_tabular.py``. The optimiser is the harness's (``FFJORD.optim``: Adam,
+lr 1e-3, weight decay 0): the reference's own Adam (``lib/custom_optimizers.py``) is the
+classic formulation of ``torch.optim.Adam`` (eps added to sqrt(v) before the bias
+correction, i.e. eps / sqrt(1 - beta2^k) in torch's terms, a difference of order 1e-8), and
+its weight decay does nothing: it calls the out-of-place ``p.data.add``, so the script's
+``--weight_decay 1e-6`` is a no-op. Weight decay 0 therefore reproduces the reference.
 Evaluation is the harness's: the trained chain is exposed as a velocity field in our time
 convention (t=0 base, t=1 data), so the shared engine scores it exactly like `cnf`.
 
@@ -23,7 +28,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -65,13 +70,6 @@ def _load_package(name: str, folder: Path) -> ModuleType:
     return module
 
 
-def _load_file(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 _ROOT = ffjord_dir()
 if not (_ROOT / "lib" / "layers" / "cnf.py").is_file():
     raise ImportError(SUBMODULE_MESSAGE)
@@ -99,8 +97,9 @@ class FFJORDParams:
         divergence: [divergence_fn] hutchinson (approximate) | exact (brute_force).
         probe: gaussian | rademacher [rademacher].
         solver, train_atol, train_rtol, step_size: [solver, atol, rtol, step_size].
-        optimizer: "reference" (FFJORD's Adam, whose weight decay does nothing: it calls the
-            out-of-place ``p.data.add``) or "torch" (``torch.optim.Adam``, as `cnf`).
+
+    [lr] and [weight_decay] are the harness's shared optimiser settings (see the module
+    docstring for why the default weight decay is 0).
     """
 
     net: str = "concatsquash"
@@ -112,26 +111,21 @@ class FFJORDParams:
     time_length: float = 1.0
     train_T: bool = False
     residual: bool = False
-    divergence: str = "hutchinson"
-    probe: str = "gaussian"
+    divergence: Literal["hutchinson", "exact"] = "hutchinson"
+    probe: Literal["gaussian", "rademacher"] = "gaussian"
     solver: str = "dopri5"
     train_atol: float = 1e-8
     train_rtol: float = 1e-6
     step_size: float = 0.0
     batch_size: int = 1000
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    optimizer: str = "reference"
 
     def __post_init__(self) -> None:
         if self.divergence not in ("hutchinson", "exact"):
             raise ValueError("divergence must be hutchinson or exact")
         if self.probe not in ("gaussian", "rademacher"):
             raise ValueError("probe must be gaussian or rademacher")
-        if self.optimizer not in ("reference", "torch"):
-            raise ValueError("optimizer must be reference or torch")
-        if self.num_blocks < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("num_blocks and batch_size must be >= 1 and lr > 0")
+        if self.num_blocks < 1 or self.batch_size < 1:
+            raise ValueError("num_blocks and batch_size must be >= 1")
 
 
 class FFJORDVelocity(nn.Module):
@@ -171,11 +165,19 @@ class FFJORD(FlowMethod):
         "hidden": (16, 16), "batch_size": 64, "train_atol": 1e-5, "train_rtol": 1e-5,
     }
     likelihood = "exact"
+    optim: ClassVar[dict[str, Any]] = {"lr": 1e-3, "weight_decay": 0.0}
+
+    @classmethod
+    def supports(cls, kind: str, event_shape: tuple[int, ...]) -> str | None:
+        if len(event_shape) != 1:
+            return (f"ffjord (its tabular model) models flat vectors (event shape (d,)); got "
+                    f"{tuple(event_shape)}")
+        return None
 
     def __init__(self, params: FFJORDParams, splits: Splits, ctx: RunContext) -> None:
         super().__init__(params, splits, ctx)
         if len(self.event_shape) != 1:
-            raise ConfigError(f"ffjord (tabular) models flat data; got {self.event_shape}")
+            raise ConfigError(self.supports("", self.event_shape))
         self.dim = splits.dim
         self.device = torch.device(ctx.device)
         p = params
@@ -186,11 +188,7 @@ class FFJORD(FlowMethod):
             raise ConfigError(f"ffjord: unsupported setting ({e!r})") from None
         self.model = layers.SequentialFlow(blocks).to(self.device)
         self.v = FFJORDVelocity(self.model)
-        if p.optimizer == "reference":
-            adam = _load_file("_bench_ffjord_optim", _ROOT / "lib" / "custom_optimizers.py").Adam
-        else:
-            adam = torch.optim.Adam
-        self.opt = adam(self.model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        self._nfe_forward = 0
 
     def _block(self, hidden: tuple[int, ...]) -> nn.Module:
         """One CNF block as ``build_model_tabular`` + ``set_cnf_options`` make it."""
@@ -220,39 +218,26 @@ class FFJORD(FlowMethod):
         return int(sum(m.num_evals() for m in self.model.modules()
                        if isinstance(m, layers.ODEfunc)))
 
-    def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
-        """One step of the reference loop. Returns loss (mean NLL, nats) and NFEs.
+    def loss(self, batch: Tensor, step: int = 0) -> tuple[Tensor, dict[str, float]]:
+        """The reference loss -mean log p(batch) on (b, dim) data, with ``nfe_forward``.
         The Hutchinson probes come from torch's global generator, as in the reference."""
         x = batch.to(self.device, torch.get_default_dtype())
-        self.model.train()
         with warnings.catch_warnings():
-            # the reference's known warnings: torch.tensor(t), torch.tensor([0, T]), add_(a, b)
+            # the reference's known warnings: torch.tensor(t), torch.tensor([0, T])
             warnings.filterwarnings("ignore", message="To copy construct from a tensor")
-            warnings.filterwarnings("ignore", message="This overload of add")
             warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
-            self.opt.zero_grad()
             zero = torch.zeros(x.shape[0], 1).to(x)
             z, delta_logp = self.model(x, zero)
-            logpz = (-0.5 * math.log(2 * math.pi) - z.pow(2) / 2).view(z.shape[0], -1)
-            loss = -torch.mean(logpz.sum(1, keepdim=True) - delta_logp)
-            nfe_forward = self.count_nfe()
-            out = {"loss": float(loss.detach()), "nfe_forward": float(nfe_forward)}
-            if not math.isfinite(out["loss"]):
-                return {**out, "nfe_backward": 0.0}
-            loss.backward()
-            self.opt.step()
-            out["nfe_backward"] = float(self.count_nfe() - nfe_forward)
-        out["end_time"] = float(self.model.chain[0].sqrt_end_time.detach() ** 2)
-        return out
+        logpz = (-0.5 * math.log(2 * math.pi) - z.pow(2) / 2).view(z.shape[0], -1)
+        loss = -torch.mean(logpz.sum(1, keepdim=True) - delta_logp)
+        self._nfe_forward = self.count_nfe()
+        return loss, {"nfe_forward": float(self._nfe_forward)}
+
+    def after_backward(self) -> dict[str, float]:
+        """``nfe_backward`` (the adjoint's evaluations) and the first block's end time."""
+        return {"nfe_backward": float(self.count_nfe() - self._nfe_forward),
+                "end_time": float(self.model.chain[0].sqrt_end_time.detach() ** 2)}
 
     # -- state ----------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        if "opt" in state:
-            self.opt.load_state_dict(state["opt"])

@@ -1,7 +1,8 @@
 """The full-covariance Gaussian fitted by maximum likelihood: the floor every flow must beat.
 
 Closed form (mean and covariance of the training rows, ddof=0, plus a tiny ridge), so it
-needs no training steps; `train_step` only reports the training NLL.
+needs no training steps (``trainable = False``: the harness builds no optimiser and only
+validates once); `loss` is the training NLL of a batch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench.api import LogLikelihood, Method, Splits
+from bench.api import LogLikelihood, Method, RunContext, Splits
 
 __all__ = ["GaussianMLE"]
 
@@ -37,8 +38,9 @@ class GaussianMLE(Method):
 
     name = "gaussian_mle"
     Params = GaussianMLEParams
+    trainable = False
 
-    def __init__(self, params: GaussianMLEParams, splits: Splits, ctx) -> None:
+    def __init__(self, params: GaussianMLEParams, splits: Splits, ctx: RunContext) -> None:
         super().__init__(params, splits, ctx)
         x = splits.train.reshape(splits.train.shape[0], -1).double()
         mean = x.mean(0)
@@ -47,9 +49,9 @@ class GaussianMLE(Method):
         self.stats = _Stats(mean, torch.linalg.cholesky(cov)).to(ctx.device)
         self.gen = torch.Generator().manual_seed(ctx.seed)
 
-    def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
-        with torch.no_grad():
-            return {"loss": float(-self.log_prob(batch).values.mean())}
+    def loss(self, batch: Tensor, step: int = 0) -> Tensor:
+        """Mean NLL (nats) of a (b, *event_shape) batch under the fitted Gaussian."""
+        return -self.log_prob(batch).values.mean()
 
     def log_prob(self, x: Tensor) -> LogLikelihood:
         lp = self.stats.dist().log_prob(x.reshape(x.shape[0], -1).to(self.stats.mean))
@@ -62,3 +64,10 @@ class GaussianMLE(Method):
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"stats": self.stats}
+
+    def extra_state(self) -> dict[str, Tensor]:
+        return {"gen": self.gen.get_state()}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        if "gen" in state:
+            self.gen.set_state(state["gen"])

@@ -10,41 +10,45 @@ dX/dt = v_t(X) with the harness's shared engine (`bench.science.ode`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from bench.api import FlowMethod, Splits
-from bench.api.errors import ConfigError
+from bench.api import ConfigError, DatasetRef, FlowMethod, RunContext, Splits
 from bench.science.interpolants import get_interpolant
 from bench.science.nets import build_net
-from bench.harness.optim import EMA, make_optimizer, make_scheduler
 
-__all__ = ["InterFlow"]
+__all__ = ["InterFlow", "InterFlowParams"]
 
 
 @dataclass
 class InterFlowParams:
-    interpolant: str = "trig"
-    net: str = "mlp"
+    """InterFlow settings (the optimiser's are the harness's shared ``OptimConfig``: lr,
+    schedule, warmup, grad_clip, ema, ...; this method's defaults are ``InterFlow.optim``).
+
+    Attributes:
+        interpolant: I_t(x_0, x_1) (`bench.science.interpolants`).
+        net, hidden, activation: the velocity network (`bench.science.nets`).
+        time_dist, beta_a, beta_b: distribution of t in the loss (uniform or Beta(a, b)).
+        base: the base density at t=0: "gaussian" (N(0, I)) or a dataset with the data's
+            event shape (its closed-form density gives the likelihood; without one the
+            method reports no likelihood).
+    """
+
+    interpolant: Literal["trig", "linear", "quadratic"] = "trig"
+    net: Literal["mlp", "concat", "concatsquash"] = "mlp"
     hidden: tuple[int, ...] = (512, 512, 512)
-    activation: str = "silu"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    warmup: int = 0
+    activation: Literal["softplus", "tanh", "relu", "elu", "silu", "gelu"] = "silu"
     batch_size: int = 512
-    grad_clip: float = 1.0
-    ema: float = 0.0
     time_dist: Literal["uniform", "beta"] = "uniform"
     beta_a: float = 1.0
     beta_b: float = 1.0
-    base: str = "gaussian"
+    base: DatasetRef = DatasetRef("gaussian")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("batch_size must be >= 1 and lr > 0")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
         if self.beta_a <= 0 or self.beta_b <= 0:
             raise ValueError("beta_a and beta_b must be > 0")
 
@@ -55,21 +59,29 @@ class InterFlow(FlowMethod):
     name = "interflow"
     Params = InterFlowParams
     test_params = {"hidden": (16, 16), "batch_size": 64}
+    optim: ClassVar[dict[str, Any]] = {"lr": 1e-3, "schedule": "cosine", "grad_clip": 1.0}
 
-    def __init__(self, params: InterFlowParams, splits: Splits, ctx) -> None:
+    @classmethod
+    def supports(cls, kind: str, event_shape: tuple[int, ...]) -> str | None:
+        if len(event_shape) != 1:
+            return (f"interflow models flat vectors (event shape (d,)) with an MLP velocity; "
+                    f"got {tuple(event_shape)}")
+        return None
+
+    def __init__(self, params: InterFlowParams, splits: Splits, ctx: RunContext) -> None:
         super().__init__(params, splits, ctx)
+        if len(self.event_shape) != 1:
+            raise ConfigError(self.supports("", self.event_shape))
         self.dim = splits.dim
         self.interpolant = get_interpolant(params.interpolant)
         self.v = build_net(self.dim, params.hidden, params.activation, params.net).to(ctx.device)
-        self.opt = make_optimizer(self.v, params.lr, params.weight_decay)
-        self.sched = make_scheduler(self.opt, params.schedule, ctx.max_steps, params.warmup)
-        self.ema = EMA(self.v, params.ema)
         self.gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
         self.base_dataset = None
         if params.base != "gaussian":
-            if ctx.load_dataset is None:
-                raise ConfigError("a dataset base density needs the harness's load_dataset")
-            self.base_dataset = ctx.load_dataset(params.base)
+            self.base_dataset = ctx.datasets.get("base")
+            if self.base_dataset is None:
+                raise ConfigError(f"base {params.base!r}: the harness passes the dataset as "
+                                  "ctx.datasets['base']")
             base_shape = tuple(self.base_dataset.splits().event_shape)
             if base_shape != tuple(splits.event_shape):
                 raise ConfigError(
@@ -93,7 +105,7 @@ class InterFlow(FlowMethod):
         return super().base_log_prob(x_0)
 
     def velocity_field(self) -> torch.nn.Module:
-        return self.ema.model()
+        return self.v
 
     # -- training -----------------------------------------------------------------------
     def sample_time(self, n: int) -> Tensor:
@@ -109,41 +121,22 @@ class InterFlow(FlowMethod):
             t = torch.rand(n, generator=self.gen)
         return t.to(self.ctx.device)
 
-    def loss(self, x_1: Tensor) -> Tensor:
+    def loss(self, batch: Tensor, step: int = 0) -> Tensor:
         """G(v) on a batch of data x_1 (n, dim) with fresh base samples and times."""
+        x_1 = batch.to(self.ctx.device)
         n = x_1.shape[0]
         x_0 = self.base_sample(n)
         path = self.interpolant.sample(x_0, x_1, self.sample_time(n))
         v = self.v(path.t, path.x_t)
         return ((v * v).sum(1) - 2 * (path.dx_t * v).sum(1)).mean()
 
-    def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
-        self.v.train()
-        loss = self.loss(batch.to(self.ctx.device))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.params.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.v.parameters(), self.params.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self.ema.update()
-        return {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0]}
-
     # -- state ----------------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"v": self.v}
 
-    def state_dict(self) -> dict:
-        state = {"v": self.v.state_dict(), "opt": self.opt.state_dict(),
-                 "sched": self.sched.state_dict()}
-        if self.ema.shadow is not None:
-            state["ema"] = self.ema.shadow.state_dict()
-        return state
+    def extra_state(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.v.load_state_dict(state["v"])
-        if "opt" in state:
-            self.opt.load_state_dict(state["opt"])
-            self.sched.load_state_dict(state["sched"])
-        if self.ema.shadow is not None and "ema" in state:
-            self.ema.shadow.load_state_dict(state["ema"])
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "gen" in state:
+            self.gen.set_state(state["gen"])

@@ -1,5 +1,6 @@
-"""Tests of the maximum-likelihood CNF (methods/cnf.py), its training engine
-(bench/science/ode_train.py) and the FFJORD adapter (methods/ffjord.py).
+"""Tests of the maximum-likelihood CNF (methods/cnf.py), the ODE engine that trains and
+scores it (bench/science/ode.py, bench/science/divergence.py) and the FFJORD adapter
+(methods/ffjord.py).
 
 Closed form used throughout: the linear field v(t, x) = A x carries x_0 ~ N(0, I) at t=0
 to x_1 = expm(A) x_0, so log p_1(x) = log N(expm(-A) x; 0, I) - tr(A).
@@ -17,15 +18,21 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from bench.api import OptimConfig, RunContext, SolverConfig, Splits
+from bench.api.errors import ConfigError, PluginUnavailable
 from bench.harness import make_context
-from bench.api import RunContext, Splits
-from bench.science.ode_train import TrainConfig, training_log_likelihood
-from bench.api import SolverConfig
-from bench.science.ode import log_likelihood
-from bench.api.errors import PluginUnavailable
-from bench.science.nets import build_net
+from bench.harness.checkpoint import restore, snapshot
+from bench.harness.optim import Trainer
 from bench.harness.registry import Registry
 from bench.harness.selection import build_params
+from bench.science.nets import build_net
+from bench.science.ode import (
+    CountingField,
+    TrainConfig,
+    draw_probes,
+    log_likelihood,
+    training_log_likelihood,
+)
 
 FFJORD_MESSAGE = "submodule not checked out: run git submodule update --init submodules/ffjord"
 F64 = torch.float64
@@ -76,6 +83,11 @@ def make_cnf(dim: int = 2, n: int = 256, ctx: RunContext | None = None, **overri
     return cls(params, splits, ctx or make_context()), splits
 
 
+def trainer(method, **optim) -> Trainer:
+    """The harness's optimiser for ``method`` with its tabular defaults (and ``optim``)."""
+    return Trainer(method, OptimConfig(**{**method.default_optim("tabular"), **optim}))
+
+
 # -- likelihood against the closed form ------------------------------------------------------
 @pytest.mark.parametrize("adjoint", [True, False])
 def test_training_engine_linear_field_closed_form(linear_problem, adjoint):
@@ -111,6 +123,61 @@ def test_eval_engine_linear_field_closed_form(linear_problem):
     cfg = SolverConfig(rtol=1e-10, atol=1e-10, divergence="exact")
     ll = log_likelihood(Linear(a), x, std_normal_log_prob, cfg)
     torch.testing.assert_close(ll.values, closed_form(a, x), rtol=0, atol=1e-6)
+
+
+class Cubic(nn.Module):
+    """net(t, x) + x^3: the larger the rows, the more steps an adaptive solver takes."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.net(t, x) + x**3
+
+
+@pytest.mark.parametrize("adjoint", [True, False])
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_evaluation_and_training_are_one_engine(divergence, adjoint):
+    """The training solve under no_grad gives the evaluation's log-likelihoods bit for bit
+    on the same field and probes, chunk by chunk, with the same NFE; the evaluation
+    reports the NFE of one solve (the largest chunk's), not a sum over chunks."""
+    torch.manual_seed(0)
+    net = Cubic(build_net(3, (16,), "softplus", "concatsquash").double())
+    scale = torch.tensor([0.1] * 4 + [1.0] * 4 + [2.0] * 2, dtype=F64)
+    x = torch.randn(10, 3, dtype=F64) * scale[:, None]  # chunks of ever stiffer dynamics
+    cfg = SolverConfig(rtol=1e-7, atol=1e-7, divergence=divergence, probe="rademacher",
+                       n_probes=2, chunk=4)
+    ll = log_likelihood(net, x, std_normal_log_prob, cfg, t=0.8, seed=5)
+    train_cfg = TrainConfig(rtol=1e-7, atol=1e-7, divergence=divergence, probe="rademacher",
+                            n_probes=2, adjoint=adjoint)
+    gen = torch.Generator().manual_seed(5)  # the evaluation's probes, drawn per chunk
+    values, nfes = [], []
+    for xc in torch.split(x, cfg.chunk):
+        probes = (draw_probes(tuple(xc.shape), 2, "rademacher", gen, F64, "cpu")
+                  if divergence == "hutchinson" else None)
+        with torch.no_grad():
+            res = training_log_likelihood(net, xc, std_normal_log_prob, train_cfg,
+                                          probes=probes, t=0.8)
+        assert not res.log_prob.requires_grad and res.nfe_backward == 0
+        values.append(res.log_prob)
+        nfes.append(res.nfe_forward)
+    assert torch.equal(ll.values, torch.cat(values))
+    assert len(set(nfes)) > 1  # the chunks needed different numbers of steps
+    assert ll.nfe == max(nfes)
+    # and that number is the field evaluations of one solve
+    counted = CountingField(net)
+    one = log_likelihood(counted, x, std_normal_log_prob,
+                         SolverConfig(rtol=1e-7, atol=1e-7, divergence=divergence), t=0.8)
+    assert one.nfe == counted.nfe > 0
+
+
+@pytest.mark.parametrize("bad", [{"method": "leapfrog"}, {"method": "rk4"},
+                                 {"divergence": "trace"}, {"probe": "uniform"},
+                                 {"n_probes": 0}, {"rtol": 0.0}])
+def test_train_config_rejects_bad_settings(bad):
+    with pytest.raises(ConfigError):
+        TrainConfig(**bad)
 
 
 def test_cnf_method_linear_net_closed_form(linear_problem):
@@ -203,7 +270,7 @@ class DetachedTime(nn.Module):
 
 def test_adjoint_does_not_integrate_time_gradients():
     """A time-dependent net costs the adjoint no extra steps for dL/dt, which is never used
-    (torchdiffeq would otherwise carry it, see TrainingDynamics.forward)."""
+    (torchdiffeq would otherwise carry it, see AugmentedDynamics.forward)."""
     torch.manual_seed(0)
     net = build_net(4, (32, 32), "softplus", "concatsquash")
     x = torch.randn(64, 4)
@@ -218,26 +285,26 @@ def test_adjoint_does_not_integrate_time_gradients():
 
 def test_cnf_step_reports_solver_nfe():
     method, splits = make_cnf(solver="rk4", step_size=0.25)
-    out = method.train_step(splits.train[:32], 0)
+    out = trainer(method).step(splits.train[:32], 0)
     assert (out["nfe_forward"], out["nfe_backward"]) == (16, 16)
     method, _ = make_cnf(solver="rk4", step_size=0.25, adjoint=False)
-    out = method.train_step(splits.train[:32], 0)
+    out = trainer(method).step(splits.train[:32], 0)
     assert (out["nfe_forward"], out["nfe_backward"]) == (16, 0)
     method, _ = make_cnf()  # dopri5, adaptive: the adjoint solve also did work
-    out = method.train_step(splits.train[:32], 0)
+    out = trainer(method).step(splits.train[:32], 0)
     assert out["nfe_forward"] > 0 and out["nfe_backward"] > 0
 
 
 # -- training steps ---------------------------------------------------------------------------
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"kinetic_weight": 0.1, "jacobian_weight": 0.1, "grad_clip": 1.0, "probe": "rademacher"},
-    {"train_time": True, "net": "concat", "divergence": "exact"},
+@pytest.mark.parametrize(("overrides", "optim"), [
+    ({}, {}),
+    ({"kinetic_weight": 0.1, "jacobian_weight": 0.1, "probe": "rademacher"}, {"grad_clip": 1.0}),
+    ({"train_time": True, "net": "concat", "divergence": "exact"}, {}),
 ])
-def test_cnf_train_step_end_to_end(overrides):
+def test_cnf_train_step_end_to_end(overrides, optim):
     method, splits = make_cnf(**overrides)
     before = {k: p.detach().clone() for k, p in method.v.named_parameters()}
-    out = method.train_step(splits.train[:64], 0)
+    out = trainer(method, **optim).step(splits.train[:64], 0)
     assert math.isfinite(out["loss"]) and out["loss"] > 0
     assert out["nfe_forward"] > 0 and out["nfe_backward"] > 0
     for name, p in method.v.named_parameters():
@@ -246,27 +313,30 @@ def test_cnf_train_step_end_to_end(overrides):
         assert not torch.equal(p.detach(), before[name]), f"{name} did not change"
     if overrides.get("kinetic_weight"):
         assert out["kinetic"] > 0 and out["jacobian_frobenius"] > 0
+    if optim.get("grad_clip"):
+        assert out["grad_norm"] > 0
 
 
 def test_cnf_defaults_follow_ffjord_miniboone():
     cls = Registry().get("method", "cnf")
     p = cls.Params()
-    assert (p.net, p.activation, p.batch_size, p.lr, p.weight_decay) == (
-        "concatsquash", "softplus", 1000, 1e-3, 1e-6)
+    assert (p.net, p.activation, p.batch_size) == ("concatsquash", "softplus", 1000)
+    optim = OptimConfig(**cls.default_optim("tabular"))
+    assert (optim.optimizer, optim.lr, optim.weight_decay) == ("adam", 1e-3, 1e-6)
     assert (p.train_atol, p.train_rtol, p.adjoint, p.probe) == (1e-8, 1e-6, True, "gaussian")
     assert p.widths(43) == (860, 860)
 
 
 def test_cnf_state_dict_round_trip():
     method, splits = make_cnf()
-    method.train_step(splits.train[:64], 0)
+    (tr := trainer(method)).step(splits.train[:64], 0)
     clone, _ = make_cnf()
-    clone.load_state_dict(method.state_dict())
     x = splits.test[:16]
-    torch.testing.assert_close(clone.log_prob(x).values, method.log_prob(x).values)
-    torch.save(method.state_dict(), buf := io.BytesIO())
+    assert not torch.equal(clone.log_prob(x).values, method.log_prob(x).values)
+    torch.save(snapshot(method, tr), buf := io.BytesIO())
     buf.seek(0)
-    clone.load_state_dict(torch.load(buf, weights_only=True))
+    restore(clone, trainer(clone), torch.load(buf, weights_only=True))
+    torch.testing.assert_close(clone.log_prob(x).values, method.log_prob(x).values)
 
 
 def test_cnf_divergence_returns_non_finite_loss():
@@ -274,7 +344,7 @@ def test_cnf_divergence_returns_non_finite_loss():
     batch = splits.train[:16].clone()
     batch[0, 0] = float("nan")
     before = [p.detach().clone() for p in method.v.parameters()]
-    out = method.train_step(batch, 0)
+    out = trainer(method).step(batch, 0)
     assert not math.isfinite(out["loss"])
     assert all(torch.equal(a, p) for a, p in zip(before, method.v.parameters(), strict=True))
 
@@ -329,7 +399,7 @@ def test_ffjord_adapter_matches_its_checkout_state():
     for name, ref in reference.items():
         torch.testing.assert_close(grads[name].grad, ref, rtol=1e-2,
                                    atol=2e-3 * float(ref.abs().max()))
-    out = method.train_step(x, 0)
+    out = trainer(method).step(x, 0)
     assert math.isfinite(out["loss"]) and out["nfe_forward"] > 0 and out["nfe_backward"] > 0
     xt = splits.test[:32]
     model.eval()

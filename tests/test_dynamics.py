@@ -1,4 +1,4 @@
-"""The shared likelihood engine against closed forms."""
+"""The one ODE engine (bench.science.ode, bench.science.divergence) against closed forms."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import math
 import pytest
 import torch
 
+from bench.science.divergence import AugmentedDynamics
+from bench.science.gaussian import GaussianPath, gaussian_log_prob
+from bench.science.interpolants import INTERPOLANTS, get_interpolant
 from bench.science.ode import (
     SolverConfig,
     divergence_exact,
@@ -14,8 +17,6 @@ from bench.science.ode import (
     integrate,
     log_likelihood,
 )
-from bench.science.interpolants import INTERPOLANTS, get_interpolant
-from bench.science.gaussian import GaussianPath, gaussian_log_prob
 
 
 def _path(name: str, d: int = 3) -> GaussianPath:
@@ -108,6 +109,30 @@ def test_hutchinson_with_many_probes_has_lower_variance():
     many = [divergence_hutchinson(v, x, torch.randn(16, 1, 4, generator=g, dtype=torch.float64))
             for _ in range(400)]
     assert torch.stack(many).var() < torch.stack(one).var() / 4
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_divergence_graph_kept_only_with_gradients(divergence):
+    """Evaluation (no_grad) gets detached states; with gradients on, the divergence carries
+    its graph (double backprop): for v = A x, d/dA sum_n div = n I (exact) and
+    sum_n eps_n eps_n^T (Hutchinson), the same numbers either way."""
+    a = torch.nn.Parameter(_linear())
+    n = 5
+    x = torch.randn(n, 4, dtype=torch.float64)
+    probes = torch.randn(1, n, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    dyn = AugmentedDynamics(lambda t, z: z @ a.T, divergence, probes)
+    state = (x, torch.zeros(n, dtype=torch.float64))
+    t = torch.tensor(0.5, dtype=torch.float64)
+    with torch.no_grad():
+        v0, div0 = dyn(t, state)
+    assert not v0.requires_grad and not div0.requires_grad
+    v1, div1 = dyn(t, state)
+    assert div1.requires_grad and dyn.nfe == 2
+    assert torch.equal(div0, div1.detach()) and torch.equal(v0, v1.detach())
+    (grad,) = torch.autograd.grad(div1.sum(), a)
+    expected = (n * torch.eye(4, dtype=torch.float64) if divergence == "exact"
+                else torch.einsum("ni,nj->ij", probes[0], probes[0]))
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(INTERPOLANTS))

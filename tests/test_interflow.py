@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from bench.api import DatasetRef, OptimConfig, SolverConfig, Splits
 from bench.harness import make_context
-from bench.api import RunContext, Splits
-from bench.api import SolverConfig
-from bench.science.interpolants import get_interpolant
-from bench.science.gaussian import GaussianPath
+from bench.harness.optim import Trainer
 from bench.harness.selection import build_params
+from bench.science.gaussian import GaussianPath
+from bench.science.interpolants import get_interpolant
 
 
-def _make(registry, splits, ctx=None, **over):
+def _make(registry, splits, ctx=None, base=None, **over):
     cls = registry.get("method", "interflow")
     params = build_params(cls.Params, {**cls.test_params, **over}, "interflow")
+    if base is not None:  # a DatasetRef: the plan checks the name, the harness loads it
+        params = dataclasses.replace(params, base=DatasetRef(base))
     return cls(params, splits, ctx or make_context(solver=SolverConfig(rtol=1e-6, atol=1e-6)))
 
 
@@ -48,7 +52,7 @@ def test_loss_is_minimised_by_the_conditional_expectation(registry, name):
     with torch.no_grad():
         method.v = lambda tt, xx: exact(tt[:, None], xx)  # noqa: E731
         method.gen.manual_seed(1)
-        g1 = method.loss(x_1[:5000])
+        g1 = method.loss(x_1[:5000], 0)
     assert abs(float(g1) - float(best)) < 0.3
 
 
@@ -56,10 +60,13 @@ def test_short_training_approaches_true_nll(registry):
     torch.manual_seed(0)
     m, s = torch.tensor([1.0, -1.0]), torch.tensor([0.5, 1.5])
     splits = _gauss_splits(m, s)
-    method = _make(registry, splits, hidden=(64, 64), batch_size=256, lr=3e-3)
+    method = _make(registry, splits, hidden=(64, 64), batch_size=256)
+    optim = OptimConfig(**{**method.optim, "lr": 3e-3})  # the method's defaults, lr 3e-3
+    assert optim.schedule == "cosine" and optim.grad_clip == 1.0
+    trainer = Trainer(method, optim, total_steps=400)
     for step in range(400):
         idx = torch.randint(0, splits.train.shape[0], (256,))
-        method.train_step(splits.train[idx], step)
+        trainer.step(splits.train[idx], step)
     with torch.no_grad():
         nll = -method.log_prob(splits.test).values.mean()
     truth = -torch.distributions.Normal(m, s).log_prob(splits.test).sum(1).mean()
@@ -69,13 +76,11 @@ def test_short_training_approaches_true_nll(registry):
 def test_density_to_density_base(registry):
     """8 Gaussians -> checkerboard: the base is another dataset and its density is used."""
     data = registry.dataset("checkerboard[n_train=500,n_val=50,n_test=50]")
-    ctx = make_context(solver=SolverConfig(rtol=1e-4, atol=1e-4),
-                     load_dataset=lambda sel: registry.dataset(sel))
-    method = _make(registry, data.splits(), ctx, base="8gaussians")
-    out = method.train_step(data.splits().train[:64], 0)
-    assert torch.isfinite(torch.tensor(out["loss"]))
-    x_0 = method.base_sample(1000)
     base = registry.dataset("8gaussians")
+    ctx = make_context(solver=SolverConfig(rtol=1e-4, atol=1e-4), datasets={"base": base})
+    method = _make(registry, data.splits(), ctx, base="8gaussians")
+    assert torch.isfinite(method.loss(data.splits().train[:64], 0))
+    x_0 = method.base_sample(1000)
     assert torch.isfinite(base.log_prob(x_0)).all()  # samples come from the 8 Gaussians
     with torch.no_grad():
         ll = method.log_prob(data.splits().test)
@@ -85,10 +90,17 @@ def test_density_to_density_base(registry):
     assert torch.allclose(at0, base.log_prob(x_0[:20]), atol=1e-5)
 
 
+def test_image_data_is_declined_in_one_line(registry):
+    cls = registry.get("method", "interflow")
+    msg = cls.supports("image", (3, 32, 32))
+    assert "flat vectors" in msg and "(3, 32, 32)" in msg and "\n" not in msg
+    assert cls.supports("tabular", (43,)) is None
+
+
 def test_base_with_wrong_shape_is_a_usage_error(registry):
     from bench.api.errors import ConfigError
 
     data = registry.dataset("gaussian[dim=3,n_train=100,n_val=10,n_test=10]")
-    ctx = make_context(load_dataset=lambda sel: registry.dataset(sel))
+    ctx = make_context(datasets={"base": registry.dataset("8gaussians")})
     with pytest.raises(ConfigError, match="shape"):
         _make(registry, data.splits(), ctx, base="8gaussians")

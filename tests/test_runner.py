@@ -1,15 +1,21 @@
-"""The harness loop: early stopping keeps the best checkpoint, budgets are honoured."""
+"""The harness loop: early stopping keeps the best state, budgets are honoured, costs and
+NFEs are recorded per step and per epoch, a non-finite loss raises."""
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from dataclasses import dataclass
 
 import pytest
 import torch
+from torch import nn
 
-from bench.api import LogLikelihood, Method
-from bench.harness.run import RunConfig, _Loop
-from bench.record.mlflow_sink import Tracker
+from bench.api import Budget, LogLikelihood, Method, OptimConfig, TrainingDiverged
+from bench.harness import make_context
+from bench.harness.checkpoint import restore
+from bench.harness.loop import train
+from bench.harness.optim import Trainer
 
 VAL = [5.0, 4.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
 
@@ -20,67 +26,144 @@ class P:
 
 
 class Scripted(Method):
-    """Validation NLL follows VAL, one value per training step; state = the step count."""
+    """Validation NLL follows VAL, one value per training step; extra state = the step
+    count; reports NFEs like an ODE method (forward 3, backward 5 per step)."""
 
     name = "scripted"
     Params = P
 
-    def __init__(self, params, splits, ctx):
+    def __init__(self, params, splits, ctx, loss_at=None):
         super().__init__(params, splits, ctx)
-        self.steps = torch.zeros(())
+        self.w = nn.Linear(2, 1)
+        self.steps = 0
+        self.loss_at = loss_at or {}
 
-    def train_step(self, batch, step):
+    def modules(self):
+        return {"w": self.w}
+
+    def loss(self, batch, step):
         self.steps += 1
-        return {"loss": 1.0}
+        value = self.loss_at.get(self.steps, 1.0)
+        return (self.w(batch) ** 2).mean() * 0 + value, {"nfe_forward": 3.0}
+
+    def after_backward(self):
+        return {"nfe_backward": 5.0}
+
+    def sample(self, n):
+        return torch.zeros(n, 2)
 
     def log_prob(self, x):
-        nll = VAL[int(self.steps) - 1]
+        nll = VAL[min(self.steps, len(VAL)) - 1] if self.steps else 9.0
         return LogLikelihood(torch.full((x.shape[0],), -nll), "exact", "scripted")
 
-    def state_dict(self):
-        return {"steps": self.steps.clone()}
+    def extra_state(self):
+        return {"steps": self.steps}
 
-    def load_state_dict(self, state):
-        self.steps = state["steps"].clone()
-
-
-class _Bar:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
+    def load_extra_state(self, state):
+        self.steps = int(state["steps"])
 
 
-@pytest.fixture()
-def loop(toy_splits, tracking_uri):
-    def make(**cfg):
-        tracker = Tracker(tracking_uri)
-        tracker.start("t", {}, {})
-        method = Scripted(P(), toy_splits, None)
-        return _Loop(method, toy_splits, RunConfig(**cfg), tracker, _Bar()), method, tracker
-    return make
+class Record:
+    def __init__(self):
+        self.history = defaultdict(list)
+        self.tags = {}
+
+    def log_metrics(self, metrics, step=None):
+        for k, v in metrics.items():
+            self.history[k].append((step, v))
+
+    def set_tags(self, tags):
+        self.tags.update(tags)
 
 
-def test_early_stopping_keeps_the_best_state(loop):
-    lp, method, tracker = loop(steps=8, eval_every=1, patience=2)
-    steps = lp.train(torch.Generator().manual_seed(0))
-    assert steps == 5  # evaluations at 4 and 5 did not improve on step 3
-    assert lp.best_step == 3 and lp.best_val == 3.0
-    method.load_state_dict(lp.best_state)
-    assert int(method.steps) == 3
-    assert [v for _, v in tracker.history["val_nll"]] == VAL[:5]
+class Bar:
+    def __init__(self):
+        self.n, self.postfix = 0, {}
+
+    def update(self, n=1, **postfix):
+        self.n += n
+        self.postfix = postfix
 
 
-def test_step_budget_and_final_evaluation(loop):
-    lp, _, tracker = loop(steps=3, eval_every=2, patience=10)
-    assert lp.train(torch.Generator().manual_seed(0)) == 3
+def _run(splits, budget, method=None, optim=None):
+    method = method or Scripted(P(), splits, make_context())
+    trainer = Trainer(method, optim or OptimConfig(lr=0.01), total_steps=budget.steps)
+    rec, bar = Record(), Bar()
+    res = train(method, trainer, splits, budget, log_metrics=rec.log_metrics,
+                set_tags=rec.set_tags, progress=bar, generator=torch.Generator().manual_seed(0))
+    return res, method, trainer, rec, bar
+
+
+def test_early_stopping_keeps_the_best_state(toy_splits):
+    res, method, trainer, rec, bar = _run(toy_splits, Budget(steps=8, eval_every=1,
+                                                             patience=2))
+    assert res.steps == 5  # evaluations at 4 and 5 did not improve on step 3
+    assert res.best_step == 3 and res.best_val == 3.0 and res.last_val == 5.0
+    assert [v for _, v in rec.history["val_nll"]] == VAL[:5]
+    assert rec.tags == {"val_nll.kind": "exact", "val_nll.estimator": "scripted"}
+    assert bar.n == 5 and bar.postfix["val_nll"] == 5.0
+    restore(method, trainer, res.best_state)
+    assert method.steps == 3
+
+
+def test_step_budget_and_final_evaluation(toy_splits):
+    res, _, _, rec, _ = _run(toy_splits, Budget(steps=3, eval_every=2, patience=10))
+    assert res.steps == 3
     # evaluated at step 2 and, once, at the last step
-    assert [s for s, _ in tracker.history["val_nll"]] == [2, 3]
-    assert len(tracker.history["step_seconds"]) == 3
+    assert [s for s, _ in rec.history["val_nll"]] == [2, 3]
+    assert len(rec.history["step_seconds"]) == 3 and len(rec.history["peak_mem_mb"]) == 3
+    assert rec.history["val_nll_nfe"] and rec.history["train_seconds_at_eval"]
 
 
-def test_evaluations_at_training_times(loop):
-    lp, _, tracker = loop(steps=8, max_seconds=None, eval_at_seconds=(0.0, 1e9), patience=10)
-    lp.train(torch.Generator().manual_seed(0))
-    assert [s for s, _ in tracker.history["val_nll"]] == [1, 8]
+def test_nfe_forward_and_backward_are_kept_separate(toy_splits):
+    # 400 rows, batch 10: one epoch = 40 steps
+    _, _, _, rec, _ = _run(toy_splits, Budget(steps=45, eval_every=100, patience=10))
+    assert {v for _, v in rec.history["nfe_forward"]} == {3.0}
+    assert {v for _, v in rec.history["nfe_backward"]} == {5.0}
+    assert rec.history["epoch_mean_nfe_forward"] == [(40, 3.0)]
+    assert rec.history["epoch_mean_nfe_backward"] == [(40, 5.0)]
+    assert [s for s, _ in rec.history["epoch_seconds"]] == [40]
+
+
+def test_evaluations_at_training_times(toy_splits):
+    _, _, _, rec, _ = _run(toy_splits, Budget(steps=8, eval_at_seconds=(0.0, 1e9),
+                                              patience=10))
+    assert [s for s, _ in rec.history["val_nll"]] == [1, 8]
+
+
+def test_non_finite_loss_raises_training_diverged(toy_splits):
+    method = Scripted(P(), toy_splits, make_context(), loss_at={3: math.nan})
+    with pytest.raises(TrainingDiverged, match="training diverged at step 3: loss = nan"):
+        _run(toy_splits, Budget(steps=8, eval_every=100), method=method)
+
+
+def test_validation_uses_the_ema_weights(toy_splits):
+    """The validation NLL is computed inside trainer.averaged(): the method sees the EMA."""
+    seen = []
+
+    class Watch(Scripted):
+        def log_prob(self, x):
+            seen.append(self.w.weight.detach().clone())
+            return super().log_prob(x)
+
+    class Move(Watch):
+        def loss(self, batch, step):
+            self.steps += 1
+            return -self.w.weight.sum(), {}
+
+    method = Move(P(), toy_splits, make_context())
+    res, _, trainer, _, _ = _run(toy_splits, Budget(steps=4, eval_every=4), method=method,
+                                 optim=OptimConfig(lr=0.1, ema=0.5))
+    assert res.steps == 4
+    assert torch.equal(seen[-1], trainer.ema_state()["w"]["weight"])
+    assert not torch.equal(seen[-1], method.w.weight.detach())
+
+
+def test_non_trainable_method_gets_one_validation_and_no_step(toy_splits):
+    class Fixed(Scripted):
+        trainable = False
+
+    res, method, _, rec, bar = _run(toy_splits, Budget(steps=8, eval_every=1),
+                                    method=Fixed(P(), toy_splits, make_context()))
+    assert res.steps == 0 and method.steps == 0 and bar.n == 0
+    assert rec.history["val_nll"] == [(0, 9.0)] and "step_seconds" not in rec.history

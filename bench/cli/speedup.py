@@ -1,101 +1,141 @@
-"""Runs the speed-up study behind `bench speedup` (the analysis lives in `bench.speedup`)."""
+"""``bench speedup``: per-iteration training cost of methods trained with the same network and
+batch on the same machine, back to back, and their wall-clock to a target validation NLL
+(the analysis lives in `bench.record.speedup`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
-from bench.api.errors import ConfigError
+import click
 
-__all__ = ["run_speedup"]
+from bench.api.errors import BenchError, ConfigError
+from bench.cli.run import make_solver, progress_factory, sink_factory, solver_options
+
+__all__ = ["speedup"]
+
+SHARED = ("net", "hidden", "activation", "batch_size")
 
 
-def _shared_overrides(registry, methods, shared, hidden_rule, dim) -> dict[str, str]:
+def _check_shared(registry, methods: list[str], shared: dict[str, str | None]) -> None:
+    """Plan phase: every method must declare every shared parameter (before any data)."""
     from bench.harness.selection import param_fields, parse_selection
 
-    shared = dict(shared)
-    if not shared.get("hidden"):
-        n_hidden, mult = hidden_rule
-        shared["hidden"] = "(" + ",".join([str(mult * dim)] * n_hidden) + ")"
     for sel in methods:
         name = parse_selection(sel)[0]
         fields = param_fields(registry.get("method", name).Params)
         missing = [k for k in shared if k not in fields]
         if missing:
             raise ConfigError(f"method {name!r} has no parameter {missing[0]!r}: it cannot "
-                             "share the network and batch of the study")
-    return shared
+                              f"share the network and batch of the study "
+                              f"(shared: {', '.join(shared)})")
 
 
-def run_speedup(registry, *, dataset: str, methods: list[str], budget: float,
-                steps: int | None, shared: dict[str, str | None], hidden_rule: tuple[int, int],
-                sets: list[tuple[str, str]], evals: int, target: float | None, seed: int,
-                device: str, with_test: bool, data_dir: Path | None, results_dir: Path,
-                tracking_uri: str | None, experiment: str, quiet: bool,
-                echo: Callable[[str], None] = print):
-    """Train each method for budget/len(methods) seconds with identical network and batch,
-    then write the table (markdown, CSV) and the plot to results/speedup/ and to MLflow."""
-    from bench.science.ode import SolverConfig
-    from bench.harness.run import RunConfig, run_one
-    from bench.record.speedup import from_tracker, plot, speedup_table, stamp
+@click.command()
+@click.option("-d", "--dataset", required=True, help="Dataset selection.")
+@click.option("-m", "--method", "methods", multiple=True, default=("interflow", "cnf"),
+              show_default=True, help="Methods to compare (the first is the reference).")
+@click.option("--budget", type=float, default=600, show_default=True,
+              help="Total training seconds, split equally between the methods.")
+@click.option("--steps", type=int, default=None, help="Optional cap on steps per method.")
+@click.option("--net", default="concatsquash", show_default=True, help="Shared network type.")
+@click.option("--hidden", default=None, help="Shared hidden widths, e.g. (860,860); "
+              "default: --n-hidden layers of --hidden-mult x data dimension (FFJORD's rule).")
+@click.option("--hidden-mult", type=int, default=20, show_default=True)
+@click.option("--n-hidden", type=int, default=2, show_default=True)
+@click.option("--activation", default="softplus", show_default=True)
+@click.option("--batch-size", type=int, default=1000, show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Further parameter overrides (as for run).")
+@click.option("--evals", type=int, default=8, show_default=True,
+              help="Validation evaluations per method, at training times budget/2^k.")
+@click.option("--target", type=float, default=None,
+              help="Target validation NLL (default: the worst best-val NLL among the methods).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--test/--no-test", "with_test", default=False, show_default=True,
+              help="Also evaluate the test NLL of each method's best checkpoint.")
+@solver_options
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--results-dir", type=click.Path(file_okay=False), default="results",
+              show_default=True)
+@click.option("--tracking-uri", default=None)
+@click.option("--experiment", default="bench", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+@click.pass_context
+def speedup(ctx, dataset, methods, budget, steps, net, hidden, hidden_mult, n_hidden,
+            activation, batch_size, sets, evals, target, seed, device, with_test, solver, rtol,
+            atol, divergence, probes, data_dir, results_dir, tracking_uri, experiment, quiet):
+    """Per-iteration cost and time-to-target of methods sharing one network and batch."""
+    from bench.cli.main import registry_of
+    from bench.harness.plan import parse_sets, plan_jobs, resolve_dataset
+    from bench.harness.run import run_job
+    from bench.record.speedup import from_record, plot, speedup_table, stamp
     from bench.record.tables import render
-    from bench.record.mlflow_sink import Tracker, default_tracking_uri
 
+    methods = list(methods)
     if budget <= 0 or evals < 1 or len(methods) < 2:
         raise ConfigError("speedup needs --budget > 0, --evals >= 1 and at least two methods")
-    ds = registry.dataset(dataset, data_dir=data_dir)
-    dim = ds.splits().dim
-    common = _shared_overrides(registry, methods, shared, hidden_rule, dim)
-    from bench.harness.selection import route_overrides
-
-    extra, _ = route_overrides(registry, methods, [], sets)
+    registry = registry_of(ctx)
+    shared = {"net": net, "hidden": hidden, "activation": activation,
+              "batch_size": str(batch_size)}
+    _check_shared(registry, methods, shared)
     per_method = budget / len(methods)
     # evaluations at geometrically spaced training times (budget/2^k, ..., budget/2, budget):
     # the early ones resolve the time to reach the target of a fast method
     times = tuple(per_method / 2**k for k in range(evals - 1, -1, -1))
-    cfg = RunConfig(steps=steps, max_seconds=per_method, eval_at_seconds=times,
-                    patience=10**9, device=device, quiet=quiet, solver=SolverConfig(),
-                    data_dir=data_dir, evaluate_test=with_test, n_samples=0)
-    uri = tracking_uri or default_tracking_uri(results_dir)
+    data_path = Path(data_dir) if data_dir else None
+    plan = dict(steps=steps, max_seconds=per_method, eval_at_seconds=times, patience=10**9,
+                solver=make_solver(solver, rtol, atol, divergence, probes), device=device,
+                data_dir=data_path, evaluate_test=with_test, n_samples=0)
+    own = parse_sets(sets)
+    # validate the whole study (with a provisional width) before any data is read
+    plan_jobs(registry, methods, [dataset], [seed],
+              [(k, v) for k, v in shared.items() if v is not None] + own, **plan)
+    d_cls, d_params = resolve_dataset(registry, dataset)
+    ds = d_cls(d_params, data_dir=data_path)
+    if not shared["hidden"]:
+        shared["hidden"] = "(" + ",".join([str(hidden_mult * ds.splits().dim)] * n_hidden) + ")"
+    jobs = plan_jobs(registry, methods, [dataset], [seed],
+                     [(k, v) for k, v in shared.items()] + own, **plan)
+    new_sink, uri = sink_factory(results_dir, tracking_uri, experiment)
+    progress = progress_factory(quiet)
     results, test_nll = [], {}
-    for sel, own in zip(methods, extra, strict=True):
-        tracker = Tracker(uri, experiment, artifact_root=results_dir / "artifacts")
-        echo(f"training {sel} for {per_method:.0f} s on {ds.name} "
-             f"(net {common['net']} {common['hidden']}, batch {common['batch_size']})")
-        res = run_one(sel, dataset, seed, cfg, registry, tracker, {**common, **own}, None)
-        sr = from_tracker(res.method, res.run_id, tracker)
-        sr.n_parameters = int(tracker.history.get("n_parameters", [(0, 0.0)])[-1][1])
-        if "test_nll" in res.metrics:
-            test_nll[res.method] = res.metrics["test_nll"]
-        results.append(sr)
+    for job in jobs:
+        click.echo(f"training {job.method} for {per_method:.0f} s on {ds.name} (net {net} "
+                   f"{shared['hidden']}, batch {batch_size})", err=True)
+        record = run_job(job, new_sink(), progress)
+        if record.status != "FINISHED":
+            raise BenchError(f"the study stops: {job.label}: {record.status}: "
+                             f"{record.failure}")
+        results.append(from_record(record))
+        if "test_nll" in record.metrics:
+            test_nll[record.method] = record.metrics["test_nll"]
     tab, tgt, note = speedup_table(results, per_method, target)
     if test_nll:
         tab["test_nll"] = [test_nll.get(m, math.nan) for m in tab.index]
-    out_dir = results_dir / "speedup"
+    out_dir = Path(results_dir) / "speedup"
     out_dir.mkdir(parents=True, exist_ok=True)
     base = out_dir / f"{ds.name}-{stamp()}"
-    md = Path(f"{base}.md")
+    md, csv = Path(f"{base}.md"), Path(f"{base}.csv")
     md.write_text(f"# speed-up study on {ds.name}\n\n{note}; budget {per_method:.0f} s "
                   f"training per method; device {device}\n\n{render(tab, 'markdown')}\n")
-    csv = Path(f"{base}.csv")
     tab.to_csv(csv)
     png = plot(results, tgt, Path(f"{base}.png"))
-    parent = Tracker(uri, experiment, artifact_root=results_dir / "artifacts")
+    parent = new_sink()
     parent.start(f"speedup-{ds.name}", {"study": "speedup", "dataset": ds.name,
                                          "methods": ",".join(methods), "budget": budget,
-                                         **{f"shared_{k}": v for k, v in common.items()}},
+                                         **{f"shared_{k}": v for k, v in shared.items()}},
                  {"child_runs": ",".join(r.run_id or "" for r in results),
                   "target_note": note})
     for p in (md, csv, png):
         parent.log_artifact(p)
-    ratios = {m: float(tab.loc[m, tab.columns[tab.columns.str.startswith("cost_ratio")][0]])
-              for m in tab.index}
-    parent.log_metrics({f"cost_ratio_{m}": v for m, v in ratios.items()}, None)
+    ratio_col = [c for c in tab.columns if c.startswith("cost_ratio")][0]
+    parent.log_metrics({f"cost_ratio_{m}": float(tab.loc[m, ratio_col]) for m in tab.index})
     parent.end("FINISHED")
     cols = [c for c in ("parameters", "steps", "s_per_it_median", "s_per_it_min",
-                        "s_per_it_max", "cost_growth", "best_val_nll", "time_to_target")
+                        "s_per_it_max", "cost_growth", "nfe_forward_last10pct",
+                        "nfe_backward_last10pct", "best_val_nll", "time_to_target")
             if c in tab.columns]
-    echo(render(tab[cols + [c for c in tab.columns if "ratio" in c]], "markdown"))
-    echo(f"{note}; written {md}, {csv}, {png}")
-    return tab
+    click.echo(render(tab[cols + [c for c in tab.columns if "ratio" in c]], "markdown"))
+    click.echo(f"{note}; written {md}, {csv}, {png}; recorded in {uri}", err=True)

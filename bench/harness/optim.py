@@ -1,63 +1,199 @@
-"""Optimisation helpers shared by methods: Adam with a schedule, clipping, EMA of weights."""
+"""Harness-owned optimisation: one `Trainer` builds, from the shared `bench.api.OptimConfig`,
+the optimiser, learning-rate schedule, gradient clipping and EMA of every method's weights.
+
+A method only defines ``modules()`` and ``loss(batch, step)``; the same code then trains
+InterFlow, the CNF and DDPM, so "the same training for every method" is enforced, not a
+convention.
+"""
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import logging
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from bench.api.errors import ConfigError
+from bench.api import ContractError, Method, OptimConfig
 
-__all__ = ["make_optimizer", "make_scheduler", "EMA", "SCHEDULES"]
+__all__ = ["Trainer", "lr_factor", "SCHEDULES"]
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("constant", "cosine", "linear")
 
 
-def make_optimizer(module: nn.Module, lr: float, weight_decay: float = 0.0):
-    return torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+def lr_factor(step: int, schedule: str, total_steps: int | None, warmup: int = 0) -> float:
+    """Multiplier of the base learning rate at (0-based) optimiser step ``step``.
+
+    Linear warm-up ``(step + 1) / warmup`` for the first ``warmup`` steps, then constant,
+    cosine ``(1 + cos(pi f)) / 2`` or linear ``1 - f`` decay, with
+    ``f = (step - warmup) / (total_steps - warmup)`` clipped to [0, 1]; constant when the
+    budget has no step count.
+    """
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or not total_steps:
+        return 1.0
+    frac = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * frac))
+    return 1.0 - frac
 
 
-def make_scheduler(opt, schedule: str, total_steps: int | None, warmup: int = 0):
-    """A LambdaLR: linear warm-up, then constant, cosine or linear decay to 0 over the
-    run's step budget (constant when the budget is only in seconds)."""
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant" or not total_steps:
-            return 1.0
-        frac = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * frac))
-        return 1.0 - frac
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-class EMA:
-    """Exponential moving average of a module's parameters (decay 0 disables it)."""
-
-    def __init__(self, module: nn.Module, decay: float) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ConfigError(f"ema decay must be in [0, 1), got {decay}")
-        self.decay = decay
-        self.module = module
-        self.shadow = copy.deepcopy(module).eval() if decay > 0 else None
-        if self.shadow is not None:
-            for p in self.shadow.parameters():
-                p.requires_grad_(False)
+def _warmup_ema_avg_fn(decay: float):
+    """EMA with DDPM's warm-up: decay min(decay, (1 + n) / (10 + n)) after n updates."""
 
     @torch.no_grad()
-    def update(self) -> None:
-        if self.shadow is None:
-            return
-        for s, p in zip(self.shadow.parameters(), self.module.parameters(), strict=True):
-            s.lerp_(p, 1.0 - self.decay)
+    def avg(ema: Tensor, current: Tensor, num_averaged: Tensor | int) -> Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return d * ema + (1 - d) * current
 
-    def model(self) -> nn.Module:
-        """The network to evaluate: the average if enabled, else the live one."""
-        return self.shadow if self.shadow is not None else self.module
+    return avg
+
+
+def _split_loss(res: Tensor | tuple[Tensor, dict[str, float]]) -> tuple[Tensor, dict]:
+    if isinstance(res, tuple):
+        objective, metrics = res
+        return objective, {k: float(v) for k, v in metrics.items()}
+    return res, {}
+
+
+class Trainer:
+    """Optimises ``method.modules()`` with the shared optimisation settings.
+
+    Args:
+        method: a `bench.api.Method`; with ``trainable = False`` no optimiser is built and
+            `step` only evaluates the loss.
+        optim: optimiser ("adam" | "adamw"), lr, weight decay, schedule with warm-up,
+            gradient clipping and EMA decay (`bench.api.OptimConfig`).
+        total_steps: the step budget the schedule decays over (None: constant after
+            warm-up).
+
+    The EMA is `torch.optim.swa_utils.AveragedModel` (buffers averaged too), started at
+    the initial weights, so after k updates with weights w_1..w_k it holds
+    ``d^k w_0 + sum_j (1 - d) d^(k - j) w_j``.
+    """
+
+    def __init__(self, method: Method, optim: OptimConfig,
+                 total_steps: int | None = None) -> None:
+        self.method, self.optim, self.total_steps = method, optim, total_steps
+        self.modules: dict[str, nn.Module] = dict(method.modules())
+        self.trainable = bool(getattr(method, "trainable", True))
+        self.params = [p for m in self.modules.values() for p in m.parameters()
+                       if p.requires_grad]
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.ema: dict[str, AveragedModel] | None = None
+        if not self.trainable:
+            return
+        if not self.params:
+            raise ContractError(
+                f"method {getattr(method, 'name', type(method).__name__)!r} has no trainable "
+                "parameters in modules() (a closed-form fit sets trainable = False)")
+        opt_cls = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.params, lr=optim.lr, weight_decay=optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda k: lr_factor(k, optim.schedule, total_steps, optim.warmup))
+        if optim.ema > 0:
+            kw: dict[str, Any] = (
+                {"avg_fn": _warmup_ema_avg_fn(optim.ema)} if optim.ema_warmup
+                else {"multi_avg_fn": get_ema_multi_avg_fn(optim.ema)})
+            self.ema = {}
+            for name, module in self.modules.items():
+                avg = AveragedModel(module, use_buffers=True, **kw)
+                avg.requires_grad_(False)
+                avg.update_parameters(module)  # the average starts at the initial weights
+                self.ema[name] = avg
+
+    # -- one step -------------------------------------------------------------------------
+    def step(self, batch: Tensor, step: int) -> dict[str, float]:
+        """One optimiser step on a batch.
+
+        Returns the method's metrics plus ``loss`` (the method's reported ``loss`` if it
+        gave one, else the objective), ``lr`` and, with clipping, ``grad_norm`` (before
+        clipping). A non-finite objective (or a backward pass that fails, e.g. an adjoint
+        solve that underflows) returns ``loss`` = the non-finite value without updating.
+        """
+        if not self.trainable:
+            with torch.no_grad():
+                objective, metrics = _split_loss(self.method.loss(batch, step))
+            return {**metrics, "loss": metrics.get("loss", float(objective))}
+        for module in self.modules.values():
+            module.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        objective, metrics = _split_loss(self.method.loss(batch, step))
+        value = float(objective.detach())
+        if not math.isfinite(value):
+            return {**metrics, "loss": value}
+        try:
+            objective.backward()
+        except AssertionError as exc:  # torchdiffeq's way of reporting a failed solve
+            log.warning("step %d: backward pass failed (%s)", step, exc)
+            self.optimizer.zero_grad(set_to_none=True)
+            return {**metrics, "loss": math.nan}
+        metrics.update({k: float(v) for k, v in self.method.after_backward().items()})
+        out = {**metrics, "loss": metrics.get("loss", value),
+               "lr": float(self.optimizer.param_groups[0]["lr"])}
+        if self.optim.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(self.params, self.optim.grad_clip)
+            out["grad_norm"] = float(norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            for name, avg in self.ema.items():
+                avg.update_parameters(self.modules[name])
+        return out
+
+    # -- EMA ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Inside the block the EMA weights are in ``method.modules()`` (no-op without EMA);
+        the live weights are restored exactly on exit."""
+        if self.ema is None:
+            yield
+            return
+        backup = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+                  for name, m in self.modules.items()}
+        try:
+            for name, avg in self.ema.items():
+                self.modules[name].load_state_dict(avg.module.state_dict())
+            yield
+        finally:
+            for name, m in self.modules.items():
+                m.load_state_dict(backup[name])
+
+    def ema_state(self) -> dict[str, dict[str, Tensor]] | None:
+        """The averaged weights as state dicts of the method's modules (None without EMA)."""
+        if self.ema is None:
+            return None
+        return {name: avg.module.state_dict() for name, avg in self.ema.items()}
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Optimiser, schedule and EMA state (tensors and plain values only)."""
+        return {
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "ema": self.ema_state(),
+            "ema_updates": ({n: int(a.n_averaged) for n, a in self.ema.items()}
+                            if self.ema is not None else None),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (the modules' weights are the method's)."""
+        if self.optimizer is not None and state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            updates = state.get("ema_updates") or {}
+            for name, avg in self.ema.items():
+                avg.module.load_state_dict(state["ema"][name])
+                avg.n_averaged.fill_(int(updates.get(name, 1)))

@@ -1,74 +1,38 @@
-"""One run: seed, device, budget, the training loop with per-step and per-epoch costs,
-periodic validation with early stopping, the best checkpoint, and the final evaluation.
+"""``run_job(job, sink) -> RunRecord``: one (method, dataset, seed), in isolation.
 
-The harness owns the loop so that every method is timed and scored by the same code.
+Loads the data, checks the splits and the method against the contract (cheaply), trains with
+the harness's loop and optimiser, restores the best state, scores it with the harness's
+evaluation, writes the checkpoint, and records everything as it happens to the sink and to
+the returned `RunRecord`. Any failure of the job (bench's own errors, a plug-in raising any
+exception) ends the run FAILED with a one-line ``failure.reason``, its ``failure.type`` and
+the traceback as an artifact; it never propagates, so one job never stops a grid. Only a
+KeyboardInterrupt propagates, after the run is marked KILLED.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
 import platform
 import subprocess
 import tempfile
-import time
-from dataclasses import dataclass, field
+import traceback
 from pathlib import Path
 from typing import Any
 
-import torch
+from bench.api import BenchError, Job, RunRecord, Sink
 
-from bench.api import Dataset, RunContext
-from bench.harness.cost import peak_memory_bytes, reset_peak_memory, synchronize
-from bench.science.ode import SolverConfig
-from bench.api.errors import TrainingDiverged, ConfigError
-from bench.science.metrics import NLLSummary, plot_samples_2d, summarize, true_nll
-from bench.harness.registry import PROJECT_ROOT, Registry
-
-__all__ = ["RunConfig", "RunResult", "run_one", "git_commit", "load_checkpoint"]
+__all__ = ["run_job", "load_model", "job_params", "git_commit", "Recorder"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunConfig:
-    """Harness settings of a run (the same for every method it compares)."""
-
-    steps: int | None = 5000
-    max_seconds: float | None = None
-    eval_every: int = 250
-    eval_at_seconds: tuple[float, ...] = ()
-    patience: int = 8
-    evaluate_test: bool = True
-    val_rows: int | None = None
-    n_samples: int = 20_000
-    device: str = "cpu"
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    data_dir: Path | None = None
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        if self.steps is None and self.max_seconds is None:
-            raise ConfigError("give a budget: --steps and/or --max-seconds")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError("--steps must be >= 1")
-        if self.eval_every < 1:
-            raise ConfigError("--eval-every must be >= 1")
-
-
-@dataclass
-class RunResult:
-    run_id: str | None
-    method: str
-    dataset: str
-    seed: int
-    metrics: dict[str, float]
-    status: str = "FINISHED"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_commit() -> str:
+    """The source commit (``-dirty`` with local changes), or "" outside a git checkout."""
+    if not (PROJECT_ROOT / ".git").exists():
+        return ""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, text=True,
                              capture_output=True, timeout=5)
@@ -79,216 +43,187 @@ def git_commit() -> str:
         return ""
 
 
-def _flat(prefix: str, params: Any) -> dict[str, Any]:
-    return {f"{prefix}{k}": v for k, v in dataclasses.asdict(params).items()}
+def _flat(prefix: str, obj: Any) -> dict[str, Any]:
+    return {f"{prefix}{k}": v for k, v in dataclasses.asdict(obj).items()}
 
 
-def _batches(n: int, batch: int, gen: torch.Generator):
-    """Epochs of shuffled index batches: yields (epoch, index tensor, end_of_epoch)."""
-    epoch = 0
-    while True:
-        perm = torch.randperm(n, generator=gen)
-        starts = list(range(0, n, batch))
-        for i, s in enumerate(starts):
-            yield epoch, perm[s:s + batch], i == len(starts) - 1
-        epoch += 1
+def job_params(job: Job) -> dict[str, Any]:
+    """The flat parameters recorded with a run (and compared by `bench table`)."""
+    b = job.budget
+    return {"method": job.method, "dataset": job.dataset, "seed": job.seed,
+            **_flat("p_method_", job.method_params), **_flat("p_dataset_", job.dataset_params),
+            **_flat("optim_", job.optim), "steps": b.steps, "max_seconds": b.max_seconds,
+            "eval_every": b.eval_every, "patience": b.patience, "device": job.device,
+            **_flat("solver_", job.solver)}
 
 
-class _Loop:
-    """Training state of one run (kept small: the loop itself is `train`)."""
+class Recorder:
+    """Writes to the run's record and to its sink at once."""
 
-    def __init__(self, method, splits, cfg: RunConfig, tracker, progress) -> None:
-        self.method, self.splits, self.cfg = method, splits, cfg
-        self.tracker, self.progress = tracker, progress
-        self.best_val, self.best_state, self.best_step = math.inf, None, -1
-        self.bad_evals, self.train_seconds, self.eval_seconds = 0, 0.0, 0.0
-        self.last_val = math.nan
-        self.eval_times = list(cfg.eval_at_seconds)
-        self.val_tagged = False
-        self.last_eval_step = -1
+    def __init__(self, record: RunRecord, sink: Sink) -> None:
+        self.record, self.sink = record, sink
 
-    def evaluate_val(self, step: int) -> bool:
-        """Validation NLL; keeps the best state. Returns True to stop early."""
-        m = self.method
-        self.last_eval_step = step
-        if m.likelihood == "none":
-            self.best_state, self.best_step = copy.deepcopy(m.state_dict()), step
-            return False
-        val = self.splits.val if self.cfg.val_rows is None else self.splits.val[:self.cfg.val_rows]
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            s = summarize(m.validation_likelihood(val.to(self.cfg.device)))
-        synchronize(self.cfg.device)
-        dt = time.perf_counter() - t0
-        self.eval_seconds += dt
-        self.last_val = s.mean
-        self.tracker.log_metrics({"val_nll": s.mean, "val_nfe": s.nfe, "val_seconds": dt,
-                                  "train_seconds_at_eval": self.train_seconds}, step)
-        if not math.isfinite(s.mean):
-            log.warning("non-finite validation NLL at step %d", step)
-        if not self.val_tagged:
-            self.tracker.set_tags({"val_nll.kind": s.kind, "val_nll.estimator": s.estimator})
-            self.val_tagged = True
-        if s.mean < self.best_val:
-            self.best_val, self.best_step, self.bad_evals = s.mean, step, 0
-            self.best_state = copy.deepcopy(m.state_dict())
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items()}
+        if step is None:
+            self.record.metrics.update(clean)
         else:
-            self.bad_evals += 1
-        return self.bad_evals >= self.cfg.patience
+            for k, v in clean.items():
+                self.record.history.setdefault(k, []).append((int(step), v))
+        self.sink.log_metrics(clean, step)
 
-    def _due(self, step: int) -> bool:
-        """Evaluate every `eval_every` steps, or once each of `eval_at_seconds` of training
-        time is passed."""
-        if not self.cfg.eval_at_seconds:
-            return step % self.cfg.eval_every == 0
-        due = False
-        while self.eval_times and self.train_seconds >= self.eval_times[0]:
-            self.eval_times.pop(0)
-            due = True
-        return due
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        clean = {k: str(v) for k, v in tags.items()}
+        self.record.tags.update(clean)
+        self.sink.set_tags(clean)
 
-    def train(self, gen: torch.Generator) -> int:
-        cfg, m, train = self.cfg, self.method, self.splits.train
-        bs = min(m.batch_size(), train.shape[0])
-        step, epoch_t, epoch_steps, epoch_nfe = 0, 0.0, 0, 0.0
-        for epoch, idx, end_epoch in _batches(train.shape[0], bs, gen):
-            if cfg.steps is not None and step >= cfg.steps:
-                break
-            if cfg.max_seconds is not None and self.train_seconds >= cfg.max_seconds:
-                break
-            batch = train[idx].to(cfg.device)
-            reset_peak_memory(cfg.device)
-            synchronize(cfg.device)
-            t0 = time.perf_counter()
-            out = m.train_step(batch, step)
-            synchronize(cfg.device)
-            dt = time.perf_counter() - t0
-            self.train_seconds += dt
-            step += 1
-            loss = float(out["loss"])
-            if not math.isfinite(loss):
-                raise TrainingDiverged(f"training diverged at step {step}: loss = {loss}")
-            nfe = float(out.get("nfe_forward", 0)) + float(out.get("nfe_backward", 0))
-            epoch_t, epoch_steps, epoch_nfe = epoch_t + dt, epoch_steps + 1, epoch_nfe + nfe
-            metrics = {k: float(v) for k, v in out.items()}
-            metrics["step_seconds"] = dt
-            metrics["peak_mem_mb"] = peak_memory_bytes(cfg.device) / 2**20
-            self.tracker.log_metrics(metrics, step)
-            if end_epoch:
-                self.tracker.log_metrics({"epoch_seconds": epoch_t,
-                                          "epoch_mean_nfe": epoch_nfe / max(1, epoch_steps),
-                                          "epoch": float(epoch)}, step)
-                epoch_t, epoch_steps, epoch_nfe = 0.0, 0, 0.0
-            stop = self._due(step) and self.evaluate_val(step)
-            self.progress.update(1)
-            self.progress.set_postfix(loss=f"{loss:.3f}", val_nll=f"{self.last_val:.3f}",
-                                      it_s=f"{step / max(self.train_seconds, 1e-9):.1f}")
-            if stop:
-                log.info("early stop at step %d (best step %d)", step, self.best_step)
-                break
-        if self.last_eval_step != step:
-            self.evaluate_val(step)
-        if self.best_state is None:  # no finite validation NLL: keep the last state
-            self.best_state, self.best_step = copy.deepcopy(m.state_dict()), step
-        return step
+    def log_artifact(self, path: Path) -> None:
+        self.record.artifacts[path.name] = str(self.sink.log_artifact(path) or path)
 
 
-def _context(cfg: RunConfig, seed: int, registry: Registry, work: Path, tracker) -> RunContext:
-    return RunContext(
-        device=cfg.device, seed=seed, work_dir=work, solver=cfg.solver, max_steps=cfg.steps,
-        log_metrics=tracker.log_metrics,
-        load_dataset=lambda sel: registry.dataset(sel, data_dir=cfg.data_dir),
-    )
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else ""
+    if not isinstance(exc, BenchError):
+        msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return msg[:500]
 
 
-def _final_eval(method, dataset: Dataset, splits, cfg: RunConfig, tracker) -> dict[str, float]:
-    out: dict[str, float] = {}
-    tags: dict[str, str] = {}
-    test = splits.test.to(cfg.device)
-    t0 = time.perf_counter()
-    results: dict[str, NLLSummary] = {}
-    if method.likelihood != "none":
-        results["test_nll"] = summarize(method.log_prob(test))
-        for key, ll in method.extra_likelihoods(test).items():
-            results[f"test_nll_{key}"] = summarize(ll)
-    synchronize(cfg.device)
-    out["eval_seconds"] = time.perf_counter() - t0
-    for name, s in results.items():
-        out.update(s.metrics(name))
-        tags[f"{name}.kind"] = s.kind
-        tags[f"{name}.estimator"] = s.estimator
-    if dataset.has_log_prob:
-        t = true_nll(dataset, splits.test)
-        out.update({"true_test_nll": t.mean, "true_test_nll_se": t.se})
-        if "test_nll" in out:
-            out["test_nll_gap"] = out["test_nll"] - t.mean
-    tags["test_split"] = splits.split_names.get("test", "test")
-    tracker.set_tags(tags)
-    tracker.log_metrics(out, None)
-    return out
+def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
+    """Run one job to the end and return its record (status FINISHED, FAILED or KILLED).
 
+    Args:
+        job: a validated job from `bench.harness.plan.plan_jobs`.
+        sink: where the record goes as it happens (`bench.api.Sink`).
+        progress: a factory ``(total, desc) -> progress`` (see `bench.harness.progress`),
+            or None for no progress display.
+    """
+    import torch
 
-def run_one(method_sel: str, dataset_sel: str, seed: int, cfg: RunConfig, registry: Registry,
-            tracker, set_method: dict[str, str] | None = None,
-            set_dataset: dict[str, str] | None = None) -> RunResult:
-    """Train and evaluate one (method, dataset, seed); everything goes to `tracker`."""
-    from tqdm.auto import tqdm
-
-    m_cls, m_params = registry.resolve("method", method_sel, set_method)
-    d_cls, d_params = registry.resolve("dataset", dataset_sel, set_dataset)
-    dataset = d_cls(d_params, data_dir=cfg.data_dir)
-    splits = dataset.splits()
-    torch.manual_seed(seed)
-    params = {"method": m_cls.name, "dataset": d_cls.name, "seed": seed,
-              **_flat("p_method_", m_params), **_flat("p_dataset_", d_params),
-              "steps": cfg.steps, "max_seconds": cfg.max_seconds, "eval_every": cfg.eval_every,
-              "patience": cfg.patience, "device": cfg.device,
-              **_flat("solver_", cfg.solver)}
-    tags = {"git_commit": git_commit(), "device": cfg.device, "torch": torch.__version__,
+    tags = {"git_commit": git_commit(), "device": job.device, "torch": torch.__version__,
             "host": f"{platform.node()} {platform.processor() or platform.machine()}",
-            "threads": str(torch.get_num_threads()), "dataset_provenance": splits.provenance,
-            "dequantization": splits.dequantization, "likelihood": m_cls.likelihood,
-            **{f"split.{k}": v for k, v in splits.split_names.items()}}
-    run_id = tracker.start(f"{m_cls.name}-{d_cls.name}-s{seed}", params, tags)
-    status = "FAILED"
+            "threads": str(torch.get_num_threads()), "likelihood": job.method_cls.likelihood,
+            "job": job.label, **{f"source.{k}": v for k, v in job.sources.items()}}
+    record = RunRecord(None, job.name, params=job_params(job), tags=tags)
+    record.run_id = sink.start(job.name, record.params, record.tags)
+    rec = Recorder(record, sink)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            method = m_cls(m_params, splits, _context(cfg, seed, registry, work, tracker))
-            n_par = sum(p.numel() for mod in method.modules().values() for p in mod.parameters())
-            tracker.set_tags({"likelihood": method.likelihood})
-            tracker.log_metrics({"n_parameters": float(n_par)}, None)
-            gen = torch.Generator().manual_seed(seed)
-            with tqdm(total=cfg.steps, disable=cfg.quiet, desc=f"{m_cls.name}/{d_cls.name}",
-                      leave=False) as bar:
-                loop = _Loop(method, splits, cfg, tracker, bar)
-                steps = loop.train(gen)
-            method.load_state_dict(loop.best_state)
-            metrics = {"train_seconds": loop.train_seconds, "steps_done": float(steps),
-                       "best_step": float(loop.best_step),
-                       "val_eval_seconds": loop.eval_seconds}
-            if math.isfinite(loop.best_val):
-                metrics["best_val_nll"] = loop.best_val
-            tracker.log_metrics(metrics, None)
-            if cfg.evaluate_test:
-                metrics.update(_final_eval(method, dataset, splits, cfg, tracker))
-            ckpt = work / "checkpoint.pt"
-            torch.save({"method": m_cls.name, "params": dataclasses.asdict(m_params),
-                        "dataset": d_cls.name, "step": loop.best_step,
-                        "state": loop.best_state}, ckpt)
-            tracker.log_artifact(ckpt)
-            if splits.event_shape == (2,) and cfg.n_samples > 0:
-                with torch.no_grad():
-                    samples = method.sample(cfg.n_samples)
-                png = plot_samples_2d(samples, splits.test, work / "samples.png",
-                                      f"{m_cls.name} on {d_cls.name} (seed {seed})")
-                tracker.log_artifact(png)
-        status = "FINISHED"
-        return RunResult(run_id, m_cls.name, d_cls.name, seed, metrics)
+        with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+            try:
+                _train_and_evaluate(job, rec, Path(tmp), progress)
+                record.status = "FINISHED"
+            except KeyboardInterrupt:
+                record.status = "KILLED"
+                rec.set_tags({"failure.reason": "interrupted (KeyboardInterrupt)",
+                              "failure.type": "KeyboardInterrupt"})
+                raise
+            except Exception as exc:  # noqa: BLE001 - a job's failure never stops the grid
+                record.status = "FAILED"
+                rec.set_tags({"failure.reason": _one_line(exc),
+                              "failure.type": type(exc).__name__})
+                tb = Path(tmp) / "traceback.txt"
+                tb.write_text("".join(traceback.format_exception(exc)))
+                rec.log_artifact(tb)
+                if not isinstance(exc, BenchError):
+                    log.debug("job %s failed", job.label, exc_info=exc)
     finally:
-        tracker.end(status)
+        sink.end(record.status)
+    return record
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by `run_one` (tensors and plain values only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def _load_splits(job: Job, rec: Recorder):
+    from bench.harness.contract import check_splits
+
+    dataset = job.dataset_cls(job.dataset_params, data_dir=job.data_dir)
+    splits = dataset.splits()
+    check_splits(splits, job.dataset)
+    rec.set_tags({"dataset_provenance": splits.provenance,
+                  "dequantization": splits.dequantization,
+                  **{f"split.{k}": v for k, v in splits.split_names.items()}})
+    refs = {}
+    for field, (cls, params) in job.refs.items():
+        refs[field] = cls(params, data_dir=job.data_dir)
+        check_splits(refs[field].splits(), cls.name)
+    return dataset, splits, refs
+
+
+def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> None:
+    import torch
+
+    from bench.harness.checkpoint import save_checkpoint
+    from bench.harness.context import make_context
+    from bench.harness.contract import check_method_instance
+    from bench.harness.evaluate import evaluate, plot_samples
+    from bench.harness.loop import train
+    from bench.harness.optim import Trainer
+
+    dataset, splits, refs = _load_splits(job, rec)
+    torch.manual_seed(job.seed)
+    ctx = make_context(device=job.device, seed=job.seed, solver=job.solver,
+                       max_steps=job.budget.steps, datasets=refs,
+                       log_metrics=rec.log_metrics, work_dir=work)
+    method = job.method_cls(job.method_params, splits, ctx)
+    check_method_instance(method, splits)
+    trainer = Trainer(method, job.optim, total_steps=job.budget.steps)
+    n_par = sum(p.numel() for m in method.modules().values() for p in m.parameters())
+    rec.log_metrics({"n_parameters": float(n_par)})
+    bar = progress(job.budget.steps, job.name) if progress is not None else None
+    try:
+        result = train(method, trainer, splits, job.budget, job.device, rec.log_metrics,
+                       set_tags=rec.set_tags, progress=bar,
+                       generator=torch.Generator().manual_seed(job.seed))
+    finally:
+        if bar is not None:
+            bar.close()
+    trainer.load_state_dict(result.best_state)
+    summary = {"train_seconds": result.train_seconds, "steps_done": float(result.steps),
+               "best_step": float(result.best_step), "val_seconds": result.val_seconds}
+    if math.isfinite(result.best_val):
+        summary["best_val_nll"] = result.best_val
+    rec.log_metrics(summary)
+    with trainer.averaged():
+        if job.evaluate_test:
+            metrics, tags = evaluate(method, dataset, splits, job.solver, job.device, job.seed)
+            rec.set_tags(tags)
+            rec.log_metrics(metrics)
+        ckpt = save_checkpoint(work / "checkpoint.pt", job, trainer, result.best_step)
+        rec.log_artifact(ckpt)
+        if splits.event_shape == (2,) and job.n_samples > 0:
+            png = plot_samples(method, splits, job.n_samples, work / "samples.png",
+                               f"{job.method} on {job.dataset} (seed {job.seed})")
+            rec.log_artifact(png)
+
+
+def load_model(checkpoint: dict[str, Any], registry, *, data_dir: Path | None = None,
+               device: str = "cpu", solver=None):
+    """Rebuild the method of a checkpoint written by `run_job`, with its evaluation weights
+    (the EMA average when the run kept one). Reads the dataset to construct the method."""
+    from bench.harness.checkpoint import load_into
+    from bench.harness.context import make_context
+    from bench.harness.plan import is_dataset_ref, resolve_dataset
+    from bench.harness.selection import build_params, param_fields
+
+    m_cls = registry.get("method", checkpoint["method"])
+    d_cls = registry.get("dataset", checkpoint["dataset"])
+    m_params = build_params(m_cls.Params, _typed(m_cls.Params, checkpoint["method_params"]),
+                            f"method {m_cls.name!r}")
+    d_params = build_params(d_cls.Params, _typed(d_cls.Params, checkpoint["dataset_params"]),
+                            f"dataset {d_cls.name!r}")
+    splits = d_cls(d_params, data_dir=data_dir).splits()
+    refs = {}
+    for field, tp in param_fields(m_cls.Params).items():
+        value = getattr(m_params, field)
+        if is_dataset_ref(tp) and value:
+            cls, params = resolve_dataset(registry, str(value))
+            refs[field] = cls(params, data_dir=data_dir)
+    ctx = make_context(device=device, seed=int(checkpoint.get("seed", 0)), solver=solver,
+                       datasets=refs)
+    method = m_cls(m_params, splits, ctx)
+    load_into(method, checkpoint, averaged=True)
+    return method
+
+
+def _typed(params_cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint values (lists where tuples were) back to the dataclass's field types."""
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}

@@ -1,10 +1,12 @@
-"""`bench speedup`: per-iteration training cost of methods trained with the same network and
-batch on the same machine, back to back, and their wall-clock to a target validation NLL.
+"""The speed-up study's analysis: per-iteration training cost of methods trained with the
+same network and batch on the same machine, back to back, and their wall-clock to a target
+validation NLL.
 
 The question it answers is the InterFlow paper's: how much cheaper is a stochastic-
 interpolant flow to train than a maximum-likelihood CNF, at what likelihood? Every step's
-seconds and NFE come from the harness's own loop (`bench.runner`), so both methods are timed
-by the same code; validation NLL comes from the same likelihood engine.
+seconds and NFE come from the harness's own loop, so all methods are timed by the same code;
+validation NLL comes from the same likelihood engine. The analysis reads `RunRecord`s (their
+``history``), never a tracker.
 """
 
 from __future__ import annotations
@@ -18,23 +20,47 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["SpeedupResult", "summarize_costs", "time_to_target", "speedup_table", "plot"]
+from bench.api import RunRecord
+
+__all__ = ["SpeedupResult", "HISTORY", "from_record", "summarize_costs", "time_to_target",
+           "speedup_table", "plot", "stamp"]
 
 log = logging.getLogger(__name__)
 FIXED_ITERS = (1, 10, 100, 1000)
+#: the per-step series the study reads (pass to `bench.record.mlflow_sink.load_records`)
+HISTORY = ("step_seconds", "nfe_forward", "nfe_backward", "val_nll", "train_seconds_at_eval")
 
 
 @dataclass
 class SpeedupResult:
-    """The histories of one method's run in the study."""
+    """The histories of one method's run in the study.
+
+    Attributes:
+        step_seconds: (step, seconds of that training step).
+        val: (step, training seconds at that evaluation, validation NLL).
+        nfe_forward, nfe_backward: (step, function evaluations of the step's forward
+            solve / of its backward (adjoint) solve); empty for simulation-free methods.
+    """
 
     method: str
     run_id: str | None
     step_seconds: list[tuple[int, float]]
-    nfe: list[tuple[int, float]]
-    val: list[tuple[int, float, float]]  # (step, train seconds at eval, val NLL)
+    val: list[tuple[int, float, float]]
+    nfe_forward: list[tuple[int, float]] = field(default_factory=list)
+    nfe_backward: list[tuple[int, float]] = field(default_factory=list)
     n_parameters: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+def from_record(rec: RunRecord, method: str | None = None) -> SpeedupResult:
+    """The study's view of a run: its step times, NFE (forward and backward apart) and
+    validation curve from ``rec.history``, its parameter count from ``rec.metrics``."""
+    h = rec.history
+    secs_at = dict(h.get("train_seconds_at_eval", []))
+    val = [(s, secs_at.get(s, math.nan), v) for s, v in h.get("val_nll", [])]
+    return SpeedupResult(method or rec.method, rec.run_id, list(h.get("step_seconds", [])),
+                         val, list(h.get("nfe_forward", [])), list(h.get("nfe_backward", [])),
+                         n_parameters=int(rec.metrics.get("n_parameters", 0)))
 
 
 def _window(values: np.ndarray, start: int, width: int) -> float:
@@ -44,9 +70,10 @@ def _window(values: np.ndarray, start: int, width: int) -> float:
 
 
 def summarize_costs(res: SpeedupResult) -> dict[str, float]:
-    """Median/min/max seconds per iteration, seconds at fixed iterations, cost growth."""
+    """Median/min/max seconds per iteration, seconds at fixed iterations, cost growth,
+    mean NFE per solve over the first and last tenth of the steps (``nfe_forward_*`` and
+    ``nfe_backward_*`` apart), and the best validation NLL."""
     secs = np.array([v for _, v in sorted(res.step_seconds)])
-    nfe = np.array([v for _, v in sorted(res.nfe)]) if res.nfe else np.zeros(0)
     n = len(secs)
     out = {"steps": float(n)}
     if n == 0:
@@ -63,9 +90,12 @@ def summarize_costs(res: SpeedupResult) -> dict[str, float]:
     for it in FIXED_ITERS:
         if it <= n:
             out[f"s_per_it_at_{it}"] = _window(secs, it, max(1, min(10, it)))
-    if len(nfe) and nfe.any():
-        out["nfe_first10pct"] = float(np.mean(nfe[:tenth]))
-        out["nfe_last10pct"] = float(np.mean(nfe[-tenth:]))
+    for name, series in (("nfe_forward", res.nfe_forward), ("nfe_backward", res.nfe_backward)):
+        nfe = np.array([v for _, v in sorted(series)])
+        if len(nfe) and nfe.any():  # per solve, the first and last tenth of the steps
+            part = max(1, len(nfe) // 10)
+            out[f"{name}_first10pct"] = float(np.mean(nfe[:part]))
+            out[f"{name}_last10pct"] = float(np.mean(nfe[-part:]))
     best = [v for _, _, v in res.val if math.isfinite(v)]
     if best:
         out["best_val_nll"] = float(min(best))
@@ -137,15 +167,6 @@ def plot(results: list[SpeedupResult], target: float, path: Path) -> Path:
     return path
 
 
-def from_tracker(method: str, run_id: str | None, tracker) -> SpeedupResult:
-    h = tracker.history
-    nfe_f = dict(h.get("nfe_forward", []))
-    nfe_b = dict(h.get("nfe_backward", []))
-    nfe = [(s, nfe_f.get(s, 0.0) + nfe_b.get(s, 0.0)) for s in sorted(set(nfe_f) | set(nfe_b))]
-    secs_at = dict(h.get("train_seconds_at_eval", []))
-    val = [(s, secs_at.get(s, math.nan), v) for s, v in h.get("val_nll", [])]
-    return SpeedupResult(method, run_id, list(h.get("step_seconds", [])), nfe, val)
-
-
 def stamp() -> str:
+    """A timestamp for file names of a study's outputs."""
     return time.strftime("%Y%m%d-%H%M%S")

@@ -1,87 +1,255 @@
-"""Recorded runs -> comparison tables (pandas): methods x datasets, mean +- std over seeds.
+"""Recorded runs (`bench.api.RunRecord`) -> comparison tables: configurations x datasets,
+mean ± std over seeds (count).
 
-Every likelihood a run recorded becomes its own row, labelled with its kind (exact or
-bound), so DDPM's variational bound never sits in the same row as an exact NLL. Datasets
-with a closed-form density get a "truth" row (the true test NLL).
+Like is compared with like: a row is one full method configuration (the method, its
+parameters ``p_method_*`` and the shared optimisation settings ``optim_*``), a column one
+dataset configuration (the dataset, its parameters ``p_dataset_*``, its test split and
+provenance). Labels name only what differs, e.g. ``interflow[interpolant=linear]`` beside
+``interflow[interpolant=trig]``. Every likelihood a run recorded is its own row, labelled
+with its kind (exact or bound) and ", hutchinson" when the divergence was estimated. The
+truth row of a column comes from the compared runs of that column. Runs left out
+(FAILED, RUNNING, KILLED) are counted in the notes.
 """
 
 from __future__ import annotations
 
+import ast
 import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from bench.api.errors import ConfigError
+from bench.api import ConfigError, RunRecord
 
 __all__ = ["long_results", "comparison_table", "render", "export"]
 
 SUFFIXES = ("_se", "_nfe", "_gap")
+TRUTH = "truth (closed form)"
+_SPLIT_FIELDS = ("split", "provenance")
 
 
-def _dataset_label(row: pd.Series) -> str:
-    prov = str(row.get("tags.dataset_provenance", "") or "")
-    name = str(row["params.dataset"])
-    return f"{name} (reduced)" if "reduced" in prov else name
+def _norm(value: Any) -> str:
+    """A parameter value as one canonical string, whether recorded typed or as text."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return value
+    text = str(value)
+    return text.replace(", ", ",") if isinstance(value, tuple | list) else text
 
 
-def long_results(runs: pd.DataFrame, metric: str = "test_nll") -> pd.DataFrame:
-    """One row per (run, likelihood): method, dataset, seed, row label, kind, value."""
-    if runs.empty or "params.method" not in runs:
-        return pd.DataFrame(columns=["method", "dataset", "seed", "row", "kind", "value"])
-    runs = runs[runs["status"] == "FINISHED"]
-    cols = [c for c in runs.columns if c.startswith(f"metrics.{metric}")
-            and not c.endswith(SUFFIXES)]
-    rows = []
-    for _, r in runs.iterrows():
-        ds = _dataset_label(r)
-        for c in cols:
-            v = r[c]
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                continue
-            key = c[len("metrics."):]
-            kind = r.get(f"tags.{key}.kind", "") or ""
-            if "hutchinson" in str(r.get(f"tags.{key}.estimator", "") or ""):
-                kind += ", hutchinson"  # an unbiased estimate, not the exact divergence
-            extra = key[len(metric) + 1:] if key != metric else ""
-            label = r["params.method"] + (f" [{extra}]" if extra else "")
-            label += f" ({kind})" if kind else ""
-            rows.append({"method": r["params.method"], "dataset": ds,
-                         "seed": r.get("params.seed"), "row": label, "kind": kind,
-                         "value": float(v)})
-        truth = r.get(f"metrics.true_{metric}")
-        if truth is not None and not (isinstance(truth, float) and math.isnan(truth)):
-            rows.append({"method": "truth", "dataset": ds, "seed": r.get("params.seed"),
-                         "row": "truth (closed form)", "kind": "exact", "value": float(truth)})
-    out = pd.DataFrame(rows)
-    if not out.empty:  # the truth does not depend on the method: count it once per seed
-        truth = out["method"] == "truth"
-        out = pd.concat([out[~truth],
-                         out[truth].drop_duplicates(["dataset", "seed"])], ignore_index=True)
+def _fields(rec: RunRecord, prefixes: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    out = {}
+    for k, v in rec.params.items():
+        for p in prefixes:
+            if k.startswith(p):
+                out[k[len(p):]] = _norm(v)
+    return tuple(sorted(out.items()))
+
+
+def _method_config(rec: RunRecord) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return rec.method, _fields(rec, ("p_method_", "optim_"))
+
+
+def _dataset_config(rec: RunRecord) -> tuple[str, tuple[tuple[str, str], ...]]:
+    split = (("split", rec.tags.get("test_split", "")),
+             ("provenance", rec.tags.get("dataset_provenance", "")))
+    return rec.dataset, _fields(rec, ("p_dataset_",)) + split
+
+
+def _show(key: str, value: str) -> str:
+    if key == "provenance" and len(value) > 40:
+        value = value[:39] + "…"
+    return f"{key}={value}"
+
+
+def _label(name: str, fields: dict[str, str], keys: list[str]) -> str:
+    return name + (f"[{','.join(_show(k, fields.get(k, 'unset')) for k in keys)}]"
+                   if keys else "")
+
+
+def _labels(configs: set, hide: tuple[str, ...] = ()) -> dict:
+    """A short, unique label per configuration: its name, then the fields that differ
+    among the configurations of that name (``hide``: shown only when needed to tell
+    configurations apart), then " (reduced)" for a reduced split."""
+    by_name: dict[str, list] = defaultdict(list)
+    for c in configs:
+        by_name[c[0]].append(c)
+    out = {}
+    for name, group in by_name.items():
+        fields = [dict(c[1]) for c in group]
+        keys = sorted({k for f in fields for k in f})
+        differ = [k for k in keys if len({f.get(k, "unset") for f in fields}) > 1]
+        main = [k for k in differ if k not in hide]
+        reduced = {c: " (reduced)" if "reduced" in dict(c[1]).get("provenance", "") else ""
+                   for c in group}
+        labels = {c: _label(name, f, main) + reduced[c] for c, f in zip(group, fields,
+                                                                          strict=True)}
+        clash = Counter(labels.values())
+        for c, f in zip(group, fields, strict=True):
+            if clash[labels[c]] > 1:
+                same = [d for d in group if labels[d] == labels[c]]
+                extra = [k for k in hide if len({dict(d[1]).get(k) for d in same}) > 1]
+                out[c] = _label(name, f, main + extra) + reduced[c]
+            else:
+                out[c] = labels[c]
     return out
+
+
+def _tag(rec: RunRecord, key: str, what: str) -> str | None:
+    """Tag ``<key>.<what>`` (kind, estimator) of a metric, or of the likelihood it derives
+    from (``test_bpd*`` from ``test_nll*``, ``best_val_nll`` from ``val_nll``)."""
+    candidates = [key, key.replace("test_bpd", "test_nll", 1)]
+    if key.startswith("best_"):
+        candidates.append(key[len("best_"):])
+    for c in candidates:
+        if f"{c}.{what}" in rec.tags:
+            return rec.tags[f"{c}.{what}"]
+    return None
+
+
+def _family(rec: RunRecord, metric: str) -> list[tuple[str, str, str]]:
+    """(metric key, likelihood key, its short name) of ``metric`` in a run: ``test_nll``
+    covers ``test_nll_<name>`` of each extra likelihood (a metric tagged with its kind);
+    ``test_nll_gap`` the gap of each."""
+    base, suffix = metric, ""
+    for s in SUFFIXES:
+        if metric.endswith(s) and len(metric) > len(s):
+            base, suffix = metric[:-len(s)], s
+            break
+    names = [base] + sorted(k for k in rec.metrics
+                            if k.startswith(base + "_") and not k.endswith(SUFFIXES)
+                            and _tag(rec, k, "kind") is not None)
+    return [(n + suffix, n, n[len(base) + 1:]) for n in names if n + suffix in rec.metrics]
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and isinstance(v, int | float) and not math.isnan(v)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def long_results(records: Sequence[RunRecord], metric: str = "test_nll"
+                 ) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (finished run, likelihood): ``row`` and ``dataset`` labels, method,
+    seed, run id, kind, value (truth rows have method "truth"); and the notes."""
+    runs = [r for r in records if r.method and r.dataset]
+    notes = []
+    left = Counter(r.status for r in runs if r.status != "FINISHED")
+    if left:
+        notes.append(f"{_plural(sum(left.values()), 'run')} left out: "
+                     + ", ".join(f"{n} {s}" for s, n in sorted(left.items())))
+    entries, missing = [], []
+    for r in runs:
+        if r.status != "FINISHED":
+            continue
+        found = False
+        for key, lik, extra in _family(r, metric):
+            value = r.metrics[key]
+            if not _finite(value):
+                continue
+            kind = _tag(r, lik, "kind") or ""
+            if "hutchinson" in (_tag(r, lik, "estimator") or ""):
+                kind += ", hutchinson"  # an unbiased estimate, not the exact divergence
+            entries.append((r, extra, kind.strip(", "), float(value)))
+            found = True
+        if not found:
+            missing.append(f"{r.method} on {r.dataset}")
+    if missing:
+        shown = ", ".join(sorted(set(missing))[:4]) + (", ..." if len(set(missing)) > 4 else "")
+        notes.append(f"{_plural(len(missing), 'finished run')} without {metric}: {shown}")
+    m_lab = _labels({_method_config(r) for r, *_ in entries})
+    d_lab = _labels({_dataset_config(r) for r, *_ in entries}, hide=_SPLIT_FIELDS)
+    rows = []
+    for r, extra, kind, value in entries:
+        label = m_lab[_method_config(r)] + (f" [{extra}]" if extra else "")
+        label += f" ({kind})" if kind else ""
+        rows.append({"row": label, "dataset": d_lab[_dataset_config(r)], "method": r.method,
+                     "seed": r.seed, "run_id": r.run_id, "kind": kind, "value": value})
+    truth: dict[str, dict[str | None, float]] = defaultdict(dict)
+    for r, *_ in entries:  # the truth of a column, from the runs compared in it
+        t = r.metrics.get(f"true_{metric}")
+        if _finite(t):
+            truth[d_lab[_dataset_config(r)]][r.run_id] = float(t)
+    for col, values in sorted(truth.items()):
+        vals = list(values.values())
+        if max(vals) - min(vals) > 1e-6 * max(1.0, abs(vals[0])):
+            notes.append(f"the true {metric} of {col} differs among its runs "
+                         f"({min(vals):.4f} to {max(vals):.4f}): different test data?")
+        for run_id, v in values.items():
+            rows.append({"row": TRUTH, "dataset": col, "method": "truth", "seed": None,
+                         "run_id": run_id, "kind": "exact", "value": v})
+    cols = ["row", "dataset", "method", "seed", "run_id", "kind", "value"]
+    return pd.DataFrame(rows, columns=cols), notes
+
+
+def _num(v: float) -> str:
+    return f"{v:.3f}" if abs(v) < 1e6 else f"{v:.4g}"
 
 
 def _cell(values: pd.Series) -> str:
     n = len(values)
     if n == 1:
-        return f"{values.iloc[0]:.3f} (1)"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f} ({n})"
+        return f"{_num(values.iloc[0])} (1)"
+    return f"{_num(values.mean())} ± {_num(values.std(ddof=1))} ({n})"
 
 
-def comparison_table(runs: pd.DataFrame, metric: str = "test_nll") -> pd.DataFrame:
-    """Rows: method [likelihood] (kind); columns: datasets; cells: mean ± std (count)."""
-    long = long_results(runs, metric)
+def _truth_cell(values: pd.Series) -> str:
+    if values.max() - values.min() <= 1e-6 * max(1.0, abs(values.iloc[0])):
+        return _num(values.iloc[0])
+    return _cell(values)
+
+
+def _unit(metric: str) -> str:
+    parts = []
+    if "bpd" in metric:
+        parts.append("bits/dim")
+    elif "nll" in metric:
+        parts.append("nats")
+    elif metric.endswith("seconds"):
+        parts.append("s")
+    if metric.startswith("test_"):
+        parts.append("test split")
+    return f"{metric} ({', '.join(parts)})" if parts else metric
+
+
+def comparison_table(records: Sequence[RunRecord], metric: str = "test_nll"
+                     ) -> tuple[pd.DataFrame, list[str]]:
+    """Rows: configuration [likelihood] (kind); columns: dataset configurations; cells:
+    mean ± std (count) over the finished runs. Returns the table and its notes (runs left
+    out, runs without the metric, a truth that differs among a column's runs).
+
+    Raises:
+        ConfigError: no finished run recorded ``metric``.
+    """
+    long, notes = long_results(records, metric)
     if long.empty:
-        raise ConfigError(f"no finished runs with metric {metric!r} recorded yet; "
-                         "run `bench run` first")
-    tab = long.groupby(["row", "dataset"])["value"].apply(_cell).unstack("dataset")
-    tab = tab.fillna("")
-    tab.index.name = f"{metric} (nats, test split)"
-    order = sorted(tab.index, key=lambda s: (s.startswith("truth"), s))
-    return tab.loc[order]
+        recorded = sorted({k for r in records if r.status == "FINISHED" for k in r.metrics})
+        hint = f"; recorded metrics: {', '.join(recorded[:30])}" if recorded else \
+            "; run `bench run` first"
+        left = f" ({notes[0]})" if notes and "left out" in notes[0] else ""
+        raise ConfigError(f"no finished runs with metric {metric!r} recorded yet{left}{hint}")
+    truth = long["row"] == TRUTH
+    tab = long[~truth].groupby(["row", "dataset"])["value"].apply(_cell)
+    if truth.any():
+        tab = pd.concat([tab, long[truth].groupby(["row", "dataset"])["value"]
+                         .apply(_truth_cell)])
+    tab = tab.unstack("dataset").fillna("")
+    tab = tab[sorted(tab.columns)]
+    tab.columns.name = None
+    tab.index.name = _unit(metric)
+    order = sorted(tab.index, key=lambda s: (s == TRUTH, s))
+    return tab.loc[order], notes
 
 
 def render(tab: pd.DataFrame, fmt: str) -> str:
+    """The table as markdown, csv, latex or json."""
     if fmt == "markdown":
         return tab.to_markdown()
     if fmt == "csv":
@@ -94,6 +262,7 @@ def render(tab: pd.DataFrame, fmt: str) -> str:
 
 
 def export(tab: pd.DataFrame, path: Path) -> Path:
+    """Write the table; the format follows the extension (.md, .csv, .tex, .json)."""
     fmt = {".md": "markdown", ".csv": "csv", ".tex": "latex", ".json": "json"}.get(path.suffix)
     if fmt is None:
         raise ConfigError(f"--out {path}: use a .md, .csv, .tex or .json file name")

@@ -1,25 +1,35 @@
-"""ODE sampling and log-likelihood for every flow-type method (torchdiffeq).
+"""The one ODE engine: sampling, evaluation log-likelihood and CNF training (torchdiffeq).
 
-One engine for InterFlow, the MLE CNF and DDPM's probability-flow ODE: integrate the state
-``(x, acc)`` with ``dx/dt = v(t, x)`` and ``d acc/dt = div v(t, x)``. Along a trajectory
+Every flow-type method (InterFlow, the MLE CNF, DDPM's probability-flow ODE) is scored,
+and the CNF is trained, by one routine, `solve`, on one right-hand side,
+`bench.science.divergence.AugmentedDynamics`: the state ``(x, acc[, kin][, jac])`` with
+``dx/dt = v(t, x)`` and ``d acc/dt = div v(t, x)``. Along a trajectory
 ``d/dt log rho_t(x_t) = -div v``, so integrating back from time t to 0 gives
 
-    log rho_t(x) = log rho_0(x_0) - int_0^t div v(s, x_s) ds.
+    log rho_t(x) = log rho_0(x_0) - int_0^t div v(s, x_s) ds = log rho_0(x_0) + acc(0).
 
-The divergence is exact (one vector-Jacobian product per dimension) or Hutchinson's
-estimator ``E[eps^T J eps]`` with probes drawn once per solve (so the ODE stays
-deterministic for the adaptive solver). Function evaluations are counted.
+- `log_likelihood` (evaluation): no gradients, rows in chunks of ``cfg.chunk``, the NFE of
+  one solve (the largest chunk's, never a sum over chunks).
+- `training_log_likelihood` (CNF training, FFJORD/RNODE): with gradients, through the
+  solver's operations (``adjoint=False``) or the adjoint method (`torchdiffeq.odeint_adjoint`,
+  FFJORD's choice), which solves a second ODE backwards in time during ``backward()``;
+  function evaluations of the forward and the adjoint solve are counted separately.
+- `integrate`: the plain ODE dx/dt = v (sampling).
+
+The divergence is exact or Hutchinson's estimator with probes drawn once per solve.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from bench.api.errors import ConfigError
 from bench.api.types import (
     ADAPTIVE_SOLVERS,
     DIVERGENCES,
@@ -27,35 +37,39 @@ from bench.api.types import (
     SolverConfig,
     check_divergence,
 )
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from bench.science.divergence import (
+    AugmentedDynamics,
+    divergence_exact,
+    divergence_hutchinson,
+    draw_probes,
+)
 
 __all__ = [
-    "SolverConfig",
-    "ODEResult",
-    "CountingField",
-    "standard_normal_log_prob",
-    "divergence_exact",
-    "divergence_hutchinson",
-    "integrate",
-    "log_likelihood",
-    "DIVERGENCES",
-    "ADAPTIVE_SOLVERS",
-    "check_divergence",
-    "ODEEngine",
+    "ADAPTIVE_SOLVERS", "DIVERGENCES", "FIXED_STEP_SOLVERS", "AugmentedDynamics",
+    "CountingField", "ODEEngine", "ODEResult", "Solution", "SolverConfig", "TrainConfig",
+    "TrainingLikelihood", "check_divergence", "divergence_exact", "divergence_hutchinson",
+    "draw_probes", "integrate", "log_likelihood", "solve", "standard_normal_log_prob",
+    "training_log_likelihood",
 ]
 
-@dataclass
-class ODEResult:
-    x: Tensor
-    nfe: int
+FIXED_STEP_SOLVERS = (
+    "euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
+    "fixed_adams",
+)
+
+Field = nn.Module | Callable[[Tensor, Tensor], Tensor]
+
+
+def standard_normal_log_prob(x: Tensor) -> Tensor:
+    """log N(x; 0, I) of (n, *shape) -> (n,): the base density of the flow methods."""
+    x = x.reshape(x.shape[0], -1)
+    return -0.5 * (x * x).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
 
 
 class CountingField(nn.Module):
     """Wraps v(t, x) and counts its forward calls (``nfe``)."""
 
-    def __init__(self, field: nn.Module | Callable[[Tensor, Tensor], Tensor]) -> None:
+    def __init__(self, field: Field) -> None:
         super().__init__()
         self.field = field
         self.nfe = 0
@@ -65,125 +79,82 @@ class CountingField(nn.Module):
         return self.field(t, x)
 
 
-def standard_normal_log_prob(x: Tensor) -> Tensor:
-    """log N(x; 0, I) of (n, *shape) -> (n,): the base density of the flow methods."""
-    x = x.reshape(x.shape[0], -1)
-    return -0.5 * (x * x).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
+@dataclass
+class Solution:
+    """The end of one solve.
+
+    Attributes:
+        state: the state at the final time: (x,) for the plain ODE, else (x, acc[, kin]
+            [, jac]), each with a graph when gradients were enabled.
+        dynamics: the counted right-hand side; after ``backward()`` its extra calls are
+            the adjoint's.
+        nfe_forward: function evaluations of this (forward) solve.
+    """
+
+    state: tuple[Tensor, ...]
+    dynamics: AugmentedDynamics
+    nfe_forward: int
 
 
-def divergence_exact(v: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:
-    """Exact divergence sum_i dv_i/dx_i, one vector-Jacobian product per dimension.
+def solve(
+    field: Field, x: Tensor, t0: float, t1: float, *, method: str, rtol: float, atol: float,
+    options: dict[str, float] | None = None, divergence: str | None = None,
+    probes: Tensor | None = None, kinetic: bool = False, jacobian: bool = False,
+    adjoint: bool = False,
+) -> Solution:
+    """Integrate the augmented state from (x, 0[, 0][, 0]) at t0 to t1 in the caller's grad
+    mode (evaluation wraps it in ``no_grad``).
 
     Args:
-        v: (n, *shape) output of a function of x (with its graph).
-        x: (n, *shape) input that requires grad.
-    Returns:
-        (n,) divergence.
+        field: v(t, x) for x of shape (n, *shape).
+        x: (n, *shape) the state at t0.
+        t0, t1: start and end times (t1 < t0 integrates backwards).
+        method, rtol, atol, options: torchdiffeq solver settings.
+        divergence: "exact", "hutchinson", or None for the plain ODE.
+        probes: (k, n, *shape) fixed probes (Hutchinson, Jacobian penalty).
+        kinetic, jacobian: carry the RNODE integrands.
+        adjoint: gradients by the adjoint method (`torchdiffeq.odeint_adjoint`).
     """
-    n = x.shape[0]
-    v_flat = v.reshape(n, -1)
-    d = v_flat.shape[1]
-    div = torch.zeros(n, dtype=v.dtype, device=v.device)
-    for i in range(d):
-        (g,) = torch.autograd.grad(
-            v_flat[:, i].sum(), x, retain_graph=True, create_graph=create_graph
-        )
-        div = div + g.reshape(n, -1)[:, i]
-    return div
+    from torchdiffeq import odeint, odeint_adjoint
+
+    dyn = AugmentedDynamics(field, divergence, probes, kinetic, jacobian)
+    zero = x.new_zeros(x.shape[0])
+    state = (x,) + (zero,) * (dyn.n_states - 1)
+    times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
+    kwargs = dict(rtol=rtol, atol=atol, method=method, options=options or {})
+    if adjoint:
+        sol = odeint_adjoint(dyn, state, times, adjoint_params=tuple(dyn.parameters()),
+                             **kwargs)
+    else:
+        sol = odeint(dyn, state, times, **kwargs)
+    return Solution(state=tuple(s[-1] for s in sol), dynamics=dyn, nfe_forward=dyn.nfe)
 
 
-def divergence_hutchinson(
-    v: Tensor, x: Tensor, probes: Tensor, create_graph: bool = False
-) -> Tensor:
-    """Hutchinson's estimator mean_k eps_k^T (dv/dx) eps_k.
+# -- evaluation ---------------------------------------------------------------------------
+@dataclass
+class ODEResult:
+    """x(t1) (n, *shape) of `integrate` and the function evaluations of the solve."""
 
-    Args:
-        v, x: (n, *shape) as in `divergence_exact`.
-        probes: (k, n, *shape) probe vectors with E[eps eps^T] = I.
-    Returns:
-        (n,) unbiased estimate of the divergence.
-    """
-    n = x.shape[0]
-    est = torch.zeros(n, dtype=v.dtype, device=v.device)
-    k = probes.shape[0]
-    for j in range(k):
-        (g,) = torch.autograd.grad(
-            v, x, probes[j], retain_graph=True, create_graph=create_graph
-        )
-        est = est + (g * probes[j]).reshape(n, -1).sum(1)
-    return est / k
-
-
-def draw_probes(
-    shape: tuple[int, ...], k: int, kind: str, generator: torch.Generator | None,
-    dtype: torch.dtype, device: torch.device,
-) -> Tensor:
-    eps = torch.randn((k, *shape), generator=generator, dtype=dtype, device="cpu")
-    if kind == "rademacher":
-        eps = eps.sign()
-        eps[eps == 0] = 1.0
-    return eps.to(device)
-
-
-class AugmentedDynamics(nn.Module):
-    """d/dt (x, acc) = (v, div v), with exact or Hutchinson divergence."""
-
-    def __init__(
-        self, field: nn.Module | Callable, divergence: str, probes: Tensor | None = None,
-        create_graph: bool = False,
-    ) -> None:
-        super().__init__()
-        self.field = field
-        self.divergence = divergence
-        self.probes = probes
-        self.create_graph = create_graph
-        self.nfe = 0
-
-    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        self.nfe += 1
-        x = state[0]
-        with torch.enable_grad():
-            if not x.requires_grad:
-                x = x.detach().requires_grad_(True)
-            v = self.field(t, x)
-            if self.divergence == "exact":
-                div = divergence_exact(v, x, self.create_graph)
-            else:
-                div = divergence_hutchinson(v, x, self.probes, self.create_graph)
-        if not self.create_graph:
-            v, div = v.detach(), div.detach()
-        return v, div
-
-
-def _times(t0: float, t1: float, like: Tensor) -> Tensor:
-    return torch.tensor([t0, t1], dtype=like.dtype, device=like.device)
+    x: Tensor
+    nfe: int
 
 
 def integrate(
-    field: nn.Module | Callable, x: Tensor, t0: float, t1: float, cfg: SolverConfig,
-    grad: bool = False,
+    field: Field, x: Tensor, t0: float, t1: float, cfg: SolverConfig, grad: bool = False,
 ) -> ODEResult:
-    """Solve dx/dt = field(t, x) from t0 to t1; returns x(t1) and the NFE."""
-    from torchdiffeq import odeint
-
+    """Solve dx/dt = field(t, x) from t0 to t1 (with gradients through the solver if
+    ``grad``); returns x(t1) and the NFE."""
     if t0 == t1:
         return ODEResult(x=x, nfe=0)
-    counted = CountingField(field)
-    ctx = torch.enable_grad() if grad else torch.no_grad()
-    with ctx:
-        xs = odeint(counted, x, _times(t0, t1, x), rtol=cfg.rtol, atol=cfg.atol,
-                    method=cfg.method)
-    return ODEResult(x=xs[-1], nfe=counted.nfe)
+    with torch.enable_grad() if grad else torch.no_grad():
+        sol = solve(field, x, t0, t1, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol)
+    return ODEResult(x=sol.state[0], nfe=sol.nfe_forward)
 
 
 def log_likelihood(
-    field: nn.Module | Callable,
-    x: Tensor,
-    base_log_prob: Callable[[Tensor], Tensor],
-    cfg: SolverConfig,
-    t: float = 1.0,
-    seed: int = 0,
-):
+    field: Field, x: Tensor, base_log_prob: Callable[[Tensor], Tensor], cfg: SolverConfig,
+    t: float = 1.0, seed: int = 0,
+) -> LogLikelihood:
     """log rho_t(x) of the flow dX/dt = field(t, X) started from rho_0 = base.
 
     Args:
@@ -192,29 +163,26 @@ def log_likelihood(
         base_log_prob: log rho_0 of (n, *shape) -> (n,).
         cfg: solver and divergence settings; rows are processed in chunks of cfg.chunk.
         t: the time at which the density is evaluated (1 = data).
-        seed: seed of the Hutchinson probes (fixed per solve).
+        seed: seed of the Hutchinson probes (drawn once per chunk, in order).
     Returns:
-        `bench.api.LogLikelihood` with values (n,), kind "exact", estimator label, NFE.
+        `bench.api.LogLikelihood` with values (n,), kind "exact", the estimator label, and
+        the NFE of one solve (the largest over the chunks).
     """
-    from torchdiffeq import odeint
-
     if t == 0.0:  # the flow starts at the base density
         return LogLikelihood(values=base_log_prob(x), kind="exact", estimator="base density")
     gen = torch.Generator().manual_seed(seed)
     out, nfe = [], 0
-    for xc in torch.split(x, cfg.chunk):
-        probes = None
-        if cfg.divergence == "hutchinson":
-            probes = draw_probes(tuple(xc.shape), cfg.n_probes, cfg.probe, gen, xc.dtype,
-                                 xc.device)
-        dyn = AugmentedDynamics(field, cfg.divergence, probes)
-        acc0 = torch.zeros(xc.shape[0], dtype=xc.dtype, device=xc.device)
-        with torch.no_grad():
-            xs, accs = odeint(dyn, (xc, acc0), _times(t, 0.0, xc), rtol=cfg.rtol,
-                              atol=cfg.atol, method=cfg.method)
-        # acc(0) = -int_0^t div v ds, so log rho_t(x) = log rho_0(x_0) + acc(0)
-        out.append(base_log_prob(xs[-1]) + accs[-1])
-        nfe = max(nfe, dyn.nfe)  # per solve: the most any chunk needed
+    with torch.no_grad():
+        for xc in torch.split(x, cfg.chunk):
+            probes = None
+            if cfg.divergence == "hutchinson":
+                probes = draw_probes(tuple(xc.shape), cfg.n_probes, cfg.probe, gen,
+                                     xc.dtype, xc.device)
+            sol = solve(field, xc, t, 0.0, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
+                        divergence=cfg.divergence, probes=probes)
+            z, acc = sol.state
+            out.append(base_log_prob(z) + acc)
+            nfe = max(nfe, sol.nfe_forward)
     return LogLikelihood(values=torch.cat(out), kind="exact", estimator=cfg.label(), nfe=nfe)
 
 
@@ -225,8 +193,120 @@ class ODEEngine:
     def __init__(self, cfg: SolverConfig, seed: int = 0) -> None:
         self.cfg, self.seed = cfg, seed
 
-    def integrate(self, field, x: Tensor, t0: float, t1: float) -> Tensor:
+    def integrate(self, field: Field, x: Tensor, t0: float, t1: float) -> Tensor:
+        """x(t1) (n, *shape) of dx/dt = field(t, x) from x(t0) = x, without gradients."""
         return integrate(field, x, t0, t1, self.cfg).x
 
-    def log_likelihood(self, field, x: Tensor, base_log_prob, t: float = 1.0) -> LogLikelihood:
+    def log_likelihood(self, field: Field, x: Tensor, base_log_prob: Callable[[Tensor], Tensor],
+                       t: float = 1.0) -> LogLikelihood:
+        """log rho_t(x) (n,) of the flow started at rho_0 = base (see `log_likelihood`)."""
         return log_likelihood(field, x, base_log_prob, self.cfg, t=t, seed=self.seed)
+
+
+# -- CNF training -------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Solver settings of the training solves (separate from the harness's evaluation).
+
+    Defaults are FFJORD's tabular ones: dopri5, atol 1e-8, rtol 1e-6, adjoint, one
+    Gaussian Hutchinson probe per solve. Bad settings raise `bench.api.errors.ConfigError`.
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    step_size: float | None = None
+    adjoint: bool = True
+    divergence: str = "hutchinson"
+    probe: str = "gaussian"
+    n_probes: int = 1
+    kinetic: bool = False
+    jacobian: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS:
+            valid = ", ".join(ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS)
+            raise ConfigError(f"unknown solver {self.method!r}; valid: {valid}")
+        if self.method in FIXED_STEP_SOLVERS and not (self.step_size and self.step_size > 0):
+            raise ConfigError(f"fixed-step solver {self.method!r} needs a step_size > 0")
+        if self.method in ADAPTIVE_SOLVERS and not (self.rtol > 0 and self.atol > 0):
+            raise ConfigError("solver tolerances rtol and atol must be > 0")
+        check_divergence(self.divergence, self.probe, self.n_probes)
+
+    def options(self) -> dict[str, float]:
+        """Solver options for torchdiffeq (the step size of a fixed-step solver)."""
+        return {"step_size": self.step_size} if self.method in FIXED_STEP_SOLVERS else {}
+
+    def needs_probes(self) -> bool:
+        return self.divergence == "hutchinson" or self.jacobian
+
+    def label(self) -> str:
+        div = self.divergence
+        if div == "hutchinson":
+            div = f"hutchinson({self.probe},k={self.n_probes})"
+        tol = (f"h={self.step_size:g}" if self.method in FIXED_STEP_SOLVERS
+               else f"rtol={self.rtol:g} atol={self.atol:g}")
+        grad = "adjoint" if self.adjoint else "backprop"
+        return f"ode {self.method} {tol} div={div} grad={grad}"
+
+
+@dataclass
+class TrainingLikelihood:
+    """Result of one training solve; ``log_prob`` and the penalties carry gradients.
+
+    Attributes:
+        log_prob: (n,) log p_t(x) in nats (Hutchinson: an unbiased estimate).
+        z: (n, *shape) the base point x_0 reached at t=0.
+        kinetic: (n,) int_0^t |v|^2 ds, or None.
+        jacobian: (n,) int_0^t |eps^T dv/dx|^2 ds (mean over the probes), or None.
+        nfe_forward: function evaluations of the forward solve.
+        dynamics: the counted dynamics; after ``backward()`` its extra calls are the
+            adjoint's (`nfe_backward`).
+    """
+
+    log_prob: Tensor
+    z: Tensor
+    kinetic: Tensor | None
+    jacobian: Tensor | None
+    nfe_forward: int
+    dynamics: AugmentedDynamics = dataclasses.field(repr=False)
+
+    @property
+    def nfe_backward(self) -> int:
+        """Function evaluations of the adjoint solve so far (0 before ``backward()``,
+        and always 0 without the adjoint)."""
+        return self.dynamics.nfe - self.nfe_forward
+
+
+def training_log_likelihood(
+    field: Field, x: Tensor, base_log_prob: Callable[[Tensor], Tensor], cfg: TrainConfig,
+    generator: torch.Generator | None = None, probes: Tensor | None = None, t: float = 1.0,
+) -> TrainingLikelihood:
+    """log p_t(x) with gradients (in the caller's grad mode), integrating (x, log-density,
+    penalties) from t to 0 as one solve of the whole batch.
+
+    Args:
+        field: v(t, x); an ``nn.Module`` whose parameters get gradients (with the adjoint
+            its parameters are the adjoint's parameters).
+        x: (n, *shape) data at time t.
+        base_log_prob: log rho_0 of (n, *shape) -> (n,).
+        cfg: training solver settings.
+        generator: CPU generator of the probes (drawn once for this solve).
+        probes: (k, n, *shape) explicit probes instead of drawing cfg.n_probes of them.
+        t: the time of x (1 = data).
+    Returns:
+        `TrainingLikelihood`; call ``backward()`` on a loss built from it.
+    """
+    if probes is None and cfg.needs_probes():
+        probes = draw_probes(tuple(x.shape), cfg.n_probes, cfg.probe, generator, x.dtype,
+                             x.device)
+    sol = solve(field, x, t, 0.0, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
+                options=cfg.options(), divergence=cfg.divergence, probes=probes,
+                kinetic=cfg.kinetic, jacobian=cfg.jacobian, adjoint=cfg.adjoint)
+    z, acc, *extra = sol.state
+    # integrating from t down to 0 accumulates minus the integrals
+    kinetic = -extra.pop(0) if cfg.kinetic else None
+    jacobian = -extra.pop(0) if cfg.jacobian else None
+    return TrainingLikelihood(log_prob=base_log_prob(z) + acc, z=z, kinetic=kinetic,
+                              jacobian=jacobian, nfe_forward=sol.nfe_forward,
+                              dynamics=sol.dynamics)

@@ -1,0 +1,166 @@
+"""``bench run``: plan the grid, then run every job in isolation and record it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["run"]
+
+
+def solver_options(f):
+    """The evaluation solver options shared by run and speedup."""
+    for opt in reversed([
+        click.option("--solver", default="dopri5", show_default=True, help="Eval ODE solver."),
+        click.option("--rtol", type=float, default=1e-5, show_default=True, help="Eval ODE rtol."),
+        click.option("--atol", type=float, default=1e-5, show_default=True, help="Eval ODE atol."),
+        click.option("--divergence", type=click.Choice(["exact", "hutchinson"]),
+                     default="exact", show_default=True),
+        click.option("--probes", type=int, default=1, show_default=True,
+                     help="Hutchinson probes per solve."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def store_options(f):
+    for opt in reversed([
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Data root (default BENCH_DATA_DIR or ~/.cache/bench/data)."),
+        click.option("--results-dir", type=click.Path(file_okay=False), default="results",
+                     show_default=True),
+        click.option("--tracking-uri", default=None,
+                     help="MLflow URI (default results/mlflow.db)."),
+        click.option("--experiment", default="bench", show_default=True),
+    ]):
+        f = opt(f)
+    return f
+
+
+def make_solver(solver, rtol, atol, divergence, probes):
+    from bench.api import SolverConfig
+
+    return SolverConfig(method=solver, rtol=rtol, atol=atol, divergence=divergence,
+                        n_probes=probes)
+
+
+def sink_factory(results_dir: str, tracking_uri: str | None, experiment: str):
+    """A function returning a fresh MLflow sink per run, and the store's URI."""
+    from bench.record.mlflow_sink import MlflowSink, default_tracking_uri
+
+    results = Path(results_dir)
+    uri = tracking_uri or default_tracking_uri(results)
+    return (lambda: MlflowSink(uri, experiment, artifact_root=results / "artifacts")), uri
+
+
+def progress_factory(quiet: bool):
+    if quiet:
+        return None
+    from bench.harness.progress import make_progress
+
+    return lambda total, desc: make_progress(total, desc)
+
+
+@click.command()
+@click.option("-m", "--method", "methods", multiple=True, required=True,
+              help='Method selection, e.g. "interflow[lr=3e-4,interpolant=linear]" (repeatable).')
+@click.option("-d", "--dataset", "datasets", multiple=True, required=True,
+              help="Dataset selection, e.g. miniboone or \"gaussian[dim=8]\" (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a parameter of the selected methods/datasets or of the shared "
+                   "optimisation (lr, schedule, grad_clip, ema, ...); prefix method. or "
+                   "dataset. to disambiguate.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
+@click.option("--steps", type=int, default=None,
+              help="Training steps [default: the dataset's, 5000 tabular, 15000 2-D].")
+@click.option("--max-seconds", type=float, default=None, help="Training wall-clock budget.")
+@click.option("--eval-every", type=int, default=None,
+              help="Validation NLL every N steps [default: the dataset's, 250 tabular, "
+                   "1000 2-D].")
+@click.option("--patience", type=int, default=8, show_default=True,
+              help="Early stop after N evaluations without improvement.")
+@click.option("--n-samples", type=int, default=20000, show_default=True,
+              help="Samples drawn for the 2-D samples PNG.")
+@click.option("--device", default="cpu", show_default=True)
+@solver_options
+@store_options
+@click.option("--dry-run", is_flag=True, help="Print the validated plan and stop.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records (or plan) as JSON.")
+@click.pass_context
+def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, patience,
+        n_samples, device, solver, rtol, atol, divergence, probes, data_dir, results_dir,
+        tracking_uri, experiment, dry_run, quiet, as_json):
+    """Train and evaluate every (method, dataset, seed) combination; record them in MLflow.
+
+    The whole grid is validated before any data is read or any run is opened; each job then
+    runs in isolation: a failed job is recorded FAILED with its reason and the others go
+    on; the exit code is 1 if any failed.
+    """
+    from bench.cli.main import registry_of
+    from bench.harness.plan import parse_seeds, parse_sets, plan_jobs, plan_table
+
+    registry = registry_of(ctx)
+    jobs = plan_jobs(registry, methods, datasets, parse_seeds(seeds), parse_sets(sets),
+                     steps=steps, max_seconds=max_seconds, eval_every=eval_every,
+                     patience=patience, solver=make_solver(solver, rtol, atol, divergence,
+                                                           probes),
+                     device=device, data_dir=Path(data_dir) if data_dir else None,
+                     n_samples=n_samples)
+    if dry_run:
+        rows = plan_table(jobs)
+        if as_json:
+            click.echo(json.dumps(rows, indent=1, default=str))
+        else:
+            from tabulate import tabulate
+
+            click.echo(tabulate(rows, headers="keys", tablefmt="github"))
+            click.echo(f"{len(jobs)} job(s) planned; nothing was run", err=True)
+        return
+    from bench.harness.run import run_job
+
+    new_sink, uri = sink_factory(results_dir, tracking_uri, experiment)
+    progress = progress_factory(quiet or as_json)
+    records, failed = [], []
+    for job in jobs:
+        record = run_job(job, new_sink(), progress)
+        records.append(record)
+        if record.status != "FINISHED":
+            failed.append((job, record))
+            click.echo(f"error: {job.label}: {record.status}: {record.failure}", err=True)
+        elif not as_json:
+            click.echo(result_line(record))
+    if as_json:
+        click.echo(json.dumps([_json(r) for r in records], indent=1, default=float))
+    elif not quiet:
+        click.echo(f"recorded in {uri} (experiment {experiment!r})", err=True)
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(jobs)} run(s) did not finish: "
+                   + "; ".join(f"{j.label} ({r.status}: {r.failure})" for j, r in failed),
+                   err=True)
+        sys.exit(1)
+
+
+def _json(r) -> dict:
+    return {"run_id": r.run_id, "method": r.method, "dataset": r.dataset, "seed": r.seed,
+            "status": r.status, "failure": r.failure, **r.metrics}
+
+
+def result_line(r) -> str:
+    m = r.metrics
+    parts = []
+    if "test_nll" in m:
+        parts.append(f"test NLL {m['test_nll']:.3f} +- {m['test_nll_se']:.3f} nats")
+    for k in sorted(m):
+        if k.startswith("test_nll_") and not k.endswith(("_se", "_nfe", "_gap")):
+            parts.append(f"{k[9:]} {m[k]:.3f}")
+    if "test_bpd" in m:
+        parts.append(f"{m['test_bpd']:.3f} bits/dim")
+    if "true_test_nll" in m:
+        parts.append(f"true {m['true_test_nll']:.3f}")
+    parts.append(f"train {m.get('train_seconds', 0.0):.1f}s, "
+                 f"{int(m.get('steps_done', 0))} steps")
+    return f"{r.method} on {r.dataset} (seed {r.seed}): " + "; ".join(parts)

@@ -1,0 +1,98 @@
+"""The final scoring, the same for every method: test NLL (exact or bound, labelled, NFE per
+solve), the method's extra likelihoods, the dataset's true NLL and the gap to it, and on
+8-bit image data the uniform dequantization (done here once, never inside a method) and
+bits/dim. Formulas in `bench.science.metrics`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from bench.api import Dataset, LogLikelihood, Method, Splits
+from bench.harness.cost import synchronize
+from bench.harness.optim import Trainer
+from bench.science.metrics import (
+    DEQUANTIZATION_LABEL,
+    UNIFORM_8BIT,
+    NLLSummary,
+    bits_per_dim,
+    dequantization_log_offset,
+    dequantize_uniform_8bit,
+    summarize,
+    true_nll,
+)
+
+__all__ = ["evaluate", "data_log_likelihood", "DEQUANT_SEED"]
+
+#: seed of the dequantization noise: the same noise for every method, run and seed
+DEQUANT_SEED = 0
+DISCRETE_LABEL = "none: a log-probability of the 8-bit data on the grid"
+
+
+def data_log_likelihood(method: Method, x: torch.Tensor, dequantization: str,
+                        dequant_seed: int = DEQUANT_SEED) -> LogLikelihood:
+    """``method.log_prob`` of x, as a log-probability of the 8-bit data when
+    ``dequantization == "uniform-8bit"`` (log p(x + u) + D log(2/255), u from a generator
+    seeded with ``dequant_seed``), else of x itself.
+
+    Args:
+        x: (n, *event_shape) test rows (on the grid 2v/255 - 1 for 8-bit data).
+    """
+    if dequantization != UNIFORM_8BIT:
+        return method.log_prob(x)
+    gen = torch.Generator().manual_seed(dequant_seed)
+    ll = method.log_prob(dequantize_uniform_8bit(x, gen))
+    dim = int(x[0].numel())
+    return LogLikelihood(values=ll.values + dequantization_log_offset(dim), kind=ll.kind,
+                         estimator=f"{ll.estimator}; {DEQUANTIZATION_LABEL}", nfe=ll.nfe)
+
+
+def evaluate(method: Method, trainer: Trainer | None, splits: Splits,
+             dataset: Dataset | None = None, *, device: str = "cpu",
+             dequant_seed: int = DEQUANT_SEED) -> tuple[dict[str, float], dict[str, str]]:
+    """Score a trained method on the test split (with the EMA weights, in eval mode).
+
+    Returns:
+        (metrics, tags). Metrics: ``test_nll``/``_se``/``_nfe`` and ``test_nll_<name>`` for
+        each extra likelihood; on 8-bit data ``test_bpd``/``_se`` and ``test_bpd_<name>``;
+        with a closed-form dataset ``true_test_nll``/``_se`` and ``test_nll_gap``;
+        ``eval_seconds``. Tags: ``<metric>.kind`` and ``.estimator`` of every likelihood,
+        ``<bpd metric>.dequantization``, ``test_split``.
+    """
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {"test_split": splits.split_names.get("test", "test")}
+    results: dict[str, NLLSummary] = {}
+    x = splits.test.to(device)
+    for module in method.modules().values():
+        module.eval()
+    averaged = trainer.averaged() if trainer is not None else contextlib.nullcontext()
+    synchronize(device)
+    t0 = time.perf_counter()
+    if method.likelihood != "none":
+        with averaged, torch.no_grad():
+            ll = data_log_likelihood(method, x, splits.dequantization, dequant_seed)
+            results["test_nll"] = summarize(ll)
+            for key, extra in method.extra_likelihoods(x).items():
+                results[f"test_nll_{key}"] = summarize(extra)
+    synchronize(device)
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    image = splits.dequantization == UNIFORM_8BIT
+    for name, s in results.items():
+        metrics.update(s.metrics(name))
+        tags[f"{name}.kind"] = s.kind
+        tags[f"{name}.estimator"] = s.estimator
+        if image:
+            bpd = name.replace("test_nll", "test_bpd", 1)
+            metrics[bpd] = bits_per_dim(s.mean, splits.dim)
+            metrics[f"{bpd}_se"] = bits_per_dim(s.se, splits.dim)
+            tags[f"{bpd}.dequantization"] = (DEQUANTIZATION_LABEL if name == "test_nll"
+                                             else DISCRETE_LABEL)
+    if dataset is not None and dataset.has_log_prob:
+        t = true_nll(dataset, splits.test)
+        metrics.update({"true_test_nll": t.mean, "true_test_nll_se": t.se})
+        if "test_nll" in metrics:
+            metrics["test_nll_gap"] = metrics["test_nll"] - t.mean
+    return metrics, tags

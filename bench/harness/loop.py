@@ -1,0 +1,206 @@
+"""The training loop every method goes through: budgets (steps, seconds), per-step and
+per-epoch costs, periodic validation with early stopping that keeps the best state.
+
+The harness owns the loop so that every method is trained, timed and validated by the same
+code (`bench.harness.optim.Trainer` does the optimisation).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from bench.api import Budget, Method, Splits, TrainingDiverged
+from bench.harness.checkpoint import snapshot
+from bench.harness.cost import peak_memory_bytes, reset_peak_memory, synchronize
+from bench.harness.optim import Trainer
+from bench.science.metrics import summarize
+
+__all__ = ["LoopResult", "train", "validate", "batches"]
+
+log = logging.getLogger(__name__)
+
+MetricsFn = Callable[[dict[str, float], "int | None"], None]
+
+
+class Progress(Protocol):
+    def update(self, n: int = 1, **postfix: Any) -> None: ...
+
+
+@dataclass
+class LoopResult:
+    """What the loop did.
+
+    Attributes:
+        steps: training steps done. best_step: the step of the kept state.
+        best_val: its validation NLL (inf when none was finite or there is no likelihood).
+        best_state: `bench.harness.checkpoint.snapshot` of the kept state (restore it with
+            `bench.harness.checkpoint.restore`).
+        train_seconds: training time (device-synchronised, validation excluded).
+        val_seconds: time spent in validation. last_val: the last validation NLL.
+    """
+
+    steps: int
+    best_step: int
+    best_val: float
+    best_state: dict[str, Any]
+    train_seconds: float
+    val_seconds: float
+    last_val: float
+
+
+def batches(n: int, batch: int, gen: torch.Generator) -> Iterator[tuple[int, Any, bool]]:
+    """Epochs of shuffled index batches: yields (epoch, index tensor, end_of_epoch)."""
+    epoch = 0
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        starts = list(range(0, n, batch))
+        for i, s in enumerate(starts):
+            yield epoch, perm[s:s + batch], i == len(starts) - 1
+        epoch += 1
+
+
+def validate(method: Method, trainer: Trainer, x: torch.Tensor, device: str):
+    """`summarize` of ``method.validation_likelihood(x)`` with the EMA weights, in eval mode.
+
+    Returns (summary, seconds).
+    """
+    for module in method.modules().values():
+        module.eval()
+    synchronize(device)
+    t0 = time.perf_counter()
+    with trainer.averaged(), torch.no_grad():
+        s = summarize(method.validation_likelihood(x.to(device)))
+    synchronize(device)
+    return s, time.perf_counter() - t0
+
+
+class _State:
+    """Bookkeeping of validations and early stopping."""
+
+    def __init__(self, method, trainer, splits, budget, device, log_metrics, set_tags):
+        self.method, self.trainer, self.budget, self.device = method, trainer, budget, device
+        self.log_metrics, self.set_tags = log_metrics, set_tags
+        val = splits.val
+        self.val = val if budget.val_rows is None else val[:budget.val_rows]
+        self.best_val, self.best_state, self.best_step = math.inf, None, -1
+        self.bad_evals, self.train_seconds, self.val_seconds = 0, 0.0, 0.0
+        self.last_val = math.nan
+        self.eval_times = sorted(budget.eval_at_seconds)
+        self.tagged = False
+        self.last_eval_step = -1
+
+    def due(self, step: int) -> bool:
+        """Every ``eval_every`` steps, or once each of ``eval_at_seconds`` is passed."""
+        if not self.budget.eval_at_seconds:
+            return step % self.budget.eval_every == 0
+        due = False
+        while self.eval_times and self.train_seconds >= self.eval_times[0]:
+            self.eval_times.pop(0)
+            due = True
+        return due
+
+    def evaluate(self, step: int) -> bool:
+        """Validation NLL at ``step``; keeps the best state. Returns True to stop early."""
+        self.last_eval_step = step
+        if self.method.likelihood == "none":
+            self.best_state, self.best_step = snapshot(self.method, self.trainer), step
+            return False
+        s, dt = validate(self.method, self.trainer, self.val, self.device)
+        self.val_seconds += dt
+        self.last_val = s.mean
+        self.log_metrics({"val_nll": s.mean, "val_nll_nfe": float(s.nfe), "val_seconds": dt,
+                          "train_seconds_at_eval": self.train_seconds}, step)
+        if not self.tagged and self.set_tags is not None:
+            self.set_tags({"val_nll.kind": s.kind, "val_nll.estimator": s.estimator})
+            self.tagged = True
+        if not math.isfinite(s.mean):
+            log.warning("non-finite validation NLL at step %d", step)
+        if s.mean < self.best_val:
+            self.best_val, self.best_step, self.bad_evals = s.mean, step, 0
+            self.best_state = snapshot(self.method, self.trainer)
+        else:
+            self.bad_evals += 1
+        return self.bad_evals >= self.budget.patience
+
+
+def train(method: Method, trainer: Trainer, splits: Splits, budget: Budget, *,
+          device: str = "cpu", log_metrics: MetricsFn = lambda m, step=None: None,
+          set_tags: Callable[[dict[str, str]], None] | None = None,
+          progress: Progress | None = None,
+          generator: torch.Generator | None = None) -> LoopResult:
+    """Train until the step or time budget is spent or validation stops improving.
+
+    Per step it logs the trainer's metrics (``loss``, ``lr``, ``nfe_forward``,
+    ``nfe_backward``, ...) with ``step_seconds`` (device-synchronised) and ``peak_mem_mb``;
+    per epoch ``epoch_seconds``, ``epoch_mean_nfe_forward``, ``epoch_mean_nfe_backward``;
+    per validation ``val_nll``, ``val_nll_nfe``, ``val_seconds``, ``train_seconds_at_eval``
+    (EMA weights, ``method.validation_likelihood``). A non-trainable method gets one
+    validation and no step.
+
+    Raises:
+        TrainingDiverged: the reported loss of a step is non-finite.
+    """
+    st = _State(method, trainer, splits, budget, device, log_metrics, set_tags)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    step = 0
+    if trainer.trainable:
+        step = _steps(st, splits.train, gen, progress)
+    if st.last_eval_step != step:
+        st.evaluate(step)
+    if st.best_state is None:  # no finite validation NLL: keep the last state
+        st.best_state, st.best_step = snapshot(method, trainer), step
+    return LoopResult(step, st.best_step, st.best_val, st.best_state, st.train_seconds,
+                      st.val_seconds, st.last_val)
+
+
+def _steps(st: _State, train: torch.Tensor, gen: torch.Generator,
+           progress: Progress | None) -> int:
+    budget, device, trainer = st.budget, st.device, st.trainer
+    bs = min(st.method.batch_size(), train.shape[0])
+    step, epoch_t, epoch_steps = 0, 0.0, 0
+    epoch_nfe = {"nfe_forward": 0.0, "nfe_backward": 0.0}
+    for epoch, idx, end_epoch in batches(train.shape[0], bs, gen):
+        if budget.steps is not None and step >= budget.steps:
+            break
+        if budget.max_seconds is not None and st.train_seconds >= budget.max_seconds:
+            break
+        batch = train[idx].to(device)
+        reset_peak_memory(device)
+        synchronize(device)
+        t0 = time.perf_counter()
+        out = trainer.step(batch, step)
+        synchronize(device)
+        dt = time.perf_counter() - t0
+        st.train_seconds += dt
+        step += 1
+        loss = float(out["loss"])
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"training diverged at step {step}: loss = {loss}")
+        epoch_t, epoch_steps = epoch_t + dt, epoch_steps + 1
+        for key in epoch_nfe:
+            epoch_nfe[key] += float(out.get(key, 0.0))
+        metrics = {k: float(v) for k, v in out.items()}
+        metrics["step_seconds"] = dt
+        metrics["peak_mem_mb"] = peak_memory_bytes(device) / 2**20
+        st.log_metrics(metrics, step)
+        if end_epoch:
+            st.log_metrics({"epoch_seconds": epoch_t, "epoch": float(epoch),
+                            **{f"epoch_mean_{k}": v / epoch_steps
+                               for k, v in epoch_nfe.items()}}, step)
+            epoch_t, epoch_steps = 0.0, 0
+            epoch_nfe = dict.fromkeys(epoch_nfe, 0.0)
+        stop = st.due(step) and st.evaluate(step)
+        if progress is not None:
+            progress.update(1, loss=loss, val_nll=st.last_val,
+                            steps_per_s=step / max(st.train_seconds, 1e-9))
+        if stop:
+            log.info("early stop at step %d (best step %d)", step, st.best_step)
+            break
+    return step

@@ -1,0 +1,206 @@
+"""Cheap checks `bench run` makes before training each job, and the property tests they share
+with the full contract checks of `bench.harness.contract`.
+
+Each raises one sentence: `ContractError` when the plug-in's code breaks the contract
+(float64 data, wrong shapes, no trainable parameters, defaults of the wrong type),
+`DataError` when the data itself is bad (an empty split, non-finite rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+import torch
+
+from bench.api import ContractError, DataError, LogLikelihood, Method, Splits
+from bench.api.types import LIKELIHOOD_KINDS
+
+__all__ = ["check_splits", "check_method_instance", "check_dataset_instance",
+           "check_param_defaults", "param_default_problems", "trainable_parameters",
+           "split_dtype_problem", "split_shape_problem", "split_empty_problem",
+           "split_finite_problem", "likelihood_problem"]
+
+PARTS = ("train", "val", "test")
+
+
+# -- parameter defaults -----------------------------------------------------------------
+def _tname(tp: Any) -> str:
+    if isinstance(tp, type) or isinstance(tp, typing.NewType):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether ``value`` has the declared type ``tp`` (int is accepted for float)."""
+    if tp is Any or tp is object or isinstance(tp, typing.TypeVar):
+        return True
+    if isinstance(tp, typing.NewType):
+        return _matches(value, tp.__supertype__)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if not args or args == ((),):
+            return True
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(map(_matches, value, args))
+    if origin in (list, set, frozenset):
+        return isinstance(value, origin) and all(_matches(v, args[0]) for v in value
+                                                 if args)
+    if origin is not None:
+        return isinstance(value, origin)
+    if tp is type(None) or tp is None:
+        return value is None
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def param_default_problems(cls: type) -> list[str]:
+    """Sentences saying how ``cls.Params`` breaks the contract (empty when it holds): a
+    dataclass whose fields all have defaults of their declared types."""
+    params = getattr(cls, "Params", None)
+    if not (isinstance(params, type) and dataclasses.is_dataclass(params)):
+        return ["Params is not a dataclass (decorate it with @dataclass)"]
+    try:
+        hints = typing.get_type_hints(params)
+    except Exception as exc:  # noqa: BLE001 - an unresolvable annotation
+        return [f"the type hints of Params cannot be resolved ({type(exc).__name__}: {exc})"]
+    problems = []
+    for f in dataclasses.fields(params):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            problems.append(f"parameter {f.name!r} has no default")
+            continue
+        tp = hints.get(f.name, Any)
+        if not _matches(value, tp):
+            problems.append(f"parameter {f.name!r} is declared {_tname(tp)} but its default "
+                            f"is {value!r} ({type(value).__name__})")
+    return problems
+
+
+def check_param_defaults(cls: type, owner: str) -> None:
+    """ContractError (one sentence) unless every ``Params`` default has its declared type.
+
+    Args:
+        owner: how to name the plug-in, e.g. "method 'interflow'".
+    """
+    problems = param_default_problems(cls)
+    if problems:
+        raise ContractError(f"{owner}: {problems[0]}")
+
+
+# -- splits ---------------------------------------------------------------------------------
+def split_dtype_problem(splits: Splits) -> str | None:
+    for part in PARTS:
+        x = getattr(splits, part)
+        if not isinstance(x, torch.Tensor):
+            return f"the {part} split is a {type(x).__name__}, not a torch.Tensor"
+        if x.dtype != torch.float32:
+            return (f"the {part} split is {str(x.dtype).removeprefix('torch.')}; "
+                    "Dataset.load must return float32")
+    return None
+
+
+def split_shape_problem(splits: Splits, declared: tuple[int, ...] | None = None) -> str | None:
+    shape = tuple(splits.event_shape)
+    if declared is not None and tuple(declared) != shape:
+        return f"event_shape is declared {tuple(declared)} but the splits have {shape}"
+    for part in PARTS:
+        rows = tuple(getattr(splits, part).shape[1:])
+        if rows != shape:
+            return f"the {part} split has rows of shape {rows} but event_shape is {shape}"
+    return None
+
+
+def split_empty_problem(splits: Splits) -> str | None:
+    for part in PARTS:
+        if getattr(splits, part).shape[0] == 0:
+            return f"the {part} split is empty"
+    return None
+
+
+def split_finite_problem(splits: Splits) -> str | None:
+    for part in PARTS:
+        x = getattr(splits, part)
+        bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).sum())
+        if bad:
+            rows = "1 row of the {} split is" if bad == 1 else f"{bad} rows of the {{}} split are"
+            return rows.format(part) + " not finite (NaN or inf)"
+    return None
+
+
+def check_splits(splits: Splits, dataset_name: str) -> None:
+    """Before training: float32 tensors of the declared event shape (else ContractError),
+    non-empty and finite (else DataError, naming the split and its count of bad rows)."""
+    for fn, err in ((split_dtype_problem, ContractError), (split_shape_problem, ContractError),
+                    (split_empty_problem, DataError), (split_finite_problem, DataError)):
+        problem = fn(splits)
+        if problem:
+            raise err(f"dataset {dataset_name!r}: {problem}")
+
+
+# -- likelihoods ----------------------------------------------------------------------------
+def likelihood_problem(ll: Any, n: int, what: str, full: bool = True) -> str | None:
+    if not isinstance(ll, LogLikelihood):
+        return f"{what} returned a {type(ll).__name__}, not a bench.api.LogLikelihood"
+    shape = tuple(ll.values.shape)
+    if shape != (n,):
+        return f"{what} of {n} rows returned values of shape {shape}; expected ({n},)"
+    if ll.kind not in LIKELIHOOD_KINDS:
+        return f"{what} has kind {ll.kind!r}; expected one of {LIKELIHOOD_KINDS}"
+    if full and not ll.estimator:
+        return f"{what} has an empty estimator label"
+    if full and not bool(torch.isfinite(ll.values).all()):
+        bad = int((~torch.isfinite(ll.values)).sum())
+        return f"{what}: {bad} of {n} values are not finite"
+    return None
+
+
+def trainable_parameters(method: Method) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(f"{key}.{pname}", p) for key, m in method.modules().items()
+            for pname, p in m.named_parameters() if p.requires_grad]
+
+
+def check_method_instance(method: Method, splits: Splits) -> None:
+    """Before training, cheaply: trainable parameters exist (unless ``trainable = False``)
+    and ``validation_likelihood`` (``log_prob`` unless overridden: a method overrides it
+    when ``log_prob`` is costly) of 2 validation rows is a labelled (2,). ContractError if
+    not."""
+    name = getattr(method, "name", type(method).__name__)
+    if getattr(method, "trainable", True) and not trainable_parameters(method):
+        why = "modules() is empty" if not method.modules() else \
+            "no parameter of modules() requires gradients"
+        raise ContractError(f"method {name!r} has no trainable parameters: {why}")
+    if method.likelihood == "none":
+        return
+    x = splits.val[:2].to(method.ctx.device)
+    what = ("validation_likelihood(x)" if type(method).validation_likelihood
+            is not Method.validation_likelihood else "log_prob(x)")
+    with torch.no_grad():
+        problem = likelihood_problem(method.validation_likelihood(x), 2, what, full=False)
+    if problem:
+        raise ContractError(f"method {name!r}: {problem}")
+
+
+def check_dataset_instance(dataset: Any, splits: Splits) -> None:
+    """`check_splits`, and a closed-form ``log_prob`` of 2 test rows has shape (2,)."""
+    check_splits(splits, dataset.name)
+    if dataset.has_log_prob:
+        shape = tuple(dataset.log_prob(splits.test[:2]).shape)
+        if shape != (2,):
+            raise ContractError(f"dataset {dataset.name!r}: log_prob(x) of 2 rows returned "
+                                f"shape {shape}; expected (2,)")
