@@ -105,6 +105,10 @@ class Model:
     checkpoint: dict[str, Any]
     path: Path | None = None
 
+    def __post_init__(self) -> None:
+        for module in self.method.modules().values():
+            module.eval()
+
     @property
     def device(self) -> str:
         return self.method.ctx.device

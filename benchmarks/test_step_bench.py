@@ -3,8 +3,9 @@
 Run with ``pytest benchmarks -p no:xdist --benchmark-only -s``. Both methods train the same
 velocity network (``net``/``hidden``/``activation`` below) on the same fixed batch; each
 keeps its own defaults otherwise (the CNF: dopri5 with FFJORD's training tolerances
-atol 1e-8 / rtol 1e-6, adjoint, one Gaussian Hutchinson probe). At the end the ratio of
-median step times (CNF / InterFlow) is printed, and that of the minima.
+atol 1e-8 / rtol 1e-6, adjoint, one Gaussian Hutchinson probe), including its default
+optimiser settings; the step is the harness's (`bench.harness.optim.Trainer.step`). At the
+end the ratio of median step times (CNF / InterFlow) is printed, and that of the minima.
 ``BENCH_DEVICE=cuda`` runs it on a GPU.
 """
 
@@ -16,13 +17,14 @@ import os
 import pytest
 import torch
 
+from bench.api import OptimConfig, Splits
+from bench.api.errors import ConfigError, PluginUnavailable
 from bench.harness import make_context
-from bench.api import RunContext, Splits
 from bench.harness.cost import peak_memory_bytes, reset_peak_memory, synchronize
-from bench.api.errors import PluginUnavailable, ConfigError
-from bench.science.nets import count_parameters
+from bench.harness.optim import Trainer
 from bench.harness.registry import Registry
 from bench.harness.selection import build_params, param_fields
+from bench.science.nets import count_parameters
 
 DIM, BATCH = 8, 256
 NET = {"net": "concatsquash", "hidden": (64, 64), "activation": "softplus"}  # FFJORD's layers
@@ -41,7 +43,7 @@ def _splits() -> Splits:
                   event_shape=(DIM,), provenance=f"mixture of 4 Gaussians in {DIM}-D")
 
 
-def _method(name: str):
+def _trainer(name: str) -> Trainer:
     try:
         cls = Registry().get("method", name)
     except (PluginUnavailable, ConfigError) as e:
@@ -50,7 +52,8 @@ def _method(name: str):
     overrides = {k: v for k, v in {**NET, "batch_size": BATCH}.items() if k in fields}
     params = build_params(cls.Params, overrides, name)
     torch.manual_seed(0)
-    return cls(params, _splits(), make_context(device=DEVICE, seed=0))
+    method = cls(params, _splits(), make_context(device=DEVICE, seed=0))
+    return Trainer(method, OptimConfig(**cls.default_optim("tabular")))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,13 +71,14 @@ def ratio_report():
 
 @pytest.mark.parametrize("name", ["cnf", "interflow"])
 def test_train_step(benchmark, name):
-    method = _method(name)
+    trainer = _trainer(name)
+    method = trainer.method
     batch = _splits().train.to(DEVICE)
     steps = itertools.count()
     outs: list[dict[str, float]] = []
 
     def step() -> None:
-        outs.append(method.train_step(batch, next(steps)))
+        outs.append(trainer.step(batch, next(steps)))
         synchronize(DEVICE)
 
     step()  # warm-up (lazy initialisation, allocator)

@@ -26,9 +26,9 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
-from bench.science import maf
 from bench.api import Dataset, Splits
 from bench.api.errors import DataError
+from bench.science import maf
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ NLL beside each model's.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -42,8 +43,9 @@ class Toy(Dataset):
     default_budget = {"steps": 15000, "eval_every": 1000}
     event_shape: tuple[int, ...] = (2,)
 
+    @abstractmethod
     def _sample(self, n: int, g: torch.Generator) -> Tensor:
-        raise NotImplementedError
+        """n float64 draws (n, *event_shape) using generator g."""
 
     def load(self) -> Splits:
         p = self.params

@@ -201,3 +201,10 @@ def test_file_without_plugins_fails(tmp_path):
     res = _run(tmp_path, "x = 1\n")
     assert res.exit_code == 1
     assert "FAIL import: no Method or Dataset subclass with a `name` in plugin.py" in res.output
+
+
+def test_unknown_name_is_a_usage_error():
+    from bench.api import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'interflw' \(did you mean 'interflow'\?\)"):
+        CliRunner().invoke(check, ["interflw"], catch_exceptions=False)

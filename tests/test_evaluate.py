@@ -151,11 +151,11 @@ def test_true_nll_and_gap_on_real_valued_data() -> None:
     ds = Gauss()
     splits = ds.splits()
     exact = Density(splits, lambda y: ds.log_prob(y.double()))
-    metrics, tags = evaluate(exact, None, splits, ds)
+    metrics, tags = evaluate(exact, ds, splits)
     assert metrics["true_test_nll"] == pytest.approx(metrics["test_nll"], rel=1e-12)
     assert metrics["test_nll_gap"] == pytest.approx(0.0, abs=1e-12)
     assert "test_bpd" not in metrics and tags["test_nll.kind"] == "exact"
     worse = Density(splits, lambda y: ds.log_prob(y.double()) - 0.5)
-    metrics, _ = evaluate(worse, None, splits, ds)
+    metrics, _ = evaluate(worse, ds, splits)
     assert metrics["test_nll_gap"] == pytest.approx(0.5, rel=1e-9)
     assert torch.equal(worse.seen, splits.test)  # real-valued data: no noise added

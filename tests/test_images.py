@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+from bench.api import OptimConfig, SolverConfig, Splits
+from bench.api.errors import ConfigError, DataError
 from bench.harness import make_context
-from bench.api import RunContext, Splits
-from bench.api import SolverConfig
-from bench.api.errors import DataError, ConfigError
-from bench.science.nets import count_parameters
+from bench.harness.evaluate import evaluate
+from bench.harness.optim import Trainer
 from bench.harness.registry import Registry
 from bench.harness.selection import build_params
+from bench.science.metrics import DEQUANTIZATION_LABEL
+from bench.science.nets import count_parameters
 from bench.science.unet import UNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,7 +107,7 @@ def test_offline_images_load(registry, data_dir, name: str, rel: str, shape: tup
     assert splits.event_shape == shape
     assert "not the standard train/test split" in splits.provenance
     assert "8000/1000/1000" in splits.provenance
-    assert splits.dequantization.startswith("none (8-bit, scaled to [-1,1]")
+    assert splits.dequantization == "uniform-8bit"  # the harness dequantizes
     if name == "cifar10":
         assert "JPEG proxy" in splits.provenance
     again = _dataset(registry, name, root).splits()
@@ -151,29 +153,43 @@ def test_cifar_archive_and_idx_readers(registry, tmp_path) -> None:
 
 
 # a tiny image DDPM ---------------------------------------------------------------------
+def _image_splits(images: torch.Tensor, test: torch.Tensor | None = None) -> Splits:
+    test = images if test is None else test
+    return Splits(images, images, test, tuple(images.shape[1:]), "test images",
+                  dequantization="uniform-8bit")
+
+
 def _tiny_ddpm(images: torch.Tensor, **overrides):
     cls = Registry().get("method", "ddpm")
     params = build_params(cls.Params, {**cls.test_params, **overrides}, "method 'ddpm'")
-    splits = Splits(images, images, images, tuple(images.shape[1:]), "test images")
     solver = SolverConfig(rtol=1e-2, atol=1e-2, divergence="hutchinson")
-    return cls(params, splits, make_context(solver=solver))
+    return cls(params, _image_splits(images), make_context(solver=solver))
 
 
-def test_tiny_ddpm_bound_in_bits_per_dim_on_8x8_images() -> None:
+def test_tiny_ddpm_bits_per_dim_on_8x8_images() -> None:
+    """Trained by the harness's Trainer (DDPM's image defaults: lr 2e-4, clipping at 1) and
+    scored by the harness: the PF-ODE density of dequantized images + D log(2/255), and the
+    bound (a discrete log-probability), both in bits/dim."""
     g = torch.Generator().manual_seed(0)
     v = torch.randint(0, 256, (6, 3, 8, 8), generator=g).float()
     images = v / 127.5 - 1  # 8-bit values on the [-1, 1] grid
     method = _tiny_ddpm(images)
+    optim = OptimConfig(**method.default_optim("image"))
+    assert optim.lr == 2e-4 and optim.grad_clip == 1.0
+    trainer = Trainer(method, optim)
     torch.manual_seed(0)
     for step in range(3):
-        assert math.isfinite(method.train_step(images, step)["loss"])
-    elbo = method.extra_likelihoods(images[:4])["elbo"]
-    bpd = -elbo.values.double() / (3 * 8 * 8 * math.log(2))
-    assert elbo.kind == "bound" and "discretized Gaussian decoder" in elbo.estimator
-    assert torch.isfinite(bpd).all() and torch.all(bpd > 0)
-    ll = method.log_prob(images[:4])
-    assert ll.kind == "exact" and "dequantization" in ll.estimator
-    assert torch.isfinite(ll.values).all()
+        assert math.isfinite(trainer.step(images, step)["loss"])
+    metrics, tags = evaluate(method, None, _image_splits(images, images[:4]),
+                             trainer=trainer)
+    d = 3 * 8 * 8
+    for name in ("test_bpd", "test_bpd_elbo"):
+        assert math.isfinite(metrics[name]) and metrics[name] > 0
+    assert metrics["test_bpd"] == pytest.approx(metrics["test_nll"] / (d * math.log(2)))
+    assert tags["test_nll_elbo.kind"] == "bound"
+    assert "discretized Gaussian decoder" in tags["test_nll_elbo.estimator"]
+    assert tags["test_nll.kind"] == "exact" and "pf-ode" in tags["test_nll.estimator"]
+    assert tags["test_bpd.dequantization"] == DEQUANTIZATION_LABEL
     s = method.sample(2)
     assert s.shape == (2, 3, 8, 8) and float(s.abs().max()) <= 1.0 + 1e-5
 
@@ -183,6 +199,7 @@ def test_tiny_ddpm_bound_on_cifar10_images(data_dir) -> None:
     with np.load(root / "cifar10" / "test.npz") as d:
         x = torch.from_numpy(d["x"][:4].transpose(0, 3, 1, 2).copy()).float() / 127.5 - 1
     method = _tiny_ddpm(x, unet_attn_resolutions=(16,))
+    assert method.supports("image", (3, 32, 32)) is None
     elbo = method.extra_likelihoods(x)["elbo"]
     bpd = -elbo.values.double() / (3 * 32 * 32 * math.log(2))
     assert torch.isfinite(bpd).all() and torch.all(bpd > 0)

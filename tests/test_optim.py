@@ -3,6 +3,7 @@ swap, and a state round trip that continues identically; the one checkpoint layo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -10,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from bench.api import ContractError, LogLikelihood, Method, OptimConfig, Splits
+from bench.api import ContractError, Job, LogLikelihood, Method, OptimConfig, Splits
 from bench.harness import make_context
 from bench.harness.checkpoint import (
     FORMAT,
     load_checkpoint,
-    make_checkpoint,
+    load_into,
     restore,
     save_checkpoint,
     snapshot,
@@ -155,11 +156,11 @@ def test_state_round_trip_continues_identically(tmp_path) -> None:
     ta = Trainer(a, optim, total_steps=8)
     for step in range(4):
         ta.step(batches[step], step)
-    ckpt = make_checkpoint(a, ta, dataset="toy", dataset_params=P(), step=4)
-    path = save_checkpoint(tmp_path / "ckpt.pt", ckpt)
+    job = Job("regression", Regression, P(), "toy", object, P(), seed=3, optim=optim)
+    path = save_checkpoint(tmp_path / "ckpt.pt", job, ta, 4)
     assert [f.name for f in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
     loaded = load_checkpoint(path)  # weights_only=True
-    assert loaded["format"] == FORMAT and loaded["step"] == 4
+    assert loaded["format"] == FORMAT and loaded["step"] == 4 and loaded["seed"] == 3
     assert loaded["optim"]["optimizer"] == "adamw" and loaded["method"] == "regression"
     b = _method()
     tb = Trainer(b, optim, total_steps=8)
@@ -172,6 +173,25 @@ def test_state_round_trip_continues_identically(tmp_path) -> None:
         assert torch.equal(value, b.net.state_dict()[key])
     for key, value in ta.ema_state()["net"].items():
         assert torch.equal(value, tb.ema_state()["net"][key])
+
+
+def test_snapshot_inside_averaged_keeps_the_live_weights(tmp_path) -> None:
+    m = _method()
+    tr = Trainer(m, OptimConfig(lr=0.1, ema=0.5))
+    for step, b in enumerate(_batches(3)):
+        tr.step(b, step)
+    live = m.net.weight.detach().clone()
+    with tr.averaged():
+        snap = snapshot(m, tr)
+        job = Job("regression", Regression, P(), "toy", object, P())
+        ckpt = load_checkpoint(save_checkpoint(tmp_path / "c.pt", job, tr, 3))
+    assert torch.equal(snap["modules"]["net"]["weight"], live)
+    assert torch.equal(ckpt["modules"]["net"]["weight"], live)
+    fresh = _method()
+    load_into(fresh, ckpt)  # the evaluation weights: the average
+    assert torch.equal(fresh.net.weight.detach(), tr.ema_state()["net"]["weight"])
+    load_into(fresh, ckpt, averaged=False)
+    assert torch.equal(fresh.net.weight.detach(), live)
 
 
 def test_snapshot_is_a_copy() -> None:
@@ -201,7 +221,7 @@ def test_reported_loss_is_the_methods_when_given() -> None:
     class WithPenalty(Regression):
         def loss(self, batch, step):
             obj, metrics = super().loss(batch, step)
-            return obj + 10.0, {**metrics, "loss": float(obj)}
+            return obj + 10.0, {**metrics, "loss": float(obj.detach())}
 
     m = WithPenalty(P(), _splits(), make_context())
     out = Trainer(m, OptimConfig()).step(_batches(1)[0], 0)
@@ -226,3 +246,28 @@ def test_no_trainable_parameters_is_a_contract_error() -> None:
     m.net.requires_grad_(False)
     with pytest.raises(ContractError, match="no trainable parameters"):
         Trainer(m, OptimConfig())
+
+
+# -- every registered method leaves optimisation to the harness -----------------------
+def _methods():
+    from bench.harness.registry import Registry
+
+    reg = Registry()
+    return [reg.plugins["method"][n].cls for n in reg.names("method")
+            if reg.plugins["method"][n].available]
+
+
+OPTIM_NAMES = {f.name for f in dataclasses.fields(OptimConfig)} | {
+    "warmup_steps", "ema_decay"}
+
+
+@pytest.mark.parametrize("cls", _methods(), ids=lambda c: c.name)
+def test_methods_declare_no_optimiser_settings(cls) -> None:
+    """No method has optimiser parameters of its own (they would shadow the shared ones) or
+    a train_step; its defaults are valid shared settings for every kind of data."""
+    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    assert not fields & OPTIM_NAMES, f"{cls.name} declares {sorted(fields & OPTIM_NAMES)}"
+    assert not hasattr(cls, "train_step")
+    for kind in ("toy2d", "tabular", "image"):
+        OptimConfig(**cls.default_optim(kind))  # raises on a bad default
+    assert cls.supports("toy2d", (2,)) is None

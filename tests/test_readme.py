@@ -1,5 +1,5 @@
-"""The README's plug-in examples are complete: loaded from --plugins, they pass the contract
-and run end to end."""
+"""The README's plug-in examples are complete: loaded from --plugins, they train with the
+harness's Trainer and reach the closed-form maximum-likelihood fit."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.api import OptimConfig
 from bench.harness import make_context
-from bench.api import RunContext
+from bench.harness.optim import Trainer
 from bench.harness.registry import Registry
 from bench.harness.selection import build_params
 
@@ -42,10 +43,13 @@ def test_readme_examples_work(plugins):
     splits = ds.splits()
     assert splits.train.shape == (240, 2)
     cls = plugins.get("method", "diag_gaussian")
-    m = cls(build_params(cls.Params, {"lr": 0.05}, "diag"), splits, make_context())
+    m = cls(build_params(cls.Params, {}, "diag"), splits, make_context())
+    assert m.default_optim("toy2d") == {"lr": 1e-2}
+    trainer = Trainer(m, OptimConfig(lr=0.05))
+    assert not any(hasattr(m, a) for a in ("opt", "optimizer", "train_step"))
     before = -m.log_prob(splits.test).values.mean()
     for step in range(300):
-        m.train_step(splits.train, step)
+        trainer.step(splits.train, step)
     after = -m.log_prob(splits.test).values.mean()
     assert after < before - 0.1
     var = splits.train.var(0, unbiased=False)  # the MLE of a diagonal Gaussian

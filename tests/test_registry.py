@@ -1,5 +1,10 @@
+"""Discovery of plug-ins: built-in (checkout or wheel), --plugins, BENCH_PLUGINS, entry
+points; unavailable plug-ins with reasons; plug-ins import only bench.api / bench.science."""
+
 from __future__ import annotations
 
+import ast
+import hashlib
 import subprocess
 import sys
 import textwrap
@@ -7,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.api.errors import PluginUnavailable, ConfigError
-from bench.harness.registry import Registry
+from bench.api.errors import ConfigError, PluginUnavailable
+from bench.harness.registry import Registry, builtin_root, checkout_root
 
 METHOD = '''
 from dataclasses import dataclass
@@ -22,6 +27,18 @@ class {cls}(Method):
     """A plug-in written for the tests."""
     name = "{name}"
     Params = Params
+
+    def modules(self):
+        return {{}}
+
+    def loss(self, batch, step):
+        return batch.sum()
+
+    def sample(self, n):
+        raise NotImplementedError
+
+    def log_prob(self, x):
+        raise NotImplementedError
 '''
 
 
@@ -38,6 +55,67 @@ def test_builtin_plugins_are_discovered(registry):
         registry.names("dataset"))
     mod = sys.modules[registry.get("method", "interflow").__module__]
     assert mod.__name__ == "bench_plugins.methods.interflow"
+    plugin = registry.plugins["method"]["interflow"]
+    path = Path(plugin.source)
+    assert path.parent.parent == builtin_root() and path.name == "interflow.py"
+    assert plugin.version == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def test_checkout_root_needs_the_bench_pyproject(tmp_path):
+    """The parent of the package is scanned only when it is bench's own checkout, never an
+    arbitrary folder such as site-packages."""
+    pkg = tmp_path / "bench"
+    pkg.mkdir()
+    assert checkout_root(pkg) is None and builtin_root(pkg) is None
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "other"\n')
+    assert checkout_root(pkg) is None
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "bench"\n')
+    assert checkout_root(pkg) == tmp_path == builtin_root(pkg)
+    (pkg / "_plugins" / "methods").mkdir(parents=True)  # a wheel's shipped plug-ins win
+    assert builtin_root(pkg) == pkg / "_plugins"
+    assert checkout_root(Path(__file__).resolve().parents[1] / "bench") is not None
+
+
+def test_abstract_plugin_is_unavailable_with_the_missing_names(tmp_path):
+    text = METHOD.format(cls="Half", name="half")
+    text = text.replace("def loss(", "def _loss(").replace("def sample(", "def _sample(")
+    write(tmp_path, "methods", "half", text)
+    reg = Registry(extra_dirs=[tmp_path])
+    plugin = reg.plugins["method"]["half"]
+    assert not plugin.available
+    assert plugin.error == "abstract methods not implemented: loss, sample"
+    with pytest.raises(PluginUnavailable, match="abstract methods not implemented: loss"):
+        reg.get("method", "half")
+
+
+def _bench_imports(path: Path) -> list[str]:
+    """Every module of bench a file imports (absolute imports, also inside functions)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "bench":
+                found += [f"bench.{a.name}" for a in node.names]
+            else:
+                found.append(node.module)
+    return [m for m in found if m == "bench" or m.startswith("bench.")]
+
+
+def test_plugins_import_only_the_contract_and_the_science(tmp_path):
+    """Plug-ins are not a package, so import-linter cannot see them: parse their imports."""
+    root = builtin_root()
+    files = sorted(root.glob("methods/*.py")) + sorted(root.glob("datasets/*.py"))
+    assert len(files) >= 5
+    allowed = ("bench.api", "bench.science")
+    bad = [f"{f.name}: {m}" for f in files for m in _bench_imports(f)
+           if not any(m == a or m.startswith(a + ".") for a in allowed)]
+    assert not bad, f"plug-ins may import only bench.api and bench.science: {bad}"
+    probe = tmp_path / "p.py"
+    probe.write_text("import bench.harness.optim\nfrom bench import record\n"
+                     "from bench.science import nets\ndef f():\n    from bench.cli import main\n")
+    assert _bench_imports(probe) == ["bench.harness.optim", "bench.record", "bench.science",
+                                     "bench.cli"]
 
 
 def test_plugins_folder_and_env(tmp_path, monkeypatch):

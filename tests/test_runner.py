@@ -167,3 +167,32 @@ def test_non_trainable_method_gets_one_validation_and_no_step(toy_splits):
                                     method=Fixed(P(), toy_splits, make_context()))
     assert res.steps == 0 and method.steps == 0 and bar.n == 0
     assert rec.history["val_nll"] == [(0, 9.0)] and "step_seconds" not in rec.history
+
+
+def test_validation_on_8bit_data_is_dequantized_unless_the_method_has_its_own(toy_splits):
+    from bench.api import Splits
+    from bench.harness.loop import validate
+
+    grid = torch.randint(0, 256, (20, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+    x = grid.float() / 127.5 - 1
+    splits = Splits(x, x, x, (1, 2, 2), "grid", dequantization="uniform-8bit")
+    seen = {}
+
+    class Image(Scripted):
+        def log_prob(self, y):
+            seen["log_prob"] = y
+            return LogLikelihood(torch.zeros(y.shape[0]), "exact", "zero")
+
+    class OwnSignal(Image):
+        def validation_likelihood(self, y):
+            seen["own"] = y
+            return LogLikelihood(torch.zeros(y.shape[0]), "bound", "grid")
+
+    m = Image(P(), splits, make_context())
+    s, _ = validate(m, Trainer(m, OptimConfig()), x, "cpu", splits.dequantization)
+    assert not torch.equal(seen["log_prob"], x)
+    assert float((seen["log_prob"] - x).abs().max()) <= 1 / 255
+    assert s.mean == pytest.approx(-4 * math.log(2 / 255))  # -(0 + D log(2/255))
+    o = OwnSignal(P(), splits, make_context())
+    s, _ = validate(o, Trainer(o, OptimConfig()), x, "cpu", splits.dequantization)
+    assert torch.equal(seen["own"], x) and s.kind == "bound"

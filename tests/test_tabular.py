@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.science import maf
 from bench.api.errors import DataError
 from bench.harness.registry import Registry
+from bench.science import maf
 
 SHARED = os.environ.get("BENCH_DATA_DIR")
 SHARED_MINIBOONE = Path(SHARED) / "miniboone" if SHARED else None

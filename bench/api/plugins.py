@@ -52,7 +52,7 @@ class Dataset(ABC):
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self._splits: Splits | None = None
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - optional hook
         """Make the data available locally (idempotent: download + checksum if needed)."""
 
     @abstractmethod
@@ -174,7 +174,7 @@ class Method(ABC):
         """State outside ``modules()`` to checkpoint (tensors and plain values only)."""
         return {}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional
         """Restore what ``extra_state`` returned."""
 
     @classmethod

@@ -33,7 +33,13 @@ def _targets(target: str, extra_dirs: list[str]) -> list:
     found = [registry.plugins[kind][target] for kind in ("method", "dataset")
              if target in registry.plugins[kind]]
     if not found:
-        registry.plugin("method", target)  # raises ConfigError listing the valid names
+        from bench.harness.selection import closest
+
+        names = registry.names("method") + registry.names("dataset")
+        raise ConfigError(f"no plug-in file or registered name {target!r}"
+                          f"{closest(target, names)}; methods: "
+                          f"{', '.join(registry.names('method'))}; datasets: "
+                          f"{', '.join(registry.names('dataset'))}")
     return found
 
 

@@ -4,12 +4,12 @@
 Layout (``format = "bench-checkpoint/1"``)::
 
     {"format", "method", "method_params" (asdict), "dataset", "dataset_params",
-     "optim" (asdict of OptimConfig), "step",
-     "modules": {name: state_dict}   # the live weights of method.modules()
+     "optim" (asdict of OptimConfig), "seed", "step",
+     "modules": {name: state_dict}      # the live weights of method.modules()
      "ema": {name: state_dict} | None,  # the averaged weights (what was evaluated)
      "ema_updates": {name: int} | None,
-     "optimizer", "scheduler",       # torch state dicts, None for closed-form methods
-     "extra": method.extra_state(),  # e.g. random generators
+     "optimizer", "scheduler",          # torch state dicts, None for closed-form methods
+     "extra": method.extra_state(),     # e.g. random generators
      "rng": torch CPU RNG state}
 """
 
@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from bench.api import Method
+from bench.api import Job, Method
 from bench.harness.optim import Trainer
 
-__all__ = ["FORMAT", "snapshot", "restore", "make_checkpoint", "save_checkpoint",
-           "load_checkpoint"]
+__all__ = ["FORMAT", "snapshot", "restore", "load_into", "make_checkpoint",
+           "save_checkpoint", "write_checkpoint", "load_checkpoint"]
 
 FORMAT = "bench-checkpoint/1"
 
@@ -43,60 +43,74 @@ def _cpu_copy(obj: Any) -> Any:
     return obj
 
 
-def snapshot(method: Method, trainer: Trainer) -> dict[str, Any]:
-    """The training state of a run (weights, EMA, optimiser, schedule, method extras) as a
-    CPU deep copy: what early stopping keeps and what a checkpoint stores."""
-    state = trainer.state_dict()
-    return _cpu_copy({
-        "modules": {name: m.state_dict() for name, m in method.modules().items()},
-        "ema": state["ema"],
-        "ema_updates": state["ema_updates"],
-        "optimizer": state["optimizer"],
-        "scheduler": state["scheduler"],
-        "extra": method.extra_state(),
-    })
+def snapshot(method: Method, trainer: Trainer | None) -> dict[str, Any]:
+    """The training state (live weights, EMA, optimiser, schedule, method extras) as a CPU
+    deep copy: what early stopping keeps and what a checkpoint stores. Correct inside
+    ``trainer.averaged()`` too (the live weights, not the swapped-in average)."""
+    if trainer is not None:
+        return _cpu_copy(trainer.state_dict())
+    return _cpu_copy({"modules": {n: m.state_dict() for n, m in method.modules().items()},
+                      "extra": method.extra_state(), "optimizer": None, "scheduler": None,
+                      "ema": None, "ema_updates": None})
 
 
 def restore(method: Method, trainer: Trainer | None, ckpt: dict[str, Any]) -> None:
-    """Load a `snapshot` or a checkpoint into a method (and its trainer, if given)."""
-    modules = method.modules()
-    missing = set(modules) - set(ckpt["modules"])
-    if missing:
-        raise KeyError(f"checkpoint has no weights for module(s) {sorted(missing)}")
-    for name, module in modules.items():
-        module.load_state_dict(ckpt["modules"][name])
-    method.load_extra_state(ckpt.get("extra") or {})
+    """Load a `snapshot` or a checkpoint into a method (and its trainer, if given): the
+    live weights, extras, and with a trainer the optimiser, schedule and EMA."""
+    _check_modules(method, ckpt["modules"])
     if trainer is not None:
         trainer.load_state_dict(ckpt)
+        return
+    for name, module in method.modules().items():
+        module.load_state_dict(ckpt["modules"][name])
+    method.load_extra_state(ckpt.get("extra") or {})
 
 
-def make_checkpoint(method: Method, trainer: Trainer, *, dataset: str, dataset_params: Any,
-                    step: int, state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The checkpoint dictionary of a run at ``step``.
+def load_into(method: Method, ckpt: dict[str, Any], averaged: bool = True) -> None:
+    """Load a checkpoint's evaluation weights into a method without a trainer: the EMA
+    average when the run kept one and ``averaged``, else the live weights."""
+    weights = ckpt["ema"] if averaged and ckpt.get("ema") else ckpt["modules"]
+    _check_modules(method, weights)
+    for name, module in method.modules().items():
+        module.load_state_dict(weights[name])
+    method.load_extra_state(ckpt.get("extra") or {})
 
-    Args:
-        state: a `snapshot` to store (e.g. the best one kept by early stopping); default:
-            the current state.
-    """
-    state = state if state is not None else snapshot(method, trainer)
-    return {
-        "format": FORMAT,
-        "method": method.name,
-        "method_params": _asdict(method.params),
-        "dataset": dataset,
-        "dataset_params": _asdict(dataset_params),
-        "optim": dataclasses.asdict(trainer.optim),
-        "step": int(step),
-        **state,
-        "rng": torch.get_rng_state(),
-    }
+
+def _check_modules(method: Method, weights: dict[str, Any]) -> None:
+    missing = set(method.modules()) - set(weights)
+    if missing:
+        raise KeyError(f"checkpoint has no weights for module(s) {sorted(missing)}")
 
 
 def _asdict(params: Any) -> dict[str, Any]:
     return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else {}
 
 
-def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
+def make_checkpoint(job: Job, trainer: Trainer, step: int,
+                    state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dictionary of ``job`` at ``step``.
+
+    Args:
+        state: a `snapshot` to store (e.g. the best one kept by early stopping); default:
+            the trainer's current state.
+    """
+    state = state if state is not None else snapshot(trainer.method, trainer)
+    return {
+        "format": FORMAT,
+        "method": job.method,
+        "method_params": _asdict(job.method_params),
+        "dataset": job.dataset,
+        "dataset_params": _asdict(job.dataset_params),
+        "optim": dataclasses.asdict(trainer.optim),
+        "seed": int(job.seed),
+        "step": int(step),
+        **{k: state.get(k) for k in ("modules", "ema", "ema_updates", "optimizer",
+                                     "scheduler", "extra")},
+        "rng": torch.get_rng_state(),
+    }
+
+
+def write_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
     """Write ``ckpt`` atomically (a temporary file in the same folder, then os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +123,12 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(path: str | Path, job: Job, trainer: Trainer, step: int,
+                    state: dict[str, Any] | None = None) -> Path:
+    """`make_checkpoint` written atomically to ``path``; returns the path."""
+    return write_checkpoint(path, make_checkpoint(job, trainer, step, state))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,11 +22,12 @@ from bench.science.metrics import (
     bits_per_dim,
     dequantization_log_offset,
     dequantize_uniform_8bit,
+    plot_samples_2d,
     summarize,
     true_nll,
 )
 
-__all__ = ["evaluate", "data_log_likelihood", "DEQUANT_SEED"]
+__all__ = ["evaluate", "data_log_likelihood", "plot_samples", "DEQUANT_SEED"]
 
 #: seed of the dequantization noise: the same noise for every method, run and seed
 DEQUANT_SEED = 0
@@ -50,10 +52,14 @@ def data_log_likelihood(method: Method, x: torch.Tensor, dequantization: str,
                          estimator=f"{ll.estimator}; {DEQUANTIZATION_LABEL}", nfe=ll.nfe)
 
 
-def evaluate(method: Method, trainer: Trainer | None, splits: Splits,
-             dataset: Dataset | None = None, *, device: str = "cpu",
+def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: str = "cpu",
+             *, trainer: Trainer | None = None,
              dequant_seed: int = DEQUANT_SEED) -> tuple[dict[str, float], dict[str, str]]:
-    """Score a trained method on the test split (with the EMA weights, in eval mode).
+    """Score a trained method on the test split, in eval mode (with the EMA weights when
+    given its ``trainer``; or call it inside ``trainer.averaged()``).
+
+    Args:
+        dataset: the dataset instance, for its closed-form density (None: no true NLL).
 
     Returns:
         (metrics, tags). Metrics: ``test_nll``/``_se``/``_nfe`` and ``test_nll_<name>`` for
@@ -96,3 +102,12 @@ def evaluate(method: Method, trainer: Trainer | None, splits: Splits,
         if "test_nll" in metrics:
             metrics["test_nll_gap"] = metrics["test_nll"] - t.mean
     return metrics, tags
+
+
+def plot_samples(method: Method, splits: Splits, n: int, path: Path, title: str) -> Path:
+    """Side-by-side 2-D histograms of n model samples and the test split (2-D data only)."""
+    for module in method.modules().values():
+        module.eval()
+    with torch.no_grad():
+        samples = method.sample(n)
+    return plot_samples_2d(samples, splits.test, path, title)

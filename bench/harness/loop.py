@@ -19,6 +19,7 @@ import torch
 from bench.api import Budget, Method, Splits, TrainingDiverged
 from bench.harness.checkpoint import snapshot
 from bench.harness.cost import peak_memory_bytes, reset_peak_memory, synchronize
+from bench.harness.evaluate import data_log_likelihood
 from bench.harness.optim import Trainer
 from bench.science.metrics import summarize
 
@@ -66,17 +67,25 @@ def batches(n: int, batch: int, gen: torch.Generator) -> Iterator[tuple[int, Any
         epoch += 1
 
 
-def validate(method: Method, trainer: Trainer, x: torch.Tensor, device: str):
-    """`summarize` of ``method.validation_likelihood(x)`` with the EMA weights, in eval mode.
+def validate(method: Method, trainer: Trainer, x: torch.Tensor, device: str,
+             dequantization: str = "none"):
+    """`summarize` of the validation likelihood with the EMA weights, in eval mode:
+    ``method.validation_likelihood(x)`` when the method overrides it (it then receives x as
+    is: the grid for 8-bit data, like ``extra_likelihoods``), else the test NLL's
+    `bench.harness.evaluate.data_log_likelihood` (dequantized on 8-bit data).
 
     Returns (summary, seconds).
     """
     for module in method.modules().values():
         module.eval()
+    own = type(method).validation_likelihood is not Method.validation_likelihood
     synchronize(device)
     t0 = time.perf_counter()
     with trainer.averaged(), torch.no_grad():
-        s = summarize(method.validation_likelihood(x.to(device)))
+        x = x.to(device)
+        ll = (method.validation_likelihood(x) if own
+              else data_log_likelihood(method, x, dequantization))
+        s = summarize(ll)
     synchronize(device)
     return s, time.perf_counter() - t0
 
@@ -87,7 +96,7 @@ class _State:
     def __init__(self, method, trainer, splits, budget, device, log_metrics, set_tags):
         self.method, self.trainer, self.budget, self.device = method, trainer, budget, device
         self.log_metrics, self.set_tags = log_metrics, set_tags
-        val = splits.val
+        val, self.dequantization = splits.val, splits.dequantization
         self.val = val if budget.val_rows is None else val[:budget.val_rows]
         self.best_val, self.best_state, self.best_step = math.inf, None, -1
         self.bad_evals, self.train_seconds, self.val_seconds = 0, 0.0, 0.0
@@ -112,7 +121,8 @@ class _State:
         if self.method.likelihood == "none":
             self.best_state, self.best_step = snapshot(self.method, self.trainer), step
             return False
-        s, dt = validate(self.method, self.trainer, self.val, self.device)
+        s, dt = validate(self.method, self.trainer, self.val, self.device,
+                         self.dequantization)
         self.val_seconds += dt
         self.last_val = s.mean
         self.log_metrics({"val_nll": s.mean, "val_nll_nfe": float(s.nfe), "val_seconds": dt,
@@ -130,8 +140,8 @@ class _State:
         return self.bad_evals >= self.budget.patience
 
 
-def train(method: Method, trainer: Trainer, splits: Splits, budget: Budget, *,
-          device: str = "cpu", log_metrics: MetricsFn = lambda m, step=None: None,
+def train(method: Method, trainer: Trainer, splits: Splits, budget: Budget,
+          device: str = "cpu", log_metrics: MetricsFn = lambda m, step=None: None, *,
           set_tags: Callable[[dict[str, str]], None] | None = None,
           progress: Progress | None = None,
           generator: torch.Generator | None = None) -> LoopResult:

@@ -90,6 +90,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.ema: dict[str, AveragedModel] | None = None
+        self._live: dict[str, dict[str, Tensor]] | None = None  # set while averaged()
         if not self.trainable:
             return
         if not self.params:
@@ -156,11 +157,12 @@ class Trainer:
     def averaged(self) -> Iterator[None]:
         """Inside the block the EMA weights are in ``method.modules()`` (no-op without EMA);
         the live weights are restored exactly on exit."""
-        if self.ema is None:
+        if self.ema is None or self._live is not None:  # no EMA, or already swapped in
             yield
             return
         backup = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
                   for name, m in self.modules.items()}
+        self._live = backup
         try:
             for name, avg in self.ema.items():
                 self.modules[name].load_state_dict(avg.module.state_dict())
@@ -168,6 +170,7 @@ class Trainer:
         finally:
             for name, m in self.modules.items():
                 m.load_state_dict(backup[name])
+            self._live = None
 
     def ema_state(self) -> dict[str, dict[str, Tensor]] | None:
         """The averaged weights as state dicts of the method's modules (None without EMA)."""
@@ -177,8 +180,18 @@ class Trainer:
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Optimiser, schedule and EMA state (tensors and plain values only)."""
+        """The whole training state, by reference (copy it to keep it, see
+        `bench.harness.checkpoint.snapshot`); tensors and plain values only.
+
+        Keys: ``modules`` (the live weights, also inside `averaged`), ``extra``
+        (``method.extra_state()``), ``optimizer``, ``scheduler`` (None when not trainable),
+        ``ema`` ({name: state dict of the averaged module} or None), ``ema_updates``.
+        """
+        modules = self._live if self._live is not None else {
+            name: m.state_dict() for name, m in self.modules.items()}
         return {
+            "modules": modules,
+            "extra": self.method.extra_state(),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "ema": self.ema_state(),
@@ -187,7 +200,13 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned (the modules' weights are the method's)."""
+        """Restore what `state_dict` returned (or a checkpoint); absent keys are skipped."""
+        if self._live is not None:
+            raise RuntimeError("load_state_dict inside Trainer.averaged()")
+        for name, weights in (state.get("modules") or {}).items():
+            self.modules[name].load_state_dict(weights)
+        if state.get("extra") is not None:
+            self.method.load_extra_state(state["extra"])
         if self.optimizer is not None and state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:

@@ -53,7 +53,7 @@ def is_dataset_ref(tp: Any) -> bool:
 
 
 def _check_defaults(cls: type, owner: str) -> None:
-    from bench.harness.contract import check_param_defaults
+    from bench.harness.preflight import check_param_defaults
 
     check_param_defaults(cls, owner)
 

@@ -105,6 +105,7 @@ def check_param_defaults(cls: type, owner: str) -> None:
 
 # -- splits ---------------------------------------------------------------------------------
 def split_dtype_problem(splits: Splits) -> str | None:
+    """Every split a float32 tensor? Else which is not."""
     for part in PARTS:
         x = getattr(splits, part)
         if not isinstance(x, torch.Tensor):
@@ -116,6 +117,7 @@ def split_dtype_problem(splits: Splits) -> str | None:
 
 
 def split_shape_problem(splits: Splits, declared: tuple[int, ...] | None = None) -> str | None:
+    """Rows of every split of shape ``splits.event_shape`` (and ``declared``, if given)?"""
     shape = tuple(splits.event_shape)
     if declared is not None and tuple(declared) != shape:
         return f"event_shape is declared {tuple(declared)} but the splits have {shape}"
@@ -127,6 +129,7 @@ def split_shape_problem(splits: Splits, declared: tuple[int, ...] | None = None)
 
 
 def split_empty_problem(splits: Splits) -> str | None:
+    """Every split has rows?"""
     for part in PARTS:
         if getattr(splits, part).shape[0] == 0:
             return f"the {part} split is empty"
@@ -134,6 +137,7 @@ def split_empty_problem(splits: Splits) -> str | None:
 
 
 def split_finite_problem(splits: Splits) -> str | None:
+    """Every row finite? Else the first bad split and its count of non-finite rows."""
     for part in PARTS:
         x = getattr(splits, part)
         bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).sum())
@@ -155,6 +159,8 @@ def check_splits(splits: Splits, dataset_name: str) -> None:
 
 # -- likelihoods ----------------------------------------------------------------------------
 def likelihood_problem(ll: Any, n: int, what: str, full: bool = True) -> str | None:
+    """A `LogLikelihood` of values (n,) with a valid kind (``full``: also an estimator
+    label and finite values)? ``what`` names the call in the sentence."""
     if not isinstance(ll, LogLikelihood):
         return f"{what} returned a {type(ll).__name__}, not a bench.api.LogLikelihood"
     shape = tuple(ll.values.shape)
@@ -171,6 +177,8 @@ def likelihood_problem(ll: Any, n: int, what: str, full: bool = True) -> str | N
 
 
 def trainable_parameters(method: Method) -> list[tuple[str, torch.nn.Parameter]]:
+    """(``module.param`` name, parameter) of every parameter of ``modules()`` that
+    requires gradients."""
     return [(f"{key}.{pname}", p) for key, m in method.modules().items()
             for pname, p in m.named_parameters() if p.requires_grad]
 

@@ -132,11 +132,11 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
 
 
 def _load_splits(job: Job, rec: Recorder):
-    from bench.harness.contract import check_splits
+    from bench.harness.preflight import check_dataset_instance, check_splits
 
     dataset = job.dataset_cls(job.dataset_params, data_dir=job.data_dir)
     splits = dataset.splits()
-    check_splits(splits, job.dataset)
+    check_dataset_instance(dataset, splits)
     rec.set_tags({"dataset_provenance": splits.provenance,
                   "dequantization": splits.dequantization,
                   **{f"split.{k}": v for k, v in splits.split_names.items()}})
@@ -152,10 +152,10 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> N
 
     from bench.harness.checkpoint import save_checkpoint
     from bench.harness.context import make_context
-    from bench.harness.contract import check_method_instance
     from bench.harness.evaluate import evaluate, plot_samples
     from bench.harness.loop import train
     from bench.harness.optim import Trainer
+    from bench.harness.preflight import check_method_instance
 
     dataset, splits, refs = _load_splits(job, rec)
     torch.manual_seed(job.seed)
@@ -183,7 +183,7 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> N
     rec.log_metrics(summary)
     with trainer.averaged():
         if job.evaluate_test:
-            metrics, tags = evaluate(method, dataset, splits, job.solver, job.device, job.seed)
+            metrics, tags = evaluate(method, dataset, splits, job.device)
             rec.set_tags(tags)
             rec.log_metrics(metrics)
         ckpt = save_checkpoint(work / "checkpoint.pt", job, trainer, result.best_step)

@@ -114,6 +114,8 @@ def _coerce(raw: str, tp: Any) -> Any:
         return int(f)
     if tp is float:
         return float(raw)
+    if isinstance(getattr(tp, "__supertype__", None), type):  # NewType, e.g. DatasetRef
+        return tp(_coerce(raw, tp.__supertype__))
     if tp is str:
         return raw.strip("\"'")
     raise TypeError(f"unsupported parameter type {tp}")

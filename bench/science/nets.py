@@ -59,7 +59,8 @@ class TimeNet(nn.Module):
         if net not in NETS:
             raise ConfigError(f"unknown net {net!r}; valid: {', '.join(NETS)}")
         if activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+            valid = ', '.join(ACTIVATIONS)
+            raise ConfigError(f"unknown activation {activation!r}; valid: {valid}")
         self.net, self.dim = net, dim
         sizes = [dim, *hidden, dim]
         if net == "mlp":

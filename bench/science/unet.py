@@ -189,7 +189,8 @@ class EpsMLP(nn.Module):
                  time_embed_dim: int) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+            valid = ', '.join(ACTIVATIONS)
+            raise ConfigError(f"unknown activation {activation!r}; valid: {valid}")
         self.time_embed_dim = time_embed_dim
         self.act = ACTIVATIONS[activation]()
         self.temb = nn.Sequential(nn.Linear(time_embed_dim, time_embed_dim), nn.SiLU(),
