@@ -189,6 +189,7 @@ class CIFAR10(_ImageDataset):
     """CIFAR-10 32x32 colour images (8-bit, scaled to [-1, 1])."""
 
     name = "cifar10"
+    event_shape = (3, 32, 32)
     label = "CIFAR-10"
     offline_label = "CIFAR-10 test images (JPEG proxy)"
     folder = "cifar10"
@@ -213,6 +214,7 @@ class MNIST(_ImageDataset):
     """MNIST 28x28 grey-scale digits (8-bit, scaled to [-1, 1])."""
 
     name = "mnist"
+    event_shape = (1, 28, 28)
     label = "MNIST"
     offline_label = "MNIST test images"
     folder = "mnist"

@@ -127,6 +127,7 @@ class Power(_MAFDataset):
     """POWER (UCI household electric power, MAF preprocessing): 6 features."""
 
     name = "power"
+    event_shape = (maf.MAF_DIMS["power"],)
     label = "POWER"
 
 
@@ -134,6 +135,7 @@ class Gas(_MAFDataset):
     """GAS (UCI gas sensor array, ethylene-CO, MAF preprocessing): 8 features."""
 
     name = "gas"
+    event_shape = (maf.MAF_DIMS["gas"],)
     label = "GAS"
 
 
@@ -141,6 +143,7 @@ class Hepmass(_MAFDataset):
     """HEPMASS (UCI, signal events of the 1000 mass set, MAF preprocessing): 21 features."""
 
     name = "hepmass"
+    event_shape = (maf.MAF_DIMS["hepmass"],)
     label = "HEPMASS"
 
 
@@ -148,6 +151,7 @@ class Miniboone(_MAFDataset):
     """MINIBOONE (UCI particle identification, MAF preprocessing): 43 features."""
 
     name = "miniboone"
+    event_shape = (maf.MAF_DIMS["miniboone"],)
     label = "MINIBOONE"
 
 
@@ -155,4 +159,5 @@ class BSDS300(_MAFDataset):
     """BSDS300 (8x8 natural-image patches, last pixel dropped, MAF version): 63 features."""
 
     name = "bsds300"
+    event_shape = (maf.MAF_DIMS["bsds300"],)
     label = "BSDS300"

@@ -168,7 +168,11 @@ class CorrelatedGaussian(Toy):
     Params = GaussianParams
     has_log_prob = True
     test_params = {"n_train": 2000, "n_val": 300, "n_test": 300, "dim": 4}
-    event_shape = None  # (dim,): known only from the parameters (set on the instance)
+    event_shape = None  # (dim,): known from the parameters (set on the instance)
+
+    @classmethod
+    def shape(cls, params) -> tuple[int, ...]:
+        return (params.dim,)
 
     def __init__(self, params=None, data_dir=None) -> None:
         super().__init__(params, data_dir)

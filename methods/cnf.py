@@ -136,9 +136,10 @@ class CNF(FlowMethod):
     optim: ClassVar[dict[str, Any]] = {"lr": 1e-3, "weight_decay": 1e-6}
 
     @classmethod
-    def supports(cls, kind: str, event_shape: tuple[int, ...]) -> str | None:
-        if len(event_shape) != 1:
-            return f"cnf models flat vectors (event shape (d,)); got {tuple(event_shape)}"
+    def supports(cls, kind: str, event_shape: tuple[int, ...] | None) -> str | None:
+        if kind == "image" or (event_shape is not None and len(event_shape) != 1):
+            shape = f" of shape {tuple(event_shape)}" if event_shape else ""
+            return f"cnf models flat vectors; got {kind} data{shape}"
         return None
 
     def __init__(self, params: CNFParams, splits: Splits, ctx: RunContext) -> None:

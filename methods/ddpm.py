@@ -96,8 +96,8 @@ class DDPM(Method):
                 "ema_warmup": True}
 
     @classmethod
-    def supports(cls, kind: str, event_shape: tuple[int, ...]) -> str | None:
-        if len(event_shape) not in (1, 3):
+    def supports(cls, kind: str, event_shape: tuple[int, ...] | None) -> str | None:
+        if event_shape is not None and len(event_shape) not in (1, 3):
             return (f"ddpm models vectors (d,) or images (C, H, W); got "
                     f"{tuple(event_shape)}")
         return None

@@ -172,10 +172,10 @@ class FFJORD(FlowMethod):
     optim: ClassVar[dict[str, Any]] = {"lr": 1e-3, "weight_decay": 0.0}
 
     @classmethod
-    def supports(cls, kind: str, event_shape: tuple[int, ...]) -> str | None:
-        if len(event_shape) != 1:
-            return (f"ffjord (its tabular model) models flat vectors (event shape (d,)); got "
-                    f"{tuple(event_shape)}")
+    def supports(cls, kind: str, event_shape: tuple[int, ...] | None) -> str | None:
+        if kind == "image" or (event_shape is not None and len(event_shape) != 1):
+            shape = f" of shape {tuple(event_shape)}" if event_shape else ""
+            return f"ffjord (its tabular model) models flat vectors; got {kind} data{shape}"
         return None
 
     def __init__(self, params: FFJORDParams, splits: Splits, ctx: RunContext) -> None:

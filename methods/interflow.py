@@ -62,10 +62,10 @@ class InterFlow(FlowMethod):
     optim: ClassVar[dict[str, Any]] = {"lr": 1e-3, "schedule": "cosine", "grad_clip": 1.0}
 
     @classmethod
-    def supports(cls, kind: str, event_shape: tuple[int, ...]) -> str | None:
-        if len(event_shape) != 1:
-            return (f"interflow models flat vectors (event shape (d,)) with an MLP velocity; "
-                    f"got {tuple(event_shape)}")
+    def supports(cls, kind: str, event_shape: tuple[int, ...] | None) -> str | None:
+        if kind == "image" or (event_shape is not None and len(event_shape) != 1):
+            shape = f" of shape {tuple(event_shape)}" if event_shape else ""
+            return f"interflow models flat vectors with an MLP velocity; got {kind} data{shape}"
         return None
 
     def __init__(self, params: InterFlowParams, splits: Splits, ctx: RunContext) -> None:

@@ -126,11 +126,11 @@ class BadDefault(Method):
 '''
 
 
-def test_a_params_default_of_the_wrong_type_is_a_usage_error(tmp_path, no_data,
-                                                             tracking_uri):
+def test_a_params_default_of_the_wrong_type_stops_the_plan(tmp_path, no_data, tracking_uri):
+    """A plug-in defect, not a usage error: exit 1, one line, before any data or run."""
     (tmp_path / "bad_default.py").write_text(textwrap.dedent(BAD_DEFAULT))
     res = _invoke("--tracking-uri", tracking_uri, "-m", "bad_default", "-d", TOY,
                   plugins=tmp_path)
-    assert res.exit_code == 2, res.output
-    assert "width" in res.output and "int" in res.output
+    assert res.exit_code == 1, res.output
+    assert res.output.count("\n") == 1 and "'width' is declared int" in res.output
     assert _runs(tracking_uri) == []

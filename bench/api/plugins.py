@@ -52,6 +52,13 @@ class Dataset(ABC):
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self._splits: Splits | None = None
 
+    @classmethod
+    def shape(cls, params: Any) -> tuple[int, ...] | None:
+        """The event shape if known without reading data (the plan checks methods against
+        it): the class attribute ``event_shape`` when set, else None (unknown)."""
+        shape = getattr(cls, "event_shape", None)
+        return tuple(shape) if shape else None
+
     def prepare(self) -> None:  # noqa: B027 - optional hook
         """Make the data available locally (idempotent: download + checksum if needed)."""
 
@@ -121,9 +128,10 @@ class Method(ABC):
         self.ctx = ctx
 
     @classmethod
-    def supports(cls, kind: str, event_shape: tuple[int, ...]) -> str | None:
+    def supports(cls, kind: str, event_shape: tuple[int, ...] | None) -> str | None:
         """None if the method can model data of this kind and shape, else one sentence
-        saying why not (checked in the plan, before any data is read)."""
+        saying why not (checked in the plan, before any data is read, where the shape may
+        be unknown (None); and again with the loaded shape before training)."""
         return None
 
     @classmethod

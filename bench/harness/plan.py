@@ -155,8 +155,7 @@ def plan_jobs(registry, methods: Sequence[str], datasets: Sequence[str],
     for (m_sel, m_extra), (d_sel, (d_cls, d_params)), seed in itertools.product(
             zip(methods, per_m, strict=True), zip(datasets, resolved_d, strict=True), seeds):
         m_cls, m_params, optim, refs = _method(registry, m_sel, m_extra, d_cls.kind)
-        shape = getattr(d_cls, "event_shape", None)
-        reason = m_cls.supports(d_cls.kind, tuple(shape) if shape else None)
+        reason = m_cls.supports(d_cls.kind, d_cls.shape(d_params))
         if reason:
             raise ConfigError(f"method {m_cls.name!r} cannot model dataset {d_cls.name!r}: "
                               f"{reason}")
