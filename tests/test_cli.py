@@ -152,8 +152,8 @@ def test_recorded_params_metrics_and_tags(cli):
     from bench.record.mlflow_sink import load_records
 
     (rec,) = load_records(cli.uri, history=("loss", "val_nll"))
-    assert rec.params["optim_lr"] == "0.005" and rec.params["p_method_hidden"] == "(8, 8)"
-    assert rec.params["solver_rtol"] == "0.0001"
+    assert rec.params["optim_lr"] == 0.005 and rec.params["p_method_hidden"] == (8, 8)
+    assert rec.params["solver_rtol"] == 1e-4
     assert rec.tags["test_nll.kind"] == "exact" and "dopri5" in rec.tags["test_nll.estimator"]
     assert "synthetic 8gaussians" in rec.tags["dataset_provenance"]
     assert rec.tags["source.interflow"].startswith(str(Path("methods") / "interflow.py")) or \

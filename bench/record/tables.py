@@ -52,7 +52,11 @@ def _fields(rec: RunRecord, prefixes: Sequence[str]) -> tuple[tuple[str, str], .
 
 
 def _method_config(rec: RunRecord) -> tuple[str, tuple[tuple[str, str], ...]]:
-    return rec.method, _fields(rec, ("p_method_", "optim_"))
+    """Method, its parameters, the shared optimisation settings, the training budget and
+    the evaluation solver: runs that differ in any of them are different configurations."""
+    harness = tuple(sorted((k, _norm(v)) for k, v in rec.params.items()
+                           if k.startswith("solver_") or k in ("steps", "max_seconds")))
+    return rec.method, tuple(sorted(_fields(rec, ("p_method_", "optim_")) + harness))
 
 
 def _dataset_config(rec: RunRecord) -> tuple[str, tuple[tuple[str, str], ...]]:
