@@ -208,8 +208,7 @@ def _steps(st: _State, train: torch.Tensor, gen: torch.Generator,
             epoch_nfe = dict.fromkeys(epoch_nfe, 0.0)
         stop = st.due(step) and st.evaluate(step)
         if progress is not None:
-            progress.update(1, loss=loss, val_nll=st.last_val,
-                            steps_per_s=step / max(st.train_seconds, 1e-9))
+            progress.update(1, loss=loss, val_nll=st.last_val)
         if stop:
             log.info("early stop at step %d (best step %d)", step, st.best_step)
             break
