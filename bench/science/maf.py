@@ -22,11 +22,14 @@ import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from bench.api.errors import DataError
+
+if TYPE_CHECKING:  # pandas is imported where the raw files are read (slow import)
+    import pandas as pd
 
 __all__ = [
     "MAF_ARCHIVE_URL", "MAF_ARCHIVE_MD5", "MAF_RECORD", "MAF_SIZES", "MAF_DIMS", "RAW_FILES",
@@ -170,6 +173,8 @@ def _legacy_unpickle(path: Path) -> object:
     except ImportError:  # pragma: no cover - a pandas without its compat unpickler
         _Base = pickle.Unpickler
 
+    import pandas as pd
+
     class _Legacy(_Base):
         def find_class(self, module: str, name: str) -> object:
             if name in ("Int64Index", "UInt64Index", "Float64Index"):
@@ -181,6 +186,8 @@ def _legacy_unpickle(path: Path) -> object:
 
 
 def _read_gas(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         frame = pd.read_pickle(path)
     except (ImportError, AttributeError, TypeError, ValueError, pickle.UnpicklingError) as exc:
@@ -219,6 +226,8 @@ def read_raw(name: str, folder: Path) -> Arrays:
     Raises:
         DataError: a file is unreadable, has the wrong number of columns or NaN/inf values.
     """
+    import pandas as pd
+
     paths = [folder / f for f in RAW_FILES[name]]
     try:
         if name == "bsds300":
