@@ -1,4 +1,5 @@
-"""Problems with exact solutions, for tests and sanity checks.
+"""Closed-form Gaussian densities and Gaussian-to-Gaussian interpolant paths (exact velocity
+and marginal density), used by the synthetic datasets and by the closed-form tests.
 
 Gaussian to Gaussian: x_0 ~ N(0, I), x_1 ~ N(m, diag(s^2)) independent, and the path
 x_t = a_t x_0 + b_t x_1. Then rho_t = N(b_t m, diag(a_t^2 + b_t^2 s^2)) and the exact
