@@ -181,8 +181,7 @@ def plan_table(jobs: Sequence[Job]) -> list[dict[str, Any]]:
                                       f"{b.max_seconds:g} s" if b.max_seconds else "") if x)
         rows.append({"#": i, "method": j.method, "params": _fmt(_non_default(j.method_params)),
                      "optim": _fmt({k: v for k, v in dataclasses.asdict(j.optim).items()
-                                    if k in ("optimizer", "lr", "schedule", "grad_clip",
-                                             "ema") and v}),
+                                    if k in ("optimizer", "lr") or v}),
                      "dataset": j.dataset,
                      "dataset params": _fmt(_non_default(j.dataset_params)),
                      "seed": j.seed, "budget": budget, "eval every": b.eval_every,

@@ -17,7 +17,6 @@ from bench.api.errors import ConfigError
 
 __all__ = [
     "parse_selection", "split_top", "build_params", "param_fields", "closest",
-    "route_overrides",
 ]
 
 
@@ -148,34 +147,3 @@ def build_params(params_cls: type, overrides: dict[str, Any], owner: str) -> Any
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid parameters for {owner}: {e}") from None
 
-
-def route_overrides(registry, methods, datasets, sets):
-    """Route each ``--set key=value`` to the selected methods and/or datasets whose Params
-    have ``key`` (``method.key`` / ``dataset.key`` restrict the target). Returns one override
-    dict per method selection and one per dataset selection."""
-    m_fields = [set(param_fields(registry.get("method", parse_selection(s)[0]).Params))
-                for s in methods]
-    d_fields = [set(param_fields(registry.get("dataset", parse_selection(s)[0]).Params))
-                for s in datasets]
-    per_m = [dict() for _ in methods]
-    per_d = [dict() for _ in datasets]
-    for key, val in sets:
-        target, name = None, key
-        if "." in key:
-            target, name = key.split(".", 1)
-            if target not in ("method", "dataset"):
-                raise ConfigError(f"--set {key}: prefix must be 'method.' or 'dataset.'")
-        hit = False
-        if target in (None, "method"):
-            for fields, d in zip(m_fields, per_m, strict=True):
-                if name in fields:
-                    d[name], hit = val, True
-        if target in (None, "dataset"):
-            for fields, d in zip(d_fields, per_d, strict=True):
-                if name in fields:
-                    d[name], hit = val, True
-        if not hit:
-            valid = sorted(set().union(*m_fields, *d_fields))
-            raise ConfigError(f"--set {key}: no selected method or dataset has parameter "
-                             f"{name!r}{closest(name, valid)}; valid: {', '.join(valid)}")
-    return per_m, per_d

@@ -8,6 +8,7 @@ a subclass that overrides the four hooks ``a, b, da, db`` (or an instance of
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,22 +41,26 @@ def _bcast(t: Tensor, x: Tensor) -> Tensor:
     return t.reshape(-1, *([1] * (x.dim() - 1)))
 
 
-class Interpolant:
+class Interpolant(ABC):
     """I_t(x_0, x_1) = a(t) x_0 + b(t) x_1. Subclasses override a, b, da, db."""
 
     name = "general"
 
+    @abstractmethod
     def a(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Coefficient of x_0."""
 
+    @abstractmethod
     def b(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Coefficient of x_1."""
 
+    @abstractmethod
     def da(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """d a / dt."""
 
+    @abstractmethod
     def db(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """d b / dt."""
 
     def sample(self, x_0: Tensor, x_1: Tensor, t: Tensor) -> PathSample:
         """Args: x_0, x_1 of shape (n, *shape); t of shape (n,)."""
