@@ -38,7 +38,8 @@ def test_plain_lines_are_bounded_and_informative(monkeypatch, clock):
     first, last = lines[0], lines[-1]
     assert first == "interflow-miniboone-s0 step 80/5000 loss 1.012 8 steps/s ETA 10m15s"
     assert "val_nll" not in first
-    assert last == "interflow-miniboone-s0 step 5000/5000 loss 1 val_nll 18.9 8 steps/s"
+    assert last == ("interflow-miniboone-s0 step 5000/5000 loss 1 val_nll 18.9 8 steps/s "
+                    "done in 10m25s")
 
 
 def test_unknown_total_quiet_and_default_interval(monkeypatch, clock):
@@ -50,7 +51,7 @@ def test_unknown_total_quiet_and_default_interval(monkeypatch, clock):
         bar.update(2)
     bar.close()
     bar.close()  # once
-    assert out.getvalue().splitlines() == ["run step 6000 2e+03 steps/s"]
+    assert out.getvalue().splitlines() == ["run step 6000 2e+03 steps/s done in 3s"]
     quiet = io.StringIO()
     with make_progress(10, "run", quiet=True, stream=quiet) as q:
         q.update(loss=1.0)

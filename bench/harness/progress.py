@@ -61,26 +61,28 @@ class Progress:
             self.last = now
             self._write(now)
 
-    def line(self, now: float | None = None) -> str:
+    def line(self, now: float | None = None, final: bool = False) -> str:
         now = _now() if now is None else now
         elapsed = max(now - self.start, 1e-9)
         rate = self.n / elapsed
         parts = [self.desc, f"step {self.n}/{self.total}" if self.total else f"step {self.n}"]
         parts += [f"{k} {_fmt(v)}" for k, v in self.postfix.items()]
         parts.append(f"{rate:.3g} steps/s")
-        if self.total and rate > 0 and self.n < self.total:
+        if final:
+            parts.append(f"done in {format_duration(elapsed)}")
+        elif self.total and rate > 0 and self.n < self.total:
             parts.append(f"ETA {format_duration((self.total - self.n) / rate)}")
         return " ".join(p for p in parts if p)
 
-    def _write(self, now: float) -> None:
-        self.stream.write(self.line(now) + "\n")
+    def _write(self, now: float, final: bool = False) -> None:
+        self.stream.write(self.line(now, final) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
         """Write the final line (once)."""
         if not self.closed:
             self.closed = True
-            self._write(_now())
+            self._write(_now(), final=True)
 
     def __enter__(self) -> Progress:
         return self
