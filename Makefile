@@ -23,12 +23,12 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check bench methods datasets tests benchmarks
-	$(BIN)/lint-imports --config pyproject.toml
+	$(BIN)/lint-imports pyproject.toml
 	$(BIN)/pytest
 
 lint: setup
 	$(BIN)/ruff check bench methods datasets tests benchmarks
-	$(BIN)/lint-imports --config pyproject.toml
+	$(BIN)/lint-imports pyproject.toml
 
 clean:
 	rm -rf $(VENV) results/mlflow.db results/artifacts .pytest_cache

@@ -65,6 +65,17 @@ class WrongShape(_Base):
         return LogLikelihood(torch.zeros(x.shape[0], 1), "exact", "toy")
 
 
+class WrongShapeAtTest(_Base):
+    """A cheap validation signal of the right shape, a test log_prob of shape (n, 1)."""
+    name = "wrong_shape_at_test"
+
+    def validation_likelihood(self, x):
+        return super().log_prob(x)
+
+    def log_prob(self, x):
+        return LogLikelihood(torch.zeros(x.shape[0], 1), "exact", "toy")
+
+
 class NoModules(_Base):
     """No trainable parameters."""
     name = "no_modules"
@@ -191,6 +202,7 @@ def test_one_failed_job_never_stops_the_grid(cli, tmp_path):
 @pytest.mark.parametrize("method, dataset, words", [
     ("diverging", TOY, "training diverged at step 3"),
     ("wrong_shape", TOY, "shape"),
+    ("wrong_shape_at_test", TOY, "log_prob(x) of 200 rows returned values of shape (200, 1)"),
     ("no_modules", TOY, "no trainable parameters"),
     ("interflow[hidden=(8,8)]", "bad_data[bad=float64]", "float64"),
     ("interflow[hidden=(8,8)]", "bad_data[bad=nan]", "3 rows of the val split are not finite"),

@@ -17,9 +17,8 @@ LINT = Path(sys.executable).with_name("lint-imports")
 
 def _lint(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run([str(LINT), "--config", str(root / "pyproject.toml"),
-                           "--no-cache"], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([str(LINT), str(root / "pyproject.toml"), "--no-cache"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

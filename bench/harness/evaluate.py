@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from bench.api import Dataset, LogLikelihood, Method, Splits
+from bench.api import ContractError, Dataset, LogLikelihood, Method, Splits
 from bench.harness.cost import synchronize
 from bench.harness.optim import Trainer
+from bench.harness.preflight import likelihood_problem
 from bench.science.metrics import (
     DEQUANTIZATION_LABEL,
     UNIFORM_8BIT,
@@ -80,9 +81,10 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
     if method.likelihood != "none":
         with averaged, torch.no_grad():
             ll = data_log_likelihood(method, x, splits.dequantization, dequant_seed)
-            results["test_nll"] = summarize(ll)
+            results["test_nll"] = summarize(_checked(ll, x.shape[0], "log_prob(x)"))
             for key, extra in method.extra_likelihoods(x).items():
-                results[f"test_nll_{key}"] = summarize(extra)
+                what = f"extra_likelihoods(x)[{key!r}]"
+                results[f"test_nll_{key}"] = summarize(_checked(extra, x.shape[0], what))
     synchronize(device)
     metrics["eval_seconds"] = time.perf_counter() - t0
     image = splits.dequantization == UNIFORM_8BIT
@@ -102,6 +104,17 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
         if "test_nll" in metrics:
             metrics["test_nll_gap"] = metrics["test_nll"] - t.mean
     return metrics, tags
+
+
+def _checked(ll: LogLikelihood, n: int, what: str) -> LogLikelihood:
+    """The contract at the final score: (n,) values, a valid kind, an estimator label
+    (non-finite values are recorded as they are: the mean then says so)."""
+    problem = likelihood_problem(ll, n, what, full=False)
+    if problem is None and not ll.estimator:
+        problem = f"{what} has an empty estimator label"
+    if problem:
+        raise ContractError(problem)
+    return ll
 
 
 def plot_samples(method: Method, splits: Splits, n: int, path: Path, title: str) -> Path:
