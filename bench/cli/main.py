@@ -16,8 +16,9 @@ from pathlib import Path
 import click
 
 from bench.api.errors import BenchError, ConfigError
+from bench.cli.common import registry_of
 
-__all__ = ["main", "registry_of"]
+__all__ = ["main"]
 
 
 class _Group(click.Group):
@@ -32,13 +33,6 @@ class _Group(click.Group):
         except BenchError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
-
-
-def registry_of(ctx):
-    from bench.harness.registry import Registry
-
-    root = ctx.find_root()
-    return Registry(extra_dirs=list((root.obj or {}).get("plugins", ())))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

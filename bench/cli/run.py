@@ -8,60 +8,16 @@ from pathlib import Path
 
 import click
 
+from bench.cli.common import (
+    make_solver,
+    progress_factory,
+    registry_of,
+    sink_factory,
+    solver_options,
+    store_options,
+)
+
 __all__ = ["run"]
-
-
-def solver_options(f):
-    """The evaluation solver options shared by run and speedup."""
-    for opt in reversed([
-        click.option("--solver", default="dopri5", show_default=True, help="Eval ODE solver."),
-        click.option("--rtol", type=float, default=1e-5, show_default=True, help="Eval ODE rtol."),
-        click.option("--atol", type=float, default=1e-5, show_default=True, help="Eval ODE atol."),
-        click.option("--divergence", type=click.Choice(["exact", "hutchinson"]),
-                     default="exact", show_default=True),
-        click.option("--probes", type=int, default=1, show_default=True,
-                     help="Hutchinson probes per solve."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def store_options(f):
-    for opt in reversed([
-        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                     help="Data root (default BENCH_DATA_DIR or ~/.cache/bench/data)."),
-        click.option("--results-dir", type=click.Path(file_okay=False), default="results",
-                     show_default=True),
-        click.option("--tracking-uri", default=None,
-                     help="MLflow URI (default results/mlflow.db)."),
-        click.option("--experiment", default="bench", show_default=True),
-    ]):
-        f = opt(f)
-    return f
-
-
-def make_solver(solver, rtol, atol, divergence, probes):
-    from bench.api import SolverConfig
-
-    return SolverConfig(method=solver, rtol=rtol, atol=atol, divergence=divergence,
-                        n_probes=probes)
-
-
-def sink_factory(results_dir: str, tracking_uri: str | None, experiment: str):
-    """A function returning a fresh MLflow sink per run, and the store's URI."""
-    from bench.record.mlflow_sink import MlflowSink, default_tracking_uri
-
-    results = Path(results_dir)
-    uri = tracking_uri or default_tracking_uri(results)
-    return (lambda: MlflowSink(uri, experiment, artifact_root=results / "artifacts")), uri
-
-
-def progress_factory(quiet: bool):
-    if quiet:
-        return None
-    from bench.harness.progress import make_progress
-
-    return lambda total, desc: make_progress(total, desc)
 
 
 @click.command()
@@ -100,7 +56,6 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
     runs in isolation: a failed job is recorded FAILED with its reason and the others go
     on; the exit code is 1 if any failed.
     """
-    from bench.cli.main import registry_of
     from bench.harness.plan import parse_seeds, parse_sets, plan_jobs, plan_table
 
     registry = registry_of(ctx)

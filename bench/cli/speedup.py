@@ -10,7 +10,13 @@ from pathlib import Path
 import click
 
 from bench.api.errors import BenchError, ConfigError
-from bench.cli.run import make_solver, progress_factory, sink_factory, solver_options
+from bench.cli.common import (
+    make_solver,
+    progress_factory,
+    registry_of,
+    sink_factory,
+    solver_options,
+)
 
 __all__ = ["speedup"]
 
@@ -67,7 +73,6 @@ def speedup(ctx, dataset, methods, budget, steps, net, hidden, hidden_mult, n_hi
             activation, batch_size, sets, evals, target, seed, device, with_test, solver, rtol,
             atol, divergence, probes, data_dir, results_dir, tracking_uri, experiment, quiet):
     """Per-iteration cost and time-to-target of methods sharing one network and batch."""
-    from bench.cli.main import registry_of
     from bench.harness.plan import parse_sets, plan_jobs, resolve_dataset
     from bench.harness.run import run_job
     from bench.record.speedup import from_record, plot, speedup_table, stamp

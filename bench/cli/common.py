@@ -1,0 +1,71 @@
+"""What the commands share: the registry of the invocation, option groups, the solver, the
+sink and progress factories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["registry_of", "solver_options", "store_options", "make_solver", "sink_factory",
+           "progress_factory"]
+
+
+def registry_of(ctx):
+    from bench.harness.registry import Registry
+
+    root = ctx.find_root()
+    return Registry(extra_dirs=list((root.obj or {}).get("plugins", ())))
+
+
+def solver_options(f):
+    """The evaluation solver options shared by run and speedup."""
+    for opt in reversed([
+        click.option("--solver", default="dopri5", show_default=True, help="Eval ODE solver."),
+        click.option("--rtol", type=float, default=1e-5, show_default=True, help="Eval ODE rtol."),
+        click.option("--atol", type=float, default=1e-5, show_default=True, help="Eval ODE atol."),
+        click.option("--divergence", type=click.Choice(["exact", "hutchinson"]),
+                     default="exact", show_default=True),
+        click.option("--probes", type=int, default=1, show_default=True,
+                     help="Hutchinson probes per solve."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def store_options(f):
+    for opt in reversed([
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Data root (default BENCH_DATA_DIR or ~/.cache/bench/data)."),
+        click.option("--results-dir", type=click.Path(file_okay=False), default="results",
+                     show_default=True),
+        click.option("--tracking-uri", default=None,
+                     help="MLflow URI (default results/mlflow.db)."),
+        click.option("--experiment", default="bench", show_default=True),
+    ]):
+        f = opt(f)
+    return f
+
+
+def make_solver(solver, rtol, atol, divergence, probes):
+    from bench.api import SolverConfig
+
+    return SolverConfig(method=solver, rtol=rtol, atol=atol, divergence=divergence,
+                        n_probes=probes)
+
+
+def sink_factory(results_dir: str, tracking_uri: str | None, experiment: str):
+    """A function returning a fresh MLflow sink per run, and the store's URI."""
+    from bench.record.mlflow_sink import MlflowSink, default_tracking_uri
+
+    results = Path(results_dir)
+    uri = tracking_uri or default_tracking_uri(results)
+    return (lambda: MlflowSink(uri, experiment, artifact_root=results / "artifacts")), uri
+
+
+def progress_factory(quiet: bool):
+    if quiet:
+        return None
+    from bench.harness.progress import make_progress
+
+    return lambda total, desc: make_progress(total, desc)
