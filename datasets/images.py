@@ -31,14 +31,15 @@ import pickle
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from bench.api import Dataset, Splits
 from bench.api.errors import DataError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["CIFAR10", "MNIST", "to_model_scale", "read_idx_images", "read_cifar_archive",
            "DEQUANTIZATION"]
@@ -59,6 +60,8 @@ CHECKSUMS = {  # file name -> (algorithm, hex digest)
 
 def to_model_scale(x: np.ndarray) -> Tensor:
     """uint8 images (n, C, H, W) -> float32 tensor 2 v / 255 - 1 in [-1, 1]."""
+    import torch
+
     if x.dtype != np.uint8:
         raise DataError(f"expected uint8 images, got {x.dtype}")
     return torch.from_numpy(np.ascontiguousarray(x)).float() / 127.5 - 1.0

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
-import torch
 
 from bench.api import Dataset, Splits
 from bench.api.errors import DataError
-from bench.science import maf
+from bench.science import maf  # torch-free: file formats, preprocessing, sizes
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +96,8 @@ class _MAFDataset(Dataset):
 
     def load(self) -> Splits:
         """The MAF splits as float32 tensors of shape (n, d)."""
+        import torch
+
         found = self._local()
         if found is None:
             raise DataError(maf.missing_message(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from bench.api import Dataset, Splits
-from bench.science.gaussian import gaussian_log_prob
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 __all__ = ["Checkerboard", "EightGaussians", "Spirals", "Moons", "Rings", "CorrelatedGaussian"]
 
@@ -48,6 +49,8 @@ class Toy(Dataset):
         """n float64 draws (n, *event_shape) using generator g."""
 
     def load(self) -> Splits:
+        import torch
+
         p = self.params
         g = torch.Generator().manual_seed(p.data_seed)
         train, val, test = (self._sample(n, g).float() for n in (p.n_train, p.n_val, p.n_test))
@@ -58,15 +61,21 @@ class Toy(Dataset):
         return Splits(train, val, test, self.event_shape, prov, names)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        import torch
+
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         return self._sample(n, g).float()
 
 
 def _rand(n: int, g: torch.Generator, *shape: int) -> Tensor:
+    import torch
+
     return torch.rand(n, *shape, generator=g, dtype=torch.float64)
 
 
 def _randn(n: int, g: torch.Generator, *shape: int) -> Tensor:
+    import torch
+
     return torch.randn(n, *shape, generator=g, dtype=torch.float64)
 
 
@@ -77,12 +86,16 @@ class Checkerboard(Toy):
     has_log_prob = True
 
     def _sample(self, n, g):
+        import torch
+
         x1 = _rand(n, g) * 4 - 2
         x2 = _rand(n, g) - torch.randint(0, 2, (n,), generator=g).double() * 2
         x2 = x2 + torch.floor(x1) % 2
         return torch.stack([x1, x2], 1) * 2
 
     def log_prob(self, x: Tensor) -> Tensor:
+        import torch
+
         u, w = x[:, 0] / 2, x[:, 1] / 2
         k = torch.floor(u) % 2
         r = w - k
@@ -98,17 +111,27 @@ class EightGaussians(Toy):
     has_log_prob = True
     _scale = 1.414
 
-    def _centers(self, dtype=torch.float64) -> Tensor:
+    def _centers(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The 8 centres (8, 2), float64 unless ``dtype`` says otherwise."""
+        import torch
+
+        dtype = torch.float64 if dtype is None else dtype
         s = 1.0 / math.sqrt(2)
         c = torch.tensor([(1, 0), (-1, 0), (0, 1), (0, -1), (s, s), (s, -s), (-s, s), (-s, -s)],
                          dtype=dtype)
         return 4.0 * c / self._scale
 
     def _sample(self, n, g):
+        import torch
+
         idx = torch.randint(0, 8, (n,), generator=g)
         return self._centers()[idx] + _randn(n, g, 2) * (0.5 / self._scale)
 
     def log_prob(self, x: Tensor) -> Tensor:
+        import torch
+
+        from bench.science.gaussian import gaussian_log_prob
+
         c = self._centers(x.dtype).to(x.device)
         var = torch.full((2,), (0.5 / self._scale) ** 2, dtype=x.dtype, device=x.device)
         comp = torch.stack([gaussian_log_prob(x, c[k], var) for k in range(8)], 1)
@@ -121,6 +144,8 @@ class Spirals(Toy):
     name = "spirals"
 
     def _sample(self, n, g):
+        import torch
+
         h = n // 2 + 1
         m = torch.sqrt(_rand(h, g)) * 540 * (2 * math.pi) / 360
         d1 = torch.stack([-torch.cos(m) * m + _rand(h, g) * 0.5,
@@ -135,6 +160,8 @@ class Moons(Toy):
     name = "moons"
 
     def _sample(self, n, g):
+        import torch
+
         theta = _rand(n, g) * math.pi
         upper = torch.rand(n, generator=g) < 0.5
         x = torch.where(upper, torch.cos(theta), 1 - torch.cos(theta))
@@ -149,6 +176,8 @@ class Rings(Toy):
     name = "rings"
 
     def _sample(self, n, g):
+        import torch
+
         ring = torch.randint(0, 4, (n,), generator=g).double() + 1
         theta = _rand(n, g) * 2 * math.pi
         pts = torch.stack([torch.cos(theta), torch.sin(theta)], 1) * ring[:, None]
@@ -175,6 +204,8 @@ class CorrelatedGaussian(Toy):
         return (params.dim,)
 
     def __init__(self, params=None, data_dir=None) -> None:
+        import torch
+
         super().__init__(params, data_dir)
         d = self.params.dim
         self.event_shape = (d,)
@@ -187,6 +218,8 @@ class CorrelatedGaussian(Toy):
         return self.mean + _randn(n, g, self.params.dim) @ self.scale_tril.T
 
     def log_prob(self, x: Tensor) -> Tensor:
+        import torch
+
         dist = torch.distributions.MultivariateNormal(
             self.mean.to(x), scale_tril=self.scale_tril.to(x))
         return dist.log_prob(x)

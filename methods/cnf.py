@@ -23,17 +23,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from bench.api import FlowMethod, RunContext, Splits
 from bench.api.errors import ConfigError
-from bench.science.nets import build_net
-from bench.science.ode import TrainConfig, TrainingLikelihood, training_log_likelihood
 
-__all__ = ["CNF", "CNFParams", "ScaledTimeField"]
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from bench.science.ode import TrainingLikelihood
+    from bench.science.solvers import TrainConfig
+
+__all__ = ["CNF", "CNFParams"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class CNFParams:
         return tuple(self.hidden) or (self.hidden_mult * dim,) * self.n_hidden
 
     def train_config(self) -> TrainConfig:
+        from bench.science.solvers import TrainConfig  # torch-free: the plan builds Params
+
         try:
             return TrainConfig(
                 method=self.solver, rtol=self.train_rtol, atol=self.train_atol,
@@ -103,25 +106,6 @@ class CNFParams:
             )
         except ConfigError as e:
             raise ValueError(str(e)) from None
-
-
-class ScaledTimeField(nn.Module):
-    """v(t, x) = T f(T t, x) with a learned end time T = s^2 (FFJORD's ``sqrt_end_time``):
-    the flow of f over [0, T] reparametrised to [0, 1]."""
-
-    def __init__(self, net: nn.Module, time_length: float) -> None:
-        super().__init__()
-        self.net = net
-        self.sqrt_end_time = nn.Parameter(torch.tensor(math.sqrt(time_length)))
-
-    def end_time(self) -> Tensor:
-        return self.sqrt_end_time * self.sqrt_end_time
-
-    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
-        """Args: t scalar, x (n, dim). Returns (n, dim)."""
-        big_t = self.end_time().to(x.dtype)
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        return big_t * self.net(big_t * t, x)
 
 
 class CNF(FlowMethod):
@@ -143,6 +127,10 @@ class CNF(FlowMethod):
         return None
 
     def __init__(self, params: CNFParams, splits: Splits, ctx: RunContext) -> None:
+        import torch
+
+        from bench.science.nets import ScaledTimeField, build_net
+
         super().__init__(params, splits, ctx)
         if len(self.event_shape) != 1:
             raise ConfigError(self.supports("", self.event_shape))
@@ -158,6 +146,8 @@ class CNF(FlowMethod):
     # -- the base density (t = 0) -------------------------------------------------------
     def base_sample(self, n: int) -> Tensor:
         """(n, dim) standard Gaussian draws on the run's device."""
+        import torch
+
         return torch.randn(n, self.dim, generator=self.gen).to(self.device)
 
     def velocity_field(self) -> nn.Module:
@@ -173,6 +163,8 @@ class CNF(FlowMethod):
             probes: optional (k, n, dim) Hutchinson probes (default: drawn from the method's
                 generator, ``n_probes`` of them).
         """
+        from bench.science.ode import training_log_likelihood
+
         return training_log_likelihood(self.v, x, self.base_log_prob, self.train_cfg,
                                        generator=self.gen, probes=probes)
 
@@ -184,6 +176,8 @@ class CNF(FlowMethod):
         solve that gives up (torchdiffeq asserts on exploding dynamics) returns a NaN
         objective, for the harness to raise on.
         """
+        import torch
+
         p = self.params
         x = batch.to(self.device).reshape(batch.shape[0], self.dim)
         self._last = None
@@ -212,6 +206,8 @@ class CNF(FlowMethod):
     def after_backward(self) -> dict[str, float]:
         """``nfe_backward``: the adjoint solve's function evaluations (0 without adjoint);
         ``end_time`` with a learned T."""
+        from bench.science.nets import ScaledTimeField
+
         out = {"nfe_backward": float(self._last.nfe_backward if self._last else 0)}
         if isinstance(self.v, ScaledTimeField):
             out["end_time"] = float(self.v.end_time().detach())

@@ -28,16 +28,14 @@ import logging
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any, Literal
 
 from bench.api import LogLikelihood, Method, RunContext, Splits
 from bench.api.errors import ConfigError
-from bench.science.diffusion import DiffusionSchedule, VPProbabilityFlow
-from bench.science.ode import standard_normal_log_prob
-from bench.science.unet import EpsMLP, UNet
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
 
 __all__ = ["DDPM"]
 
@@ -74,6 +72,8 @@ class Params:
 def _generator(seed: int, purpose: str) -> torch.Generator:
     """A CPU generator seeded from the run seed and a purpose, so that evaluation noise never
     coincides with data drawn from a generator seeded with the run seed itself."""
+    import torch
+
     return torch.Generator().manual_seed(zlib.crc32(f"ddpm-{purpose}-{seed}".encode()))
 
 
@@ -103,6 +103,9 @@ class DDPM(Method):
         return None
 
     def __init__(self, params: Params, splits: Splits, ctx: RunContext) -> None:
+        from bench.science.diffusion import DiffusionSchedule
+        from bench.science.unet import EpsMLP, UNet
+
         super().__init__(params, splits, ctx)
         p = params
         self.image = len(self.event_shape) == 3
@@ -127,6 +130,8 @@ class DDPM(Method):
         ||eps - eps_theta||^2 (Ho et al.'s L_simple); ``vlb`` the unbiased one-t estimate
         (T L_t + L_T) / D of the negative ELBO in nats/dim (no clipping, as Ho et al.'s
         training code); ``hybrid`` L_simple + vlb_weight * vlb. Metrics: ``mse``, ``vlb``."""
+        import torch
+
         p, sch = self.params, self.schedule
         x_0 = batch.to(self.ctx.device)
         n = x_0.shape[0]
@@ -155,6 +160,8 @@ class DDPM(Method):
     def sample(self, n: int) -> Tensor:
         """n samples (n, *event_shape): ancestral (the respaced chain of Nichol and Dhariwal
         when sample_steps < T) or deterministic DDIM (eta = 0). NFE = number of steps."""
+        import torch
+
         p = self.params
         k = p.sample_steps if 0 < p.sample_steps < p.T else p.T
         steps = torch.linspace(0, p.T - 1, k, dtype=torch.float64).round().long().unique()
@@ -162,35 +169,40 @@ class DDPM(Method):
         out = [self._sample_chunk(m, steps) for m in _chunks(n, p.eval_chunk)]
         return torch.cat(out) if out else torch.empty(0, *self.event_shape)
 
-    @torch.no_grad()
     def _sample_chunk(self, n: int, steps: Tensor) -> Tensor:
-        p, ab_all = self.params, self.schedule.alphas_cumprod
-        net = self._eval_net()
-        x = torch.randn(n, *self.event_shape, device=self.ctx.device)
-        for j in reversed(range(len(steps))):
-            t = int(steps[j])
-            ab = float(ab_all[t])
-            ab_prev = float(ab_all[steps[j - 1]]) if j > 0 else 1.0
-            eps = self._eps(net, x, torch.full((n,), float(t)))
-            x_0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
-            if self.image:
-                x_0 = x_0.clamp(-1.0, 1.0)
-                eps = (x - math.sqrt(ab) * x_0) / math.sqrt(1 - ab)
-            if p.sampler == "ddim":
-                x = math.sqrt(ab_prev) * x_0 + math.sqrt(1 - ab_prev) * eps
-                continue
-            beta = 1 - ab / ab_prev
-            x = (beta * math.sqrt(ab_prev) * x_0 + (1 - ab_prev) * math.sqrt(1 - beta) * x) / (
-                1 - ab)
-            if j > 0:
-                var = beta * (1 - ab_prev) / (1 - ab) if p.variance == "fixedsmall" else beta
-                x = x + math.sqrt(var) * torch.randn_like(x)
-        return x.cpu()
+        import torch
+
+        with torch.no_grad():
+            p, ab_all = self.params, self.schedule.alphas_cumprod
+            net = self._eval_net()
+            x = torch.randn(n, *self.event_shape, device=self.ctx.device)
+            for j in reversed(range(len(steps))):
+                t = int(steps[j])
+                ab = float(ab_all[t])
+                ab_prev = float(ab_all[steps[j - 1]]) if j > 0 else 1.0
+                eps = self._eps(net, x, torch.full((n,), float(t)))
+                x_0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+                if self.image:
+                    x_0 = x_0.clamp(-1.0, 1.0)
+                    eps = (x - math.sqrt(ab) * x_0) / math.sqrt(1 - ab)
+                if p.sampler == "ddim":
+                    x = math.sqrt(ab_prev) * x_0 + math.sqrt(1 - ab_prev) * eps
+                    continue
+                beta = 1 - ab / ab_prev
+                x = (beta * math.sqrt(ab_prev) * x_0 + (1 - ab_prev) * math.sqrt(1 - beta) * x) / (
+                    1 - ab)
+                if j > 0:
+                    var = beta * (1 - ab_prev) / (1 - ab) if p.variance == "fixedsmall" else beta
+                    x = x + math.sqrt(var) * torch.randn_like(x)
+            return x.cpu()
 
     # likelihoods ----------------------------------------------------------------------
     def log_prob(self, x: Tensor) -> LogLikelihood:
         """Exact log-density (n,) of the probability-flow ODE model at s_min at the points
         x (n, *event_shape), through the harness's engine and solver settings."""
+        from bench.science.diffusion import VPProbabilityFlow
+        from bench.science.ode import standard_normal_log_prob
+
         p, sch, cfg = self.params, self.schedule, self.ctx.solver
         if self.ctx.engine is None:
             raise ConfigError("this RunContext has no ODE engine: build it with "
@@ -222,6 +234,8 @@ class DDPM(Method):
         return self._bound(x, self.params.val_t_draws, "val")
 
     def _bound(self, x: Tensor, draws: int, purpose: str) -> LogLikelihood:
+        import torch
+
         p = self.params
         gen = _generator(self.ctx.seed, purpose)
         values = torch.cat([self._neg_elbo(xc, gen, draws)
@@ -238,29 +252,31 @@ class DDPM(Method):
         return LogLikelihood(values=-values.float(), kind="bound", estimator=est,
                              nfe=(draws or p.T - 1) + 1)
 
-    @torch.no_grad()
     def _neg_elbo(self, x_0: Tensor, gen: torch.Generator, draws: int) -> Tensor:
-        p, sch = self.params, self.schedule
-        net = self._eval_net()
-        x_0 = x_0.to(self.ctx.device)
-        n = x_0.shape[0]
+        import torch
 
-        def term(t: Tensor) -> Tensor:
-            noise = torch.randn(x_0.shape, generator=gen).to(x_0)
-            x_t = sch.q_sample(x_0, t, noise)
-            eps = self._eps(net, x_t, t)
-            return sch.vb_term(x_0, x_t, t, eps, p.variance, self.decoder,
-                               clip=self.image).double()
+        with torch.no_grad():
+            p, sch = self.params, self.schedule
+            net = self._eval_net()
+            x_0 = x_0.to(self.ctx.device)
+            n = x_0.shape[0]
 
-        total = sch.prior_kl(x_0).double() + term(torch.zeros(n, dtype=torch.long))
-        if draws > 0:
-            for _ in range(draws):
-                t = torch.randint(1, p.T, (n,), generator=gen)
-                total += (p.T - 1) / draws * term(t)
-        else:
-            for i in range(1, p.T):
-                total += term(torch.full((n,), i, dtype=torch.long))
-        return total.cpu()
+            def term(t: Tensor) -> Tensor:
+                noise = torch.randn(x_0.shape, generator=gen).to(x_0)
+                x_t = sch.q_sample(x_0, t, noise)
+                eps = self._eps(net, x_t, t)
+                return sch.vb_term(x_0, x_t, t, eps, p.variance, self.decoder,
+                                   clip=self.image).double()
+
+            total = sch.prior_kl(x_0).double() + term(torch.zeros(n, dtype=torch.long))
+            if draws > 0:
+                for _ in range(draws):
+                    t = torch.randint(1, p.T, (n,), generator=gen)
+                    total += (p.T - 1) / draws * term(t)
+            else:
+                for i in range(1, p.T):
+                    total += term(torch.full((n,), i, dtype=torch.long))
+            return total.cpu()
 
     # state ----------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:

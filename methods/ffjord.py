@@ -16,10 +16,13 @@ The code is loaded by path from ``submodules/ffjord`` (or the folder named by
 ``BENCH_FFJORD_DIR``, a checkout of the same commit outside this repository) under a
 private module name, so its top-level ``datasets`` and ``lib`` packages are never imported
 by name. Without it this plug-in is listed as unavailable with the instruction to run.
+Importing this file only checks that the checkout is there; the reference code (and torch)
+loads on first use, so listing and planning stay fast.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -28,15 +31,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ClassVar, Literal
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from bench.api import FlowMethod, RunContext, Splits
 from bench.api.errors import ConfigError
 
-__all__ = ["FFJORD", "FFJORDParams", "FFJORDVelocity", "ffjord_dir"]
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+__all__ = ["FFJORD", "FFJORDParams", "ffjord_dir", "reference_layers", "velocity_class"]
 
 SUBMODULE_MESSAGE = "submodule not checked out: run git submodule update --init submodules/ffjord"
 PINNED_COMMIT = "994864ad0517db3549717c25170f9b71e96788b1"
@@ -73,11 +76,17 @@ def _load_package(name: str, folder: Path) -> ModuleType:
 _ROOT = ffjord_dir()
 if not (_ROOT / "lib" / "layers" / "cnf.py").is_file():
     raise ImportError(SUBMODULE_MESSAGE)
-layers = _load_package("_bench_ffjord_layers", _ROOT / "lib" / "layers")
-# the reference's known warning, also raised in the adjoint (backward) solve, which the
-# harness runs: torch.tensor(t) on a tensor in ODEfunc.forward. Only for its modules.
-warnings.filterwarnings("ignore", message="To copy construct from a tensor",
-                        module="_bench_ffjord_layers")
+
+
+@functools.cache
+def reference_layers() -> ModuleType:
+    """The reference's ``lib/layers`` package, loaded (with torch) on first use."""
+    module = _load_package("_bench_ffjord_layers", _ROOT / "lib" / "layers")
+    # the reference's known warning, also raised in the adjoint (backward) solve, which the
+    # harness runs: torch.tensor(t) on a tensor in ODEfunc.forward. Only for its modules.
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor",
+                            module="_bench_ffjord_layers")
+    return module
 
 
 @dataclass
@@ -132,32 +141,40 @@ class FFJORDParams:
             raise ValueError("num_blocks and batch_size must be >= 1")
 
 
-class FFJORDVelocity(nn.Module):
-    """FFJORD's chain of CNF blocks as one field v(t, x) on [0, 1], t=0 base, t=1 data.
+@functools.cache
+def velocity_class() -> type[nn.Module]:
+    """`FFJORDVelocity`, defined on first use (it subclasses ``torch.nn.Module``)."""
+    import torch
+    from torch import nn
 
-    Block i of K (applied i-th to the data) integrates dz/ds = f_i(s, z) over s in
-    [0, T_i] from its data side; it occupies t in [(K-1-i)/K, (K-i)/K] with
-    s = T_i (1 - u), u = K t - (K-1-i), so v(t, x) = -K T_i f_i(s, x).
-    """
+    class FFJORDVelocity(nn.Module):
+        """FFJORD's chain of CNF blocks as one field v(t, x) on [0, 1], t=0 base, t=1 data.
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+        Block i of K (applied i-th to the data) integrates dz/ds = f_i(s, z) over s in
+        [0, T_i] from its data side; it occupies t in [(K-1-i)/K, (K-i)/K] with
+        s = T_i (1 - u), u = K t - (K-1-i), so v(t, x) = -K T_i f_i(s, x).
+        """
 
-    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
-        """Args: t scalar, x (n, dim). Returns (n, dim)."""
-        blocks = self.model.chain
-        k = len(blocks)
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        from_base = min(max(int(math.floor(float(t) * k)), 0), k - 1)
-        cnf = blocks[k - 1 - from_base]
-        end = (cnf.sqrt_end_time * cnf.sqrt_end_time).to(x.dtype)
-        s = end * (1 - (t * k - from_base))
-        odefunc = getattr(cnf.odefunc, "odefunc", cnf.odefunc)  # unwrap regularization
-        f = odefunc.diffeq(s, x)
-        if odefunc.residual:
-            f = f - x
-        return -k * end * f
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+            """Args: t scalar, x (n, dim). Returns (n, dim)."""
+            blocks = self.model.chain
+            k = len(blocks)
+            t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+            from_base = min(max(int(math.floor(float(t) * k)), 0), k - 1)
+            cnf = blocks[k - 1 - from_base]
+            end = (cnf.sqrt_end_time * cnf.sqrt_end_time).to(x.dtype)
+            s = end * (1 - (t * k - from_base))
+            odefunc = getattr(cnf.odefunc, "odefunc", cnf.odefunc)  # unwrap regularization
+            f = odefunc.diffeq(s, x)
+            if odefunc.residual:
+                f = f - x
+            return -k * end * f
+
+    return FFJORDVelocity
 
 
 class FFJORD(FlowMethod):
@@ -179,6 +196,8 @@ class FFJORD(FlowMethod):
         return None
 
     def __init__(self, params: FFJORDParams, splits: Splits, ctx: RunContext) -> None:
+        import torch
+
         super().__init__(params, splits, ctx)
         if len(self.event_shape) != 1:
             raise ConfigError(self.supports("", self.event_shape))
@@ -190,19 +209,19 @@ class FFJORD(FlowMethod):
             blocks = [self._block(hidden) for _ in range(p.num_blocks)]
         except (KeyError, AssertionError) as e:
             raise ConfigError(f"ffjord: unsupported setting ({e!r})") from None
-        self.model = layers.SequentialFlow(blocks).to(self.device)
-        self.v = FFJORDVelocity(self.model)
+        self.model = reference_layers().SequentialFlow(blocks).to(self.device)
+        self.v = velocity_class()(self.model)
         self._nfe_forward = 0
 
     def _block(self, hidden: tuple[int, ...]) -> nn.Module:
         """One CNF block as ``build_model_tabular`` + ``set_cnf_options`` make it."""
-        p = self.params
-        diffeq = layers.ODEnet(hidden_dims=hidden, input_shape=(self.dim,), strides=None,
+        p, lib = self.params, reference_layers()
+        diffeq = lib.ODEnet(hidden_dims=hidden, input_shape=(self.dim,), strides=None,
                                conv=False, layer_type=p.net, nonlinearity=p.activation)
         divergence = "approximate" if p.divergence == "hutchinson" else "brute_force"
-        odefunc = layers.ODEfunc(diffeq=diffeq, divergence_fn=divergence,
+        odefunc = lib.ODEfunc(diffeq=diffeq, divergence_fn=divergence,
                                  residual=p.residual, rademacher=p.probe == "rademacher")
-        cnf = layers.CNF(odefunc=odefunc, T=p.time_length, train_T=p.train_T,
+        cnf = lib.CNF(odefunc=odefunc, T=p.time_length, train_T=p.train_T,
                          regularization_fns=None, solver=p.solver)
         cnf.atol = cnf.test_atol = p.train_atol
         cnf.rtol = cnf.test_rtol = p.train_rtol
@@ -212,6 +231,8 @@ class FFJORD(FlowMethod):
 
     # -- the base density (t = 0) -------------------------------------------------------
     def base_sample(self, n: int) -> Tensor:
+        import torch
+
         return torch.randn(n, self.dim).to(self.device)
 
     def velocity_field(self) -> nn.Module:
@@ -219,12 +240,14 @@ class FFJORD(FlowMethod):
 
     # -- training (train_tabular.py's loop body) ------------------------------------------
     def count_nfe(self) -> int:
-        return int(sum(m.num_evals() for m in self.model.modules()
-                       if isinstance(m, layers.ODEfunc)))
+        odefunc = reference_layers().ODEfunc
+        return int(sum(m.num_evals() for m in self.model.modules() if isinstance(m, odefunc)))
 
     def loss(self, batch: Tensor, step: int = 0) -> tuple[Tensor, dict[str, float]]:
         """The reference loss -mean log p(batch) on (b, dim) data, with ``nfe_forward``.
         The Hutchinson probes come from torch's global generator, as in the reference."""
+        import torch
+
         x = batch.to(self.device, torch.get_default_dtype())
         with warnings.catch_warnings():
             # the reference's known warnings: torch.tensor(t), torch.tensor([0, T])

@@ -8,11 +8,12 @@ validates once); `loss` is the training NLL of a batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from bench.api import LogLikelihood, Method, RunContext, Splits
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 __all__ = ["GaussianMLE"]
 
@@ -23,16 +24,6 @@ class GaussianMLEParams:
     batch_size: int = 1024
 
 
-class _Stats(torch.nn.Module):
-    def __init__(self, mean: Tensor, scale_tril: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("scale_tril", scale_tril)
-
-    def dist(self) -> torch.distributions.MultivariateNormal:
-        return torch.distributions.MultivariateNormal(self.mean, scale_tril=self.scale_tril)
-
-
 class GaussianMLE(Method):
     """Full-covariance Gaussian, maximum-likelihood fit to the training split (closed form)."""
 
@@ -41,12 +32,16 @@ class GaussianMLE(Method):
     trainable = False
 
     def __init__(self, params: GaussianMLEParams, splits: Splits, ctx: RunContext) -> None:
+        import torch
+
+        from bench.science.gaussian import GaussianStats
+
         super().__init__(params, splits, ctx)
         x = splits.train.reshape(splits.train.shape[0], -1).double()
         mean = x.mean(0)
         cov = torch.cov(x.T, correction=0).reshape(x.shape[1], x.shape[1])
         cov = cov + params.ridge * torch.eye(x.shape[1], dtype=cov.dtype)
-        self.stats = _Stats(mean, torch.linalg.cholesky(cov)).to(ctx.device)
+        self.stats = GaussianStats(mean, torch.linalg.cholesky(cov)).to(ctx.device)
         self.gen = torch.Generator().manual_seed(ctx.seed)
 
     def loss(self, batch: Tensor, step: int = 0) -> Tensor:
@@ -58,11 +53,13 @@ class GaussianMLE(Method):
         return LogLikelihood(lp.float(), kind="exact", estimator="closed-form Gaussian")
 
     def sample(self, n: int) -> Tensor:
+        import torch
+
         z = torch.randn(n, self.stats.mean.numel(), generator=self.gen, dtype=torch.float64)
         x = self.stats.mean + z.to(self.stats.mean.device) @ self.stats.scale_tril.T
         return x.float().reshape(n, *self.event_shape)
 
-    def modules(self) -> dict[str, torch.nn.Module]:
+    def modules(self) -> dict[str, nn.Module]:
         return {"stats": self.stats}
 
     def extra_state(self) -> dict[str, Tensor]:

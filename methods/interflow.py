@@ -10,14 +10,12 @@ dX/dt = v_t(X) with the harness's shared engine (`bench.science.ode`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from bench.api import ConfigError, DatasetRef, FlowMethod, RunContext, Splits
-from bench.science.interpolants import get_interpolant
-from bench.science.nets import build_net
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 __all__ = ["InterFlow", "InterFlowParams"]
 
@@ -31,8 +29,9 @@ class InterFlowParams:
         interpolant: I_t(x_0, x_1) (`bench.science.interpolants`).
         net, hidden, activation: the velocity network (`bench.science.nets`).
         time_dist, beta_a, beta_b: distribution of t in the loss (uniform or Beta(a, b)).
-        base: the base density at t=0: "gaussian" (N(0, I)) or a dataset with the data's
-            event shape (its closed-form density gives the likelihood; without one the
+        base: the base density at t=0: None (``base=none``, the default) for N(0, I), or a
+            dataset selection with the data's event shape (e.g. ``base=8gaussians``; its
+            closed-form density gives the likelihood; without one the
             method reports no likelihood).
     """
 
@@ -44,7 +43,7 @@ class InterFlowParams:
     time_dist: Literal["uniform", "beta"] = "uniform"
     beta_a: float = 1.0
     beta_b: float = 1.0
-    base: DatasetRef = DatasetRef("gaussian")
+    base: DatasetRef | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -69,6 +68,11 @@ class InterFlow(FlowMethod):
         return None
 
     def __init__(self, params: InterFlowParams, splits: Splits, ctx: RunContext) -> None:
+        import torch
+
+        from bench.science.interpolants import get_interpolant
+        from bench.science.nets import build_net
+
         super().__init__(params, splits, ctx)
         if len(self.event_shape) != 1:
             raise ConfigError(self.supports("", self.event_shape))
@@ -77,7 +81,7 @@ class InterFlow(FlowMethod):
         self.v = build_net(self.dim, params.hidden, params.activation, params.net).to(ctx.device)
         self.gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
         self.base_dataset = None
-        if params.base != "gaussian":
+        if params.base is not None:
             self.base_dataset = ctx.datasets.get("base")
             if self.base_dataset is None:
                 raise ConfigError(f"base {params.base!r}: the harness passes the dataset as "
@@ -93,6 +97,8 @@ class InterFlow(FlowMethod):
 
     # -- the base density (t = 0) -------------------------------------------------------
     def base_sample(self, n: int) -> Tensor:
+        import torch
+
         if self.base_dataset is not None:
             x = self.base_dataset.sample(n, generator=self.gen)
         else:
@@ -104,11 +110,13 @@ class InterFlow(FlowMethod):
             return self.base_dataset.log_prob(x_0)
         return super().base_log_prob(x_0)
 
-    def velocity_field(self) -> torch.nn.Module:
+    def velocity_field(self) -> nn.Module:
         return self.v
 
     # -- training -----------------------------------------------------------------------
     def sample_time(self, n: int) -> Tensor:
+        import torch
+
         p = self.params
         if p.time_dist == "beta":
             dist = torch.distributions.Beta(torch.tensor(p.beta_a), torch.tensor(p.beta_b))
@@ -131,7 +139,7 @@ class InterFlow(FlowMethod):
         return ((v * v).sum(1) - 2 * (path.dx_t * v).sum(1)).mean()
 
     # -- state ----------------------------------------------------------------------------
-    def modules(self) -> dict[str, torch.nn.Module]:
+    def modules(self) -> dict[str, nn.Module]:
         return {"v": self.v}
 
     def extra_state(self) -> dict[str, Any]:

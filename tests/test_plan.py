@@ -4,6 +4,8 @@ or any tracking run is opened."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -94,6 +96,8 @@ def test_optimisation_settings_are_shared_and_typed(registry, no_data):
 
 
 def test_dataset_reference_parameters_are_resolved_in_the_plan(registry, no_data):
+    (plain,) = plan_jobs(registry, ["interflow"], ["checkerboard"], [0])
+    assert plain.method_params.base is None and plain.refs == {}  # N(0, I): nothing to load
     (job,) = plan_jobs(registry, ["interflow[base=8gaussians]"], ["checkerboard"], [0])
     cls, params = job.refs["base"]
     assert cls.name == "8gaussians" and params.n_train > 0
@@ -134,3 +138,58 @@ def test_a_params_default_of_the_wrong_type_stops_the_plan(tmp_path, no_data, tr
     assert res.exit_code == 1, res.output
     assert res.output.count("\n") == 1 and "'width' is declared int" in res.output
     assert _runs(tracking_uri) == []
+
+
+PLAN_WITHOUT_TORCH = """
+import contextlib, io, json, sys
+from bench.cli.main import main
+from bench.harness.plan import plan_jobs, plan_table
+from bench.harness.registry import Registry
+
+out = {}
+with contextlib.redirect_stderr(io.StringIO()) as err:
+    try:
+        main(["run", "-m", "interflow[interpolant=zigzag]", "-d", "miniboone",
+              "--tracking-uri", sys.argv[1]], standalone_mode=False)
+        out["exit"] = 0
+    except SystemExit as e:
+        out["exit"] = e.code
+out["error"] = err.getvalue()
+with contextlib.redirect_stdout(io.StringIO()) as listing:
+    main(["list", "--json"], standalone_mode=False)
+out["listed"] = [(r["kind"], r["name"], r["available"]) for r in json.loads(listing.getvalue())]
+reg = Registry()
+methods = [m for m in reg.names("method") if reg.plugins["method"][m].available]
+data = {d: reg.get("dataset", d) for d in reg.names("dataset")}
+jobs = []
+for m in methods:
+    cls = reg.get("method", m)
+    ok = [d for d, c in data.items() if cls.supports(c.kind, c.shape(c.Params())) is None]
+    jobs += plan_jobs(reg, [m], ok)
+plan_table(jobs)
+out["planned"] = sorted({(j.method, j.dataset) for j in jobs})
+out["loaded"] = [m for m in ("torch", "mlflow") if m in sys.modules]
+print(json.dumps(out))
+"""
+
+
+def test_planning_imports_neither_torch_nor_mlflow(tmp_path):
+    """A bad selection exits 2, and listing and planning a grid of every built-in method
+    and dataset never import torch or mlflow (so they answer in well under a second)."""
+    db = tmp_path / "x.db"
+    res = subprocess.run([sys.executable, "-c", PLAN_WITHOUT_TORCH, f"sqlite:///{db}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["exit"] == 2 and "zigzag" in out["error"], out
+    assert out["loaded"] == [], f"planning imported {out['loaded']}"
+    assert not db.exists()
+    listed = {(kind, name) for kind, name, _ in out["listed"]}
+    builtin = {("method", m) for m in ("interflow", "cnf", "ddpm", "gaussian_mle", "ffjord")}
+    assert builtin <= listed and len(listed) == len(out["listed"])
+    planned_methods = {m for m, _ in out["planned"]}
+    planned_data = {d for _, d in out["planned"]}
+    available = {(k, n) for k, n, ok in out["listed"] if ok}
+    assert planned_methods == {n for k, n in available if k == "method"}
+    assert planned_data == {n for k, n in available if k == "dataset"} == \
+        {n for k, n in listed if k == "dataset"}

@@ -31,17 +31,15 @@ from bench.harness.optim import Trainer
 from bench.harness.preflight import (
     check_dataset_instance,
     check_method_instance,
-    check_param_defaults,
     check_splits,
     likelihood_problem,
-    param_default_problems,
     split_dtype_problem,
     split_empty_problem,
     split_finite_problem,
     split_shape_problem,
     trainable_parameters,
 )
-from bench.harness.selection import build_params
+from bench.harness.selection import build_params, check_param_defaults, param_default_problems
 
 __all__ = ["Check", "check_method", "check_dataset", "synthetic_splits", "check_splits",
            "check_method_instance", "check_dataset_instance", "check_param_defaults",

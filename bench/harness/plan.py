@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import Budget, ConfigError, DatasetRef, Job, OptimConfig, SolverConfig
-from bench.harness.selection import build_params, closest, param_fields, parse_selection
+from bench.harness.selection import (
+    build_params,
+    check_param_defaults,
+    closest,
+    param_fields,
+    parse_selection,
+)
 
 __all__ = ["plan_jobs", "parse_sets", "parse_seeds", "resolve_dataset", "OPTIM_FIELDS",
            "plan_table", "is_dataset_ref"]
@@ -52,17 +58,11 @@ def is_dataset_ref(tp: Any) -> bool:
     return any(a is DatasetRef for a in typing.get_args(tp))
 
 
-def _check_defaults(cls: type, owner: str) -> None:
-    from bench.harness.preflight import check_param_defaults
-
-    check_param_defaults(cls, owner)
-
-
 def resolve_dataset(registry, selection: str, extra: dict[str, str] | None = None):
     """(class, params) of a dataset selection, validated (no data read)."""
     name, over = parse_selection(selection)
     cls = registry.get("dataset", name)
-    _check_defaults(cls, f"dataset {name!r}")
+    check_param_defaults(cls, f"dataset {name!r}")
     return cls, build_params(cls.Params, {**(extra or {}), **over}, f"dataset {name!r}")
 
 
@@ -96,7 +96,7 @@ def _method(registry, selection: str, extra: dict[str, str], kind: str):
     name, over = parse_selection(selection)
     cls = registry.get("method", name)
     owner = f"method {name!r}"
-    _check_defaults(cls, owner)
+    check_param_defaults(cls, owner)
     merged = {**extra, **over}
     fields = param_fields(cls.Params)
     clash = sorted(set(fields) & set(OPTIM_FIELDS))

@@ -3,20 +3,20 @@ with the full contract checks of `bench.harness.contract`.
 
 Each raises one sentence: `ContractError` when the plug-in's code breaks the contract
 (float64 data, wrong shapes, no trainable parameters, defaults of the wrong type),
-`DataError` when the data itself is bad (an empty split, non-finite rows).
+`DataError` when the data itself is bad (an empty split, non-finite rows). The check of the
+parameter defaults lives in the torch-free `bench.harness.selection` (the plan runs it) and
+is re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from typing import Any
 
 import torch
 
 from bench.api import ContractError, DataError, LogLikelihood, Method, Splits
 from bench.api.types import LIKELIHOOD_KINDS
+from bench.harness.selection import check_param_defaults, param_default_problems
 
 __all__ = ["check_splits", "check_method_instance", "check_dataset_instance",
            "check_param_defaults", "param_default_problems", "trainable_parameters",
@@ -24,83 +24,6 @@ __all__ = ["check_splits", "check_method_instance", "check_dataset_instance",
            "split_finite_problem", "likelihood_problem"]
 
 PARTS = ("train", "val", "test")
-
-
-# -- parameter defaults -----------------------------------------------------------------
-def _tname(tp: Any) -> str:
-    if isinstance(tp, type) or isinstance(tp, typing.NewType):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    """Whether ``value`` has the declared type ``tp`` (int is accepted for float)."""
-    if tp is Any or tp is object or isinstance(tp, typing.TypeVar):
-        return True
-    if isinstance(tp, typing.NewType):
-        return _matches(value, tp.__supertype__)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if origin is tuple:
-        if not isinstance(value, tuple):
-            return False
-        if not args or args == ((),):
-            return True
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        return len(value) == len(args) and all(map(_matches, value, args))
-    if origin in (list, set, frozenset):
-        return isinstance(value, origin) and all(_matches(v, args[0]) for v in value
-                                                 if args)
-    if origin is not None:
-        return isinstance(value, origin)
-    if tp is type(None) or tp is None:
-        return value is None
-    if tp is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp) if isinstance(tp, type) else True
-
-
-def param_default_problems(cls: type) -> list[str]:
-    """Sentences saying how ``cls.Params`` breaks the contract (empty when it holds): a
-    dataclass whose fields all have defaults of their declared types."""
-    params = getattr(cls, "Params", None)
-    if not (isinstance(params, type) and dataclasses.is_dataclass(params)):
-        return ["Params is not a dataclass (decorate it with @dataclass)"]
-    try:
-        hints = typing.get_type_hints(params)
-    except Exception as exc:  # noqa: BLE001 - an unresolvable annotation
-        return [f"the type hints of Params cannot be resolved ({type(exc).__name__}: {exc})"]
-    problems = []
-    for f in dataclasses.fields(params):
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            problems.append(f"parameter {f.name!r} has no default")
-            continue
-        tp = hints.get(f.name, Any)
-        if not _matches(value, tp):
-            problems.append(f"parameter {f.name!r} is declared {_tname(tp)} but its default "
-                            f"is {value!r} ({type(value).__name__})")
-    return problems
-
-
-def check_param_defaults(cls: type, owner: str) -> None:
-    """ContractError (one sentence) unless every ``Params`` default has its declared type.
-
-    Args:
-        owner: how to name the plug-in, e.g. "method 'interflow'".
-    """
-    problems = param_default_problems(cls)
-    if problems:
-        raise ContractError(f"{owner}: {problems[0]}")
 
 
 # -- splits ---------------------------------------------------------------------------------

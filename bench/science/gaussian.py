@@ -6,6 +6,8 @@ x_t = a_t x_0 + b_t x_1. Then rho_t = N(b_t m, diag(a_t^2 + b_t^2 s^2)) and the 
 velocity E[dI/dt | x_t = x] is
 
     v(t, x) = b'_t m + (a_t a'_t + b_t b'_t s^2) / (a_t^2 + b_t^2 s^2) * (x - b_t m).
+
+`GaussianStats` holds a fitted full-covariance Gaussian (the ``gaussian_mle`` method's).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 
 from bench.science.interpolants import Interpolant
 
-__all__ = ["GaussianPath", "gaussian_log_prob"]
+__all__ = ["GaussianPath", "GaussianStats", "gaussian_log_prob"]
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
@@ -52,3 +54,19 @@ class GaussianPath(nn.Module):
     def log_prob(self, x: Tensor, t=1.0) -> Tensor:
         mean, var = self.mean_var(t)
         return gaussian_log_prob(x, mean, var)
+
+
+class GaussianStats(nn.Module):
+    """A full-covariance Gaussian N(mean, L L^T) as buffers (saved with the module's state).
+
+    Args:
+        mean: (d,) mean; scale_tril: (d, d) lower Cholesky factor L of the covariance.
+    """
+
+    def __init__(self, mean: Tensor, scale_tril: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("scale_tril", scale_tril)
+
+    def dist(self) -> torch.distributions.MultivariateNormal:
+        return torch.distributions.MultivariateNormal(self.mean, scale_tril=self.scale_tril)

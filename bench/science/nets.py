@@ -6,16 +6,21 @@ and in the MLE CNF, so a per-iteration comparison can use identical architecture
 - ``mlp``: x and t concatenated at the input, then an MLP (the InterFlow paper's choice);
 - ``concat``: t concatenated to the input of every layer (FFJORD's ConcatLinear);
 - ``concatsquash``: FFJORD's ConcatSquashLinear, (W x + b) * sigmoid(W_g t + b_g) + W_b t.
+
+`ScaledTimeField` wraps any of them with a learned end time (the CNF's ``train_time``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
 
 from bench.api.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "NETS", "build_net", "count_parameters", "TimeNet"]
+__all__ = ["ACTIVATIONS", "NETS", "build_net", "count_parameters", "TimeNet",
+           "ScaledTimeField"]
 
 ACTIVATIONS = {
     "softplus": nn.Softplus,
@@ -89,6 +94,25 @@ class TimeNet(nn.Module):
             if i < len(self.layers) - 1:
                 h = self.act(h)
         return h
+
+
+class ScaledTimeField(nn.Module):
+    """v(t, x) = T f(T t, x) with a learned end time T = s^2 (FFJORD's ``sqrt_end_time``):
+    the flow of f over [0, T] reparametrised to [0, 1]."""
+
+    def __init__(self, net: nn.Module, time_length: float) -> None:
+        super().__init__()
+        self.net = net
+        self.sqrt_end_time = nn.Parameter(torch.tensor(math.sqrt(time_length)))
+
+    def end_time(self) -> Tensor:
+        return self.sqrt_end_time * self.sqrt_end_time
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        """Args: t scalar, x (n, dim). Returns (n, dim)."""
+        big_t = self.end_time().to(x.dtype)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return big_t * self.net(big_t * t, x)
 
 
 def build_net(dim: int, hidden: tuple[int, ...], activation: str, net: str) -> TimeNet:
