@@ -118,13 +118,7 @@ class CNF(FlowMethod):
     }
     likelihood = "exact"
     optim: ClassVar[dict[str, Any]] = {"lr": 1e-3, "weight_decay": 1e-6}
-
-    @classmethod
-    def supports(cls, kind: str, event_shape: tuple[int, ...] | None) -> str | None:
-        if kind == "image" or (event_shape is not None and len(event_shape) != 1):
-            shape = f" of shape {tuple(event_shape)}" if event_shape else ""
-            return f"cnf models flat vectors; got {kind} data{shape}"
-        return None
+    event_ranks = (1,)
 
     def __init__(self, params: CNFParams, splits: Splits, ctx: RunContext) -> None:
         import torch

@@ -87,6 +87,7 @@ class DDPM(Method):
                    "unet_ch": 8, "unet_ch_mult": (1, 2), "unet_num_res_blocks": 1,
                    "unet_attn_resolutions": (4,), "dropout": 0.0, "eval_chunk": 256}
     likelihood = "exact"
+    event_ranks = (1, 3)
 
     @classmethod
     def default_optim(cls, kind: str) -> dict[str, Any]:
@@ -94,13 +95,6 @@ class DDPM(Method):
         the EMA decay, when switched on with ``ema``, warms up as in Ho et al."""
         return {"lr": 2e-4 if kind == "image" else 1e-3, "grad_clip": 1.0,
                 "ema_warmup": True}
-
-    @classmethod
-    def supports(cls, kind: str, event_shape: tuple[int, ...] | None) -> str | None:
-        if event_shape is not None and len(event_shape) not in (1, 3):
-            return (f"ddpm models vectors (d,) or images (C, H, W); got "
-                    f"{tuple(event_shape)}")
-        return None
 
     def __init__(self, params: Params, splits: Splits, ctx: RunContext) -> None:
         from bench.science.diffusion import DiffusionSchedule

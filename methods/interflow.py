@@ -59,13 +59,7 @@ class InterFlow(FlowMethod):
     Params = InterFlowParams
     test_params = {"hidden": (16, 16), "batch_size": 64}
     optim: ClassVar[dict[str, Any]] = {"lr": 1e-3, "schedule": "cosine", "grad_clip": 1.0}
-
-    @classmethod
-    def supports(cls, kind: str, event_shape: tuple[int, ...] | None) -> str | None:
-        if kind == "image" or (event_shape is not None and len(event_shape) != 1):
-            shape = f" of shape {tuple(event_shape)}" if event_shape else ""
-            return f"interflow models flat vectors with an MLP velocity; got {kind} data{shape}"
-        return None
+    event_ranks = (1,)
 
     def __init__(self, params: InterFlowParams, splits: Splits, ctx: RunContext) -> None:
         import torch

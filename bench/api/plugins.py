@@ -127,12 +127,26 @@ class Method(ABC):
         self.event_shape = tuple(splits.event_shape)
         self.ctx = ctx
 
+    #: ranks of the event shapes the method can model, checked by the default `supports`:
+    #: (1,) flat vectors (d,), (3,) images (C, H, W), (1, 3) both; None: anything.
+    event_ranks: ClassVar[tuple[int, ...] | None] = None
+
     @classmethod
     def supports(cls, kind: str, event_shape: tuple[int, ...] | None) -> str | None:
         """None if the method can model data of this kind and shape, else one sentence
         saying why not (checked in the plan, before any data is read, where the shape may
-        be unknown (None); and again with the loaded shape before training)."""
-        return None
+        be unknown (None); and again with the loaded shape before training). Default: the
+        rank of the event shape (of the kind when the shape is unknown) against
+        ``event_ranks``."""
+        if cls.event_ranks is None:
+            return None
+        rank = len(event_shape) if event_shape is not None else (3 if kind == "image" else 1)
+        if rank in cls.event_ranks:
+            return None
+        names = {1: "flat vectors (d,)", 3: "images (C, H, W)"}
+        models = " or ".join(names.get(r, f"rank-{r} data") for r in cls.event_ranks)
+        shape = f" of shape {tuple(event_shape)}" if event_shape is not None else ""
+        return f"{cls.name} models {models}; got {kind or 'the'} data{shape}"
 
     @classmethod
     def default_optim(cls, kind: str) -> dict[str, Any]:

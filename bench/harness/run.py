@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.api import BenchError, Job, RunRecord, Sink
+from bench.api import BenchError, ConfigError, Job, RunRecord, Sink
 
 __all__ = ["run_job", "load_model", "job_params", "git_commit", "Recorder"]
 
@@ -158,6 +158,10 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> N
     from bench.harness.preflight import check_method_instance
 
     dataset, splits, refs = _load_splits(job, rec)
+    reason = job.method_cls.supports(job.dataset_cls.kind, tuple(splits.event_shape))
+    if reason:
+        raise ConfigError(f"method {job.method!r} cannot model dataset {job.dataset!r}: "
+                          f"{reason}")
     torch.manual_seed(job.seed)
     ctx = make_context(device=job.device, seed=job.seed, solver=job.solver,
                        max_steps=job.budget.steps, datasets=refs,
