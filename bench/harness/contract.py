@@ -16,18 +16,18 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from bench.api import DatasetRef, LogLikelihood, Method, OptimConfig, SolverConfig, Splits
+from bench.api import LogLikelihood, Method, OptimConfig, SolverConfig, Splits
 from bench.api.types import KINDS, LIKELIHOOD_KINDS
 from bench.harness.checkpoint import restore, snapshot
 from bench.harness.context import make_context
 from bench.harness.optim import Trainer
+from bench.harness.plan import resolve_refs
 from bench.harness.preflight import (
     check_dataset_instance,
     check_method_instance,
@@ -99,12 +99,6 @@ def _params_checks(out: _Checks, cls: type) -> bool:
     return ok and out.run("params.defaults", lambda: (param_default_problems(cls) or [None])[0])
 
 
-def _ref_fields(params_cls: type) -> list[str]:
-    hints = typing.get_type_hints(params_cls)
-    return [f for f, tp in hints.items()
-            if tp is DatasetRef or DatasetRef in typing.get_args(tp)]
-
-
 def _kind_of(splits: Splits) -> str:
     if len(splits.event_shape) == 3:
         return "image"
@@ -113,15 +107,12 @@ def _kind_of(splits: Splits) -> str:
 
 def _instantiate(cls: type, splits: Splits, seed: int, registry: Any = None) -> Method:
     params = build_params(cls.Params, dict(cls.test_params), f"method {cls.name!r}")
-    refs = {}
-    for field in _ref_fields(cls.Params):
-        value = getattr(params, field)
-        if value:
-            if registry is None:
-                from bench.harness.registry import Registry
+    if registry is None:
+        from bench.harness.registry import Registry
 
-                registry = Registry()
-            refs[field] = registry.dataset(str(value))
+        registry = Registry()
+    refs = {field: ref_cls(ref_params)
+            for field, (ref_cls, ref_params) in resolve_refs(registry, params).items()}
     ctx = make_context(seed=seed, solver=SolverConfig(rtol=1e-4, atol=1e-4), max_steps=10,
                        datasets=refs)
     torch.manual_seed(seed)

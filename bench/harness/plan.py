@@ -26,7 +26,8 @@ from bench.harness.selection import (
 )
 
 __all__ = ["plan_jobs", "parse_sets", "parse_seeds", "resolve_dataset", "OPTIM_FIELDS",
-           "plan_table", "is_dataset_ref"]
+           "plan_table", "is_dataset_ref",
+           "resolve_refs"]
 
 OPTIM_FIELDS = tuple(f.name for f in dataclasses.fields(OptimConfig))
 
@@ -113,12 +114,14 @@ def _method(registry, selection: str, extra: dict[str, str], kind: str):
     params = build_params(cls.Params, own, owner)
     optim = build_params(OptimConfig, {**cls.default_optim(kind), **optim_over},
                          f"{owner} (optimisation)")
-    refs = {}
-    for field, tp in fields.items():
-        value = getattr(params, field)
-        if is_dataset_ref(tp) and value:
-            refs[field] = resolve_dataset(registry, str(value))
-    return cls, params, optim, refs
+    return cls, params, optim, resolve_refs(registry, params)
+
+
+def resolve_refs(registry, params: Any) -> dict[str, tuple[type, Any]]:
+    """Field -> (dataset class, params) of every ``DatasetRef`` parameter that is set."""
+    return {field: resolve_dataset(registry, str(getattr(params, field)))
+            for field, tp in param_fields(type(params)).items()
+            if is_dataset_ref(tp) and getattr(params, field)}
 
 
 def _budget(dataset_cls: type, steps: int | None, max_seconds: float | None,

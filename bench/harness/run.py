@@ -204,8 +204,8 @@ def load_model(checkpoint: dict[str, Any], registry, *, data_dir: Path | None = 
     (the EMA average when the run kept one). Reads the dataset to construct the method."""
     from bench.harness.checkpoint import load_into
     from bench.harness.context import make_context
-    from bench.harness.plan import is_dataset_ref, resolve_dataset
-    from bench.harness.selection import build_params, param_fields
+    from bench.harness.plan import resolve_refs
+    from bench.harness.selection import build_params
 
     m_cls = registry.get("method", checkpoint["method"])
     d_cls = registry.get("dataset", checkpoint["dataset"])
@@ -214,12 +214,8 @@ def load_model(checkpoint: dict[str, Any], registry, *, data_dir: Path | None = 
     d_params = build_params(d_cls.Params, _typed(d_cls.Params, checkpoint["dataset_params"]),
                             f"dataset {d_cls.name!r}")
     splits = d_cls(d_params, data_dir=data_dir).splits()
-    refs = {}
-    for field, tp in param_fields(m_cls.Params).items():
-        value = getattr(m_params, field)
-        if is_dataset_ref(tp) and value:
-            cls, params = resolve_dataset(registry, str(value))
-            refs[field] = cls(params, data_dir=data_dir)
+    refs = {field: cls(params, data_dir=data_dir)
+            for field, (cls, params) in resolve_refs(registry, m_params).items()}
     ctx = make_context(device=device, seed=int(checkpoint.get("seed", 0)), solver=solver,
                        datasets=refs)
     method = m_cls(m_params, splits, ctx)
