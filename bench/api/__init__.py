@@ -14,7 +14,7 @@ from bench.api.errors import (
     TrainingDiverged,
 )
 from bench.api.plugins import Dataset, FlowMethod, Method
-from bench.api.records import Budget, Job, OptimConfig, RunRecord, Sink
+from bench.api.records import Budget, Execution, Job, OptimConfig, RunRecord, SampleEval, Sink
 from bench.api.types import (
     DatasetRef,
     FlowEngine,
@@ -29,6 +29,6 @@ from bench.api.types import (
 __all__ = [
     "BenchError", "ConfigError", "ContractError", "DataError", "PluginUnavailable",
     "TrainingDiverged", "Dataset", "FlowMethod", "Method", "Budget", "Job", "OptimConfig",
-    "RunRecord", "Sink", "DatasetRef", "FlowEngine", "LogLikelihood", "NoParams",
-    "RunContext", "SolverConfig", "Splits", "default_data_dir",
+    "SampleEval", "Execution", "RunRecord", "Sink", "DatasetRef", "FlowEngine",
+    "LogLikelihood", "NoParams", "RunContext", "SolverConfig", "Splits", "default_data_dir",
 ]

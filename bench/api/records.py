@@ -14,7 +14,8 @@ from typing import Any, Literal, Protocol
 from bench.api.errors import ConfigError
 from bench.api.types import SolverConfig
 
-__all__ = ["OptimConfig", "Budget", "Job", "RunRecord", "Sink", "STATUSES"]
+__all__ = ["OptimConfig", "Budget", "SampleEval", "Execution", "Job", "RunRecord", "Sink",
+           "STATUSES"]
 
 STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
 
@@ -64,6 +65,8 @@ class Budget:
         eval_at_seconds: validate once each of these training times is passed.
         patience: early stop after N validations without improvement.
         val_rows: use only the first N validation rows (None: all).
+        test_rows: score only the first N test rows (None: all; the test split's tag says
+            so when a subset was scored).
     """
 
     steps: int | None = 5000
@@ -72,6 +75,7 @@ class Budget:
     eval_at_seconds: tuple[float, ...] = ()
     patience: int = 8
     val_rows: int | None = None
+    test_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps is None and self.max_seconds is None:
@@ -84,6 +88,70 @@ class Budget:
             raise ConfigError(f"--eval-every must be >= 1, got {self.eval_every}")
         if self.patience < 1:
             raise ConfigError(f"--patience must be >= 1, got {self.patience}")
+        for name, rows in (("--val-rows", self.val_rows), ("--test-rows", self.test_rows)):
+            if rows is not None and rows < 2:
+                raise ConfigError(f"{name} must be >= 2, got {rows}")
+
+
+@dataclass(frozen=True)
+class SampleEval:
+    """Sample-based scoring of image runs: FID and KID of generated samples against the
+    Inception features of a named split (`bench.science.fid`), and the samples grid.
+
+    Attributes:
+        samples: generated images scored (0: no FID/KID); None: 1000 on image data, 0 else.
+        reference: the split whose features are the reference ("train", "val" or "test";
+            recorded with every FID: train and test differ by about 2 FID points for DDPM
+            on CIFAR-10).
+        reference_rows: use only the first N images of the reference split (None: all).
+        kid_subsets, kid_subset_size: KID's subsets (size clipped to the smaller set).
+        grid: images in the samples grid PNG (0: none).
+    """
+
+    samples: int | None = None
+    reference: Literal["train", "val", "test"] = "test"
+    reference_rows: int | None = None
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    grid: int = 64
+
+    def __post_init__(self) -> None:
+        if self.samples is not None and self.samples < 0:
+            raise ConfigError(f"--fid-samples must be >= 0, got {self.samples}")
+        if self.samples == 1:
+            raise ConfigError("--fid-samples must be 0 (off) or >= 2")
+        if self.reference not in ("train", "val", "test"):
+            raise ConfigError(f"--fid-ref must be train, val or test, got {self.reference!r}")
+        if self.reference_rows is not None and self.reference_rows < 2:
+            raise ConfigError(f"--fid-ref-rows must be >= 2, got {self.reference_rows}")
+        if self.kid_subsets < 1 or self.kid_subset_size < 2 or self.grid < 0:
+            raise ConfigError("kid_subsets must be >= 1, kid_subset_size >= 2, grid >= 0")
+
+    def n_samples(self, kind: str) -> int:
+        """Generated images to score on data of this kind."""
+        if self.samples is not None:
+            return self.samples
+        return 1000 if kind == "image" else 0
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How training executes on the device (never what it computes in exact arithmetic).
+
+    Attributes:
+        precision: "fp32", or "bf16" autocast of the training forward passes (CUDA, or CPU
+            for tests); evaluation, sampling and likelihoods always run in fp32.
+        channels_last: NHWC memory format for image networks and batches (GPU speed).
+        compile: ``torch.compile`` the method's modules for training.
+    """
+
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"--precision must be fp32 or bf16, got {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -95,6 +163,8 @@ class Job:
         method_params, dataset_params: instances of their ``Params``.
         refs: datasets named by ``DatasetRef`` parameters: field -> (class, params).
         optim, budget, solver: the shared settings of this run.
+        sample_eval: FID/KID and the samples grid (image data). execution: precision,
+            memory format and compilation of training.
         sources: plug-in name -> "path (version)" of the file or entry point.
         label: the selection as the user wrote it (with its overrides).
     """
@@ -113,6 +183,8 @@ class Job:
     data_dir: Path | None = None
     evaluate_test: bool = True
     n_samples: int = 20_000
+    sample_eval: SampleEval = field(default_factory=SampleEval)
+    execution: Execution = field(default_factory=Execution)
     refs: dict[str, tuple[type, Any]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     label: str = ""

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 KINDS = ("toy2d", "tabular", "image")
-LIKELIHOOD_KINDS = ("exact", "bound")
+LIKELIHOOD_KINDS = ("exact", "estimate", "bound")
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -87,14 +87,16 @@ class LogLikelihood:
 
     Attributes:
         values: (n,) log p(x) in nats (a lower bound of it when ``kind == "bound"``).
-        kind: "exact" (up to ODE-solver error) or "bound" (variational, ELBO).
+        kind: "exact" (up to ODE-solver error), "estimate" (an unbiased stochastic estimate
+            of log p, e.g. Hutchinson's trace estimator along the exact ODE path) or "bound"
+            (variational, ELBO).
         estimator: how it was obtained, e.g. "ode dopri5 rtol=1e-05 atol=1e-05 div=exact".
         nfe: function evaluations of ONE solve (per chunk of rows; the same for every chunk
             of a fixed-step method, the largest chunk's for an adaptive one).
     """
 
     values: Tensor
-    kind: Literal["exact", "bound"] = "exact"
+    kind: Literal["exact", "estimate", "bound"] = "exact"
     estimator: str = ""
     nfe: int = 0
 

@@ -40,7 +40,23 @@ __all__ = ["run"]
               help="Early stop after N evaluations without improvement.")
 @click.option("--n-samples", type=int, default=20000, show_default=True,
               help="Samples drawn for the 2-D samples PNG.")
+@click.option("--val-rows", type=int, default=None,
+              help="Validate on the first N validation rows only [default: all].")
+@click.option("--test-rows", type=int, default=None,
+              help="Score the first N test rows only (recorded in the split tag) "
+                   "[default: all].")
+@click.option("--fid-samples", type=int, default=None,
+              help="Generated images scored by FID/KID (0: off) [default: 1000 on images].")
+@click.option("--fid-ref", type=click.Choice(["train", "val", "test"]), default="test",
+              show_default=True, help="Split whose Inception features are FID's reference.")
+@click.option("--fid-ref-rows", type=int, default=None,
+              help="Use the first N images of the reference split [default: all].")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              show_default=True, help="Training autocast precision (evaluation is fp32).")
+@click.option("--channels-last", is_flag=True, help="NHWC memory format for image training.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the method's modules for training.")
 @solver_options
 @store_options
 @click.option("--dry-run", is_flag=True, help="Print the validated plan and stop.")
@@ -48,23 +64,29 @@ __all__ = ["run"]
 @click.option("--json", "as_json", is_flag=True, help="Print the records (or plan) as JSON.")
 @click.pass_context
 def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, patience,
-        n_samples, device, solver, rtol, atol, divergence, probes, data_dir, results_dir,
-        tracking_uri, experiment, dry_run, quiet, as_json):
+        n_samples, val_rows, test_rows, fid_samples, fid_ref, fid_ref_rows, device,
+        precision, channels_last, compile_, solver, rtol, atol, divergence, probes, data_dir,
+        results_dir, tracking_uri, experiment, dry_run, quiet, as_json):
     """Train and evaluate every (method, dataset, seed) combination; record them in MLflow.
 
     The whole grid is validated before any data is read or any run is opened; each job then
     runs in isolation: a failed job is recorded FAILED with its reason and the others go
     on; the exit code is 1 if any failed.
     """
+    from bench.api import Execution, SampleEval
     from bench.harness.plan import parse_seeds, parse_sets, plan_jobs, plan_table
 
     registry = registry_of(ctx)
+    sample_eval = SampleEval(samples=fid_samples, reference=fid_ref,
+                             reference_rows=fid_ref_rows)
+    execution = Execution(precision=precision, channels_last=channels_last, compile=compile_)
     jobs = plan_jobs(registry, methods, datasets, parse_seeds(seeds), parse_sets(sets),
                      steps=steps, max_seconds=max_seconds, eval_every=eval_every,
                      patience=patience, solver=make_solver(solver, rtol, atol, divergence,
                                                            probes),
                      device=device, data_dir=Path(data_dir) if data_dir else None,
-                     n_samples=n_samples)
+                     n_samples=n_samples, val_rows=val_rows, test_rows=test_rows,
+                     sample_eval=sample_eval, execution=execution)
     if dry_run:
         rows = plan_table(jobs)
         if as_json:
@@ -114,6 +136,9 @@ def result_line(r) -> str:
             parts.append(f"{k[9:]} {m[k]:.3f}")
     if "test_bpd" in m:
         parts.append(f"{m['test_bpd']:.3f} bits/dim")
+    if "fid" in m:
+        parts.append(f"FID {m['fid']:.2f} (n={int(m.get('fid_n_samples', 0))}), "
+                     f"KID {m.get('kid', float('nan')):.4f}")
     if "true_test_nll" in m:
         parts.append(f"true {m['true_test_nll']:.3f}")
     parts.append(f"train {m.get('train_seconds', 0.0):.1f}s, "

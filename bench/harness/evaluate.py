@@ -54,13 +54,14 @@ def data_log_likelihood(method: Method, x: torch.Tensor, dequantization: str,
 
 
 def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: str = "cpu",
-             *, trainer: Trainer | None = None,
-             dequant_seed: int = DEQUANT_SEED) -> tuple[dict[str, float], dict[str, str]]:
+             *, trainer: Trainer | None = None, dequant_seed: int = DEQUANT_SEED,
+             test_rows: int | None = None) -> tuple[dict[str, float], dict[str, str]]:
     """Score a trained method on the test split, in eval mode (with the EMA weights when
     given its ``trainer``; or call it inside ``trainer.averaged()``).
 
     Args:
         dataset: the dataset instance, for its closed-form density (None: no true NLL).
+        test_rows: score only the first N test rows (the ``test_split`` tag says so).
 
     Returns:
         (metrics, tags). Metrics: ``test_nll``/``_se``/``_nfe`` and ``test_nll_<name>`` for
@@ -70,9 +71,13 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
         ``<bpd metric>.dequantization``, ``test_split``.
     """
     metrics: dict[str, float] = {}
+    test = splits.test
     tags: dict[str, str] = {"test_split": splits.split_names.get("test", "test")}
+    if test_rows is not None and test_rows < test.shape[0]:
+        test = test[:test_rows]
+        tags["test_split"] += f", first {test_rows} of {splits.test.shape[0]} rows"
     results: dict[str, NLLSummary] = {}
-    x = splits.test.to(device)
+    x = test.to(device)
     for module in method.modules().values():
         module.eval()
     averaged = trainer.averaged() if trainer is not None else contextlib.nullcontext()
@@ -99,7 +104,7 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
             tags[f"{bpd}.dequantization"] = (DEQUANTIZATION_LABEL if name == "test_nll"
                                              else DISCRETE_LABEL)
     if dataset is not None and dataset.has_log_prob:
-        t = true_nll(dataset, splits.test)
+        t = true_nll(dataset, test)
         metrics.update({"true_test_nll": t.mean, "true_test_nll_se": t.se})
         if "test_nll" in metrics:
             metrics["test_nll_gap"] = metrics["test_nll"] - t.mean

@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.api import Budget, ConfigError, DatasetRef, Job, OptimConfig, SolverConfig
+from bench.api import (
+    Budget,
+    ConfigError,
+    DatasetRef,
+    Execution,
+    Job,
+    OptimConfig,
+    SampleEval,
+    SolverConfig,
+)
 from bench.harness.selection import (
     build_params,
     check_param_defaults,
@@ -126,13 +135,14 @@ def resolve_refs(registry, params: Any) -> dict[str, tuple[type, Any]]:
 
 def _budget(dataset_cls: type, steps: int | None, max_seconds: float | None,
             eval_every: int | None, patience: int, eval_at_seconds: tuple[float, ...],
-            val_rows: int | None) -> Budget:
+            val_rows: int | None, test_rows: int | None = None) -> Budget:
     default = dataset_cls.default_budget
     if steps is None and max_seconds is None:
         steps = int(default["steps"])
     return Budget(steps=steps, max_seconds=max_seconds,
                   eval_every=eval_every or int(default["eval_every"]), patience=patience,
-                  eval_at_seconds=tuple(eval_at_seconds), val_rows=val_rows)
+                  eval_at_seconds=tuple(eval_at_seconds), val_rows=val_rows,
+                  test_rows=test_rows)
 
 
 def plan_jobs(registry, methods: Sequence[str], datasets: Sequence[str],
@@ -142,7 +152,9 @@ def plan_jobs(registry, methods: Sequence[str], datasets: Sequence[str],
               eval_at_seconds: tuple[float, ...] = (), val_rows: int | None = None,
               solver: SolverConfig | None = None, device: str = "cpu",
               data_dir: Path | None = None, evaluate_test: bool = True,
-              n_samples: int = 20_000) -> list[Job]:
+              n_samples: int = 20_000, test_rows: int | None = None,
+              sample_eval: SampleEval | None = None,
+              execution: Execution | None = None) -> list[Job]:
     """Every (method, dataset, seed) of the grid as a validated `Job`; ConfigError (one
     line) on the first problem. Reads no data and opens no run."""
     methods, datasets = list(methods), list(datasets)
@@ -163,14 +175,16 @@ def plan_jobs(registry, methods: Sequence[str], datasets: Sequence[str],
             raise ConfigError(f"method {m_cls.name!r} cannot model dataset {d_cls.name!r}: "
                               f"{reason}")
         budget = _budget(d_cls, steps, max_seconds, eval_every, patience, eval_at_seconds,
-                         val_rows)
+                         val_rows, test_rows)
         sources = {m_cls.name: _source(registry, "method", m_cls.name),
                    d_cls.name: _source(registry, "dataset", d_cls.name)}
         jobs.append(Job(
             method=m_cls.name, method_cls=m_cls, method_params=m_params,
             dataset=d_cls.name, dataset_cls=d_cls, dataset_params=d_params, seed=int(seed),
             optim=optim, budget=budget, solver=solver, device=device, data_dir=data_dir,
-            evaluate_test=evaluate_test, n_samples=n_samples, refs=refs, sources=sources,
+            evaluate_test=evaluate_test, n_samples=n_samples,
+            sample_eval=sample_eval or SampleEval(), execution=execution or Execution(),
+            refs=refs, sources=sources,
             label=f"{m_sel} on {d_sel} seed {seed}"))
     return jobs
 

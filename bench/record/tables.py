@@ -56,7 +56,7 @@ def _method_config(rec: RunRecord) -> tuple[str, tuple[tuple[str, str], ...]]:
     the evaluation solver: runs that differ in any of them are different configurations."""
     harness = tuple(sorted((k, _norm(v)) for k, v in rec.params.items()
                            if k.startswith("solver_") or k in ("steps", "max_seconds")))
-    return rec.method, tuple(sorted(_fields(rec, ("p_method_", "optim_")) + harness))
+    return rec.method, tuple(sorted(_fields(rec, ("p_method_", "optim_", "exec_")) + harness))
 
 
 def _dataset_config(rec: RunRecord) -> tuple[str, tuple[tuple[str, str], ...]]:
