@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from bench.api import ContractError, Method, OptimConfig
+from bench.api import ContractError, Execution, Method, OptimConfig
 
 __all__ = ["Trainer", "lr_factor", "SCHEDULES"]
 
@@ -74,6 +74,8 @@ class Trainer:
             gradient clipping and EMA decay (`bench.api.OptimConfig`).
         total_steps: the step budget the schedule decays over (None: constant after
             warm-up).
+        execution: bf16 autocast of the loss's forward passes (the backward follows it; the
+            optimiser state and EMA stay fp32), channels-last, ``torch.compile``.
 
     The EMA is `torch.optim.swa_utils.AveragedModel` (buffers averaged too), started at
     the initial weights, so after k updates with weights w_1..w_k it holds
@@ -81,8 +83,9 @@ class Trainer:
     """
 
     def __init__(self, method: Method, optim: OptimConfig,
-                 total_steps: int | None = None) -> None:
+                 total_steps: int | None = None, execution: Execution | None = None) -> None:
         self.method, self.optim, self.total_steps = method, optim, total_steps
+        self.execution = execution if execution is not None else Execution()
         self.modules: dict[str, nn.Module] = dict(method.modules())
         self.trainable = bool(getattr(method, "trainable", True))
         self.params = [p for m in self.modules.values() for p in m.parameters()
@@ -112,6 +115,22 @@ class Trainer:
                 avg.requires_grad_(False)
                 avg.update_parameters(module)  # the average starts at the initial weights
                 self.ema[name] = avg
+        self._apply_execution()
+
+    def _apply_execution(self) -> None:
+        """channels-last weights and ``torch.compile`` (in place: state-dict keys and the
+        EMA copies are unchanged, evaluation runs the same modules)."""
+        ex = self.execution
+        for module in self.modules.values():
+            if ex.channels_last:
+                module.to(memory_format=torch.channels_last)
+            if ex.compile:
+                module.compile()
+
+    def _autocast(self, batch: Tensor) -> contextlib.AbstractContextManager:
+        if self.execution.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16)
 
     # -- one step -------------------------------------------------------------------------
     def step(self, batch: Tensor, step: int) -> dict[str, float]:
@@ -129,7 +148,11 @@ class Trainer:
         for module in self.modules.values():
             module.train()
         self.optimizer.zero_grad(set_to_none=True)
-        objective, metrics = _split_loss(self.method.loss(batch, step))
+        if self.execution.channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with self._autocast(batch):
+            objective, metrics = _split_loss(self.method.loss(batch, step))
+        objective = objective.float()
         value = float(objective.detach())
         if not math.isfinite(value):
             return {**metrics, "loss": value}

@@ -54,7 +54,9 @@ def job_params(job: Job) -> dict[str, Any]:
             **_flat("p_method_", job.method_params), **_flat("p_dataset_", job.dataset_params),
             **_flat("optim_", job.optim), "steps": b.steps, "max_seconds": b.max_seconds,
             "eval_every": b.eval_every, "patience": b.patience, "device": job.device,
-            **_flat("solver_", job.solver)}
+            "val_rows": b.val_rows, "test_rows": b.test_rows,
+            **_flat("solver_", job.solver), **_flat("samples_", job.sample_eval),
+            **_flat("exec_", job.execution)}
 
 
 class Recorder:
@@ -168,7 +170,8 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> N
                        log_metrics=rec.log_metrics, work_dir=work)
     method = job.method_cls(job.method_params, splits, ctx)
     check_method_instance(method, splits)
-    trainer = Trainer(method, job.optim, total_steps=job.budget.steps)
+    trainer = Trainer(method, job.optim, total_steps=job.budget.steps,
+                      execution=job.execution)
     n_par = sum(p.numel() for m in method.modules().values() for p in m.parameters())
     rec.log_metrics({"n_parameters": float(n_par)})
     bar = progress(job.budget.steps, job.name) if progress is not None else None
@@ -187,11 +190,18 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> N
     rec.log_metrics(summary)
     with trainer.averaged():
         if job.evaluate_test:
-            metrics, tags = evaluate(method, dataset, splits, job.device)
+            metrics, tags = evaluate(method, dataset, splits, job.device,
+                                     test_rows=job.budget.test_rows)
             rec.set_tags(tags)
             rec.log_metrics(metrics)
         ckpt = save_checkpoint(work / "checkpoint.pt", job, trainer, result.best_step)
         rec.log_artifact(ckpt)
+        if len(splits.event_shape) == 3 and job.evaluate_test:
+            from bench.harness.samples import score_images
+
+            score_images(method, splits, job.sample_eval, work, job.device, job.data_dir,
+                         rec.log_metrics, rec.set_tags, rec.log_artifact,
+                         f"{job.method} on {job.dataset} (seed {job.seed})")
         if splits.event_shape == (2,) and job.n_samples > 0:
             png = plot_samples(method, splits, job.n_samples, work / "samples.png",
                                f"{job.method} on {job.dataset} (seed {job.seed})")
