@@ -1,170 +1,130 @@
-"""Image datasets: CIFAR-10 (3x32x32) and MNIST (1x28x28), 8-bit values scaled to [-1, 1].
+"""Image datasets: CIFAR-10, MNIST, ImageNet 32x32, Oxford Flowers 102; 8-bit, in [-1, 1].
 
-Model scale (Ho et al.'s DDPM convention): ``x = 2 v / 255 - 1`` for a uint8 value v; the
-splits stay on this grid (no noise added) and are labelled ``dequantization =
-"uniform-8bit"``: the harness, not the dataset or the method, dequantizes the test images
-uniformly within their bins of width 2/255 when it scores a continuous density, and reports
-log-probabilities of the 8-bit image and bits/dim = NLL / (D ln 2) for every method
-(`bench.science.metrics`). Tensors are float32 NCHW.
+Model scale (Ho et al.'s DDPM convention): ``x = 2 v / 255 - 1`` for a uint8 value v, float32
+NCHW. The splits stay on this grid and are labelled ``dequantization = "uniform-8bit"``: the
+harness, not the dataset or the method, dequantizes the test images uniformly within their
+bins of width 2/255 and reports log-probabilities of the 8-bit images and bits/dim
+(`bench.science.metrics`). Readers: `bench.science.imagedata`; checks, downloads and the
+restricted unpickler: `bench.science.files`.
 
-Files looked up under the data root (``BENCH_DATA_DIR`` or the user cache folder):
+Files under the data root (``BENCH_DATA_DIR`` or the user cache folder):
+``cifar10/cifar-10-python.tar.gz`` (train = first 45000 training images, val = last 5000,
+test = the standard 10000); ``mnist/{train,t10k}-images-idx3-ubyte.gz`` (55000/5000/10000);
+offline test images only, split 8000/1000/1000 by a fixed permutation (RandomState(0)) and
+labelled as not the standard split: ``cifar10/test.npz`` (a lossy JPEG proxy) and
+``mnist/t10k-images-idx3-ubyte.gz``; ``imagenet32/Imagenet32_{train,val}_npz.zip`` (or the
+npz files extracted from them); ``flowers102/{102flowers.tgz,setid.mat}``.
 
-- full archives, standard splits: ``<root>/cifar10/cifar-10-python.tar.gz`` (train 45000 =
-  the first 45000 of the 50000 training images, val = the last 5000, test = the standard
-  10000) and ``<root>/mnist/{train,t10k}-images-idx3-ubyte.gz`` (55000 / 5000 / 10000);
-- offline, test images only: ``<root>/cifar10/test.npz`` (the 10000 CIFAR-10 test images
-  from a JPEG copy, a lossy proxy) and ``<root>/mnist/t10k-images-idx3-ubyte.gz``; these
-  are split 8000/1000/1000 by a fixed permutation (numpy RandomState(0)) and labelled as not
-  the standard train/test split.
-
-Checksums (md5 of the canonical archives, sha256 of the offline proxy) are verified before
-reading; nothing is downloaded (a missing file is a `DataError` naming what to put where).
+``source``: "auto" never touches the network (the full files when present, else the offline
+ones, else a one-line DataError naming both); "full" downloads missing canonical files
+(SHA-256 verified before they take their name); "test-only" uses the offline files. Every
+file's SHA-256 (and md5 where that is the official checksum) is checked before it is opened:
+``PINS``, with the source of each digest.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import logging
-import pickle
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from bench.api import Dataset, Splits
-from bench.api.errors import DataError
+from bench.api.errors import ConfigError, DataError
+from bench.science import files, imagedata
+from bench.science.files import Pin
+from bench.science.imagedata import read_cifar_archive, read_idx_images, to_model_scale
 
-if TYPE_CHECKING:
-    from torch import Tensor
-
-__all__ = ["CIFAR10", "MNIST", "to_model_scale", "read_idx_images", "read_cifar_archive",
-           "DEQUANTIZATION"]
+__all__ = ["CIFAR10", "MNIST", "ImageNet32", "Flowers102", "PINS", "to_model_scale",
+           "read_idx_images", "read_cifar_archive", "DEQUANTIZATION"]
 
 log = logging.getLogger(__name__)
 
 DEQUANTIZATION = "uniform-8bit"  # 8-bit grid 2v/255-1; the harness adds the noise
 OFFLINE_SIZES = (8000, 1000, 1000)
-CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-CHECKSUMS = {  # file name -> (algorithm, hex digest)
-    "cifar-10-python.tar.gz": ("md5", "c58f30108f718f92721af3b95e74349a"),
-    "test.npz": ("sha256", "5979e62f53d695f37a361f54872a0971b779da6a64f018a01bd7ffc53f56ded4"),
-    "train-images-idx3-ubyte.gz": ("md5", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-    "t10k-images-idx3-ubyte.gz": ("md5", "9fb629c4189551a2d022fa330f9573f3"),
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # torchvision's mirror
+FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+IMAGENET32_URL = ("https://image-net.org/download-images.php (log in; 'Downsampled ImageNet "
+                  "32x32', Chrabaszcz et al. 2017)")
+
+
+PINS: dict[str, Pin] = {
+    # sha256: Keras cifar10.load_data's file_hash (also in many public manifests); md5: the
+    # one published on https://www.cs.toronto.edu/~kriz/cifar.html
+    "cifar10/cifar-10-python.tar.gz": Pin(
+        "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+        "c58f30108f718f92721af3b95e74349a"),
+    # the offline JPEG proxy: ../shared/data/SHA256SUMS
+    "cifar10/test.npz": Pin("5979e62f53d695f37a361f54872a0971b779da6a64f018a01bd7ffc53f56ded4"),
+    # MNIST: tensorflow/datasets url_checksums/mnist.txt (the t10k one also in SHA256SUMS);
+    # no official checksum is published on yann.lecun.com
+    "mnist/train-images-idx3-ubyte.gz": Pin(
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+    "mnist/t10k-images-idx3-ubyte.gz": Pin(
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+    # Flowers: tensorflow/datasets url_checksums/oxford_flowers102.txt (same in other public
+    # manifests); the VGG page publishes no checksum
+    "flowers102/102flowers.tgz": Pin(
+        "2d01ecc807db462958cfe3d92f57a8c252b4abd240eb955770201e45f783b246"),
+    "flowers102/setid.mat": Pin(
+        "46b8678f91fd95d3c8f4feab80d271a6c834a1dd896fe29fd3e6ad9ce5c8dccd"),
 }
+class _Files(Dataset):
+    """Pinned files under ``<root>/<folder>`` (`files.PinnedFolder`)."""
 
+    kind: ClassVar[str] = "image"
+    folder: ClassVar[str]
+    url: ClassVar[str]
 
-def to_model_scale(x: np.ndarray) -> Tensor:
-    """uint8 images (n, C, H, W) -> float32 tensor 2 v / 255 - 1 in [-1, 1]."""
-    import torch
-
-    if x.dtype != np.uint8:
-        raise DataError(f"expected uint8 images, got {x.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(x)).float() / 127.5 - 1.0
-
-
-def read_idx_images(path: Path) -> np.ndarray:
-    """MNIST idx3 file (gzip) -> uint8 array (n, rows, cols)."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    magic, n, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in range(0, 16, 4))
-    if magic != 2051 or len(raw) != 16 + n * rows * cols:
-        raise DataError(f"{path} is not an idx3 image file (magic {magic}, {len(raw)} bytes)")
-    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, rows, cols)
-
-
-def read_cifar_archive(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """cifar-10-python.tar.gz -> (train (50000, 3, 32, 32), test (10000, 3, 32, 32)) uint8.
-
-    The batches are pickles: call only on an archive whose checksum was verified.
-    """
-    def batch(tar: tarfile.TarFile, name: str) -> np.ndarray:
-        member = tar.extractfile(f"cifar-10-batches-py/{name}")
-        if member is None:
-            raise DataError(f"{path} has no cifar-10-batches-py/{name}")
-        d = pickle.load(io.BytesIO(member.read()), encoding="bytes")  # checksum verified
-        return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            train = np.concatenate([batch(tar, f"data_batch_{i}") for i in range(1, 6)])
-            test = batch(tar, "test_batch")
-    except (tarfile.TarError, KeyError, OSError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    return train, test
-
-
-def _verify(path: Path) -> None:
-    algo, want = CHECKSUMS[path.name]
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != want:
-        raise DataError(f"{path}: {algo} {h.hexdigest()} does not match the expected {want}")
-
-
-def _fixed_split(x: np.ndarray, sizes: tuple[int, int, int]) -> list[np.ndarray]:
-    perm = np.random.RandomState(0).permutation(x.shape[0])
-    a, b, c = sizes
-    return [x[perm[:a]], x[perm[a:a + b]], x[perm[a + b:a + b + c]]]
+    @property
+    def _files(self) -> files.PinnedFolder:
+        if "_pinned" not in self.__dict__:
+            pins = {k.split("/", 1)[1]: v for k, v in PINS.items()
+                    if k.startswith(self.folder + "/")}
+            self._pinned = files.PinnedFolder(self.data_dir / self.folder, pins, self.url)
+        return self._pinned
 
 
 @dataclass
 class ImageParams:
-    """source: "auto" (the full archive when present, else the offline test images),
-    "full" (the canonical archive only) or "test-only" (the offline test images only)."""
+    """source: "auto" (the full archive when present, else the offline test images; never
+    the network), "full" (the canonical files, downloaded when missing) or "test-only" (the
+    offline test images only)."""
 
     source: Literal["auto", "full", "test-only"] = "auto"
 
 
-class _ImageDataset(Dataset):
-    """Common code; subclasses set the file names and the readers."""
+class _ImageDataset(_Files):
+    """CIFAR-10 and MNIST: full canonical files or the offline test images."""
 
-    kind: ClassVar[str] = "image"
     Params = ImageParams
     label: ClassVar[str]
     offline_label: ClassVar[str]
-    folder: ClassVar[str]
     full_files: ClassVar[tuple[str, ...]]
     offline_file: ClassVar[str]
     full_sizes: ClassVar[tuple[int, int, int]]
-    source_hint: ClassVar[str]
-
-    def _path(self, name: str) -> Path:
-        return self.data_dir / self.folder / name
 
     def _use_full(self) -> bool:
-        have_full = all(self._path(f).is_file() for f in self.full_files)
-        have_offline = self._path(self.offline_file).is_file()
+        have_full = all(self._files.path(f).is_file() for f in self.full_files)
         src = self.params.source
         if src == "full" or (src == "auto" and have_full):
-            if not have_full:
-                missing = [f for f in self.full_files if not self._path(f).is_file()]
-                raise DataError(f"{self.name}: place {', '.join(missing)} in "
-                                f"{self.data_dir / self.folder} ({self.source_hint})")
             return True
-        if not have_offline:
+        if not self._files.path(self.offline_file).is_file():
             raise DataError(f"{self.name}: no data: place {self.offline_file} (test images) or "
-                            f"{' + '.join(self.full_files)} ({self.source_hint}) in "
-                            f"{self.data_dir / self.folder}, or set BENCH_DATA_DIR")
+                            f"{' + '.join(self.full_files)} (from {self.url}) in "
+                            f"{self.data_dir / self.folder}, set BENCH_DATA_DIR, or use "
+                            "source=full to download")
         return False
 
     def prepare(self) -> None:
-        """Check that the files are present and their checksums match (no download)."""
-        files = self.full_files if self._use_full() else (self.offline_file,)
-        for name in files:
-            _verify(self._path(name))
-
-    def _read_full(self) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
-
-    def _read_offline(self) -> np.ndarray:
-        raise NotImplementedError
+        """Download missing canonical files (source "full" only) and verify the files."""
+        if self._use_full():
+            self._files.download_missing(self.full_files)
+        for name in self.full_files if self._use_full() else (self.offline_file,):
+            self._files.checked(name)
 
     def load(self) -> Splits:
         if self._use_full():
@@ -177,15 +137,19 @@ class _ImageDataset(Dataset):
                      "val": f"{self.label} train[{n_train}:]",
                      "test": f"{self.label} standard test set ({test.shape[0]} images)"}
         else:
-            parts = _fixed_split(self._read_offline(), OFFLINE_SIZES)
+            parts = imagedata.fixed_split(self._read_offline(), OFFLINE_SIZES)
             sizes = "/".join(str(p.shape[0]) for p in parts)
             prov = (f"{self.offline_label}, split {sizes} by a fixed permutation "
                     "(RandomState(0)) - not the standard train/test split")
             names = {k: f"{self.offline_label}, {k} part ({p.shape[0]})"
                      for k, p in zip(("train", "val", "test"), parts, strict=True)}
-        train, val, test = (to_model_scale(p) for p in parts)
-        log.info("%s: %s", self.name, prov)
-        return Splits(train, val, test, tuple(train.shape[1:]), prov, names, DEQUANTIZATION)
+        return _splits(self.name, parts, prov, names)
+
+
+def _splits(name: str, parts: list[np.ndarray], prov: str, names: dict[str, str]) -> Splits:
+    train, val, test = (to_model_scale(p) for p in parts)
+    log.info("%s: %s", name, prov)
+    return Splits(train, val, test, tuple(train.shape[1:]), prov, names, DEQUANTIZATION)
 
 
 class CIFAR10(_ImageDataset):
@@ -196,19 +160,19 @@ class CIFAR10(_ImageDataset):
     label = "CIFAR-10"
     offline_label = "CIFAR-10 test images (JPEG proxy)"
     folder = "cifar10"
+    url = CIFAR_URL
     full_files = ("cifar-10-python.tar.gz",)
     offline_file = "test.npz"
     full_sizes = (45000, 5000, 10000)
-    source_hint = CIFAR_URL
 
     def _read_full(self) -> tuple[np.ndarray, np.ndarray]:
-        return read_cifar_archive(self._path(self.full_files[0]))
+        return read_cifar_archive(self._files.checked(self.full_files[0]), None)  # verified
 
     def _read_offline(self) -> np.ndarray:
-        with np.load(self._path(self.offline_file)) as d:
+        with np.load(self._files.checked(self.offline_file), allow_pickle=False) as d:
             x = d["x"]
         if x.shape[1:] != (32, 32, 3):
-            raise DataError(f"{self._path(self.offline_file)}: expected (n, 32, 32, 3) NHWC "
+            raise DataError(f"{self._files.path(self.offline_file)}: expected (n, 32, 32, 3) NHWC "
                             f"images, got {x.shape}")
         return x.transpose(0, 3, 1, 2)
 
@@ -221,14 +185,131 @@ class MNIST(_ImageDataset):
     label = "MNIST"
     offline_label = "MNIST test images"
     folder = "mnist"
+    url = MNIST_URL
     full_files = ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")
     offline_file = "t10k-images-idx3-ubyte.gz"
     full_sizes = (55000, 5000, 10000)
-    source_hint = MNIST_URL
 
     def _read_full(self) -> tuple[np.ndarray, np.ndarray]:
-        train, test = (read_idx_images(self._path(f)) for f in self.full_files)
+        train, test = (read_idx_images(self._files.checked(f)) for f in self.full_files)
         return train[:, None], test[:, None]
 
     def _read_offline(self) -> np.ndarray:
-        return read_idx_images(self._path(self.offline_file))[:, None]
+        return read_idx_images(self._files.checked(self.offline_file))[:, None]
+
+
+@dataclass
+class ImageNet32Params:
+    """train_rows: keep only the first N training images (None: all 1,271,167; as float32
+    they take ~15.6 GB of memory, 12 KiB per image, so cap it on small machines)."""
+
+    train_rows: int | None = None
+
+
+class ImageNet32(Dataset):
+    """ImageNet 32x32 (Chrabaszcz et al. 2017 downsampled npz batches; 8-bit, in [-1, 1])."""
+
+    name = "imagenet32"
+    kind: ClassVar[str] = "image"
+    event_shape = (3, 32, 32)
+    Params = ImageNet32Params
+    folder = "imagenet32"
+    val_rows = 10000
+
+    def __init__(self, params: ImageNet32Params | None = None,
+                 data_dir: Path | None = None) -> None:
+        super().__init__(params, data_dir)
+        rows = self.params.train_rows
+        if rows is not None and rows < 1:
+            raise ConfigError(f"imagenet32: train_rows must be >= 1 or None, got {rows}")
+
+    def prepare(self) -> None:
+        """No download (the files are behind a login): check that they are present."""
+        folder = self.data_dir / self.folder
+        train = all((folder / n).is_file() for n in imagedata.IMAGENET32_TRAIN)
+        val = (folder / imagedata.IMAGENET32_VAL).is_file()
+        zips = imagedata.IMAGENET32_ZIPS
+        if not (train or (folder / zips["train"]).is_file()) or not (
+                val or (folder / zips["val"]).is_file()):
+            raise DataError(f"imagenet32: place {zips['train']} and {zips['val']} (or the "
+                            f"npz files extracted from them) in {folder}; get them from "
+                            f"{IMAGENET32_URL}")
+
+    def load(self) -> Splits:
+        train, val, test = imagedata.read_imagenet32(
+            self.data_dir / self.folder, val_rows=self.val_rows,
+            train_rows=self.params.train_rows, md5=imagedata.IMAGENET32_MD5, strict=False)
+        cap = "" if self.params.train_rows is None else f", first {train.shape[0]} kept"
+        prov = (f"ImageNet 32x32 (Chrabaszcz et al. 2017 npz): train = the training batches "
+                f"minus their last {val.shape[0]} images{cap}, val = those last "
+                f"{val.shape[0]}, test = the official validation set ({test.shape[0]})")
+        names = {"train": f"ImageNet32 train[:-{val.shape[0]}] ({train.shape[0]} images)",
+                 "val": f"ImageNet32 train[-{val.shape[0]}:]",
+                 "test": f"ImageNet32 official validation set ({test.shape[0]} images)"}
+        return _splits(self.name, [train, val, test], prov, names)
+
+
+@dataclass
+class Flowers102Params:
+    """resolution: side r of the square images (shorter side resized to r with PIL's
+    Lanczos filter, centre crop r x r); source: "auto" (local files only) or "full"
+    (download the missing official files)."""
+
+    resolution: int = 128
+    source: Literal["auto", "full"] = "auto"
+
+
+class Flowers102(_Files):
+    """Oxford Flowers 102, resized and centre-cropped to r x r (8-bit, in [-1, 1])."""
+
+    name = "flowers102"
+    event_shape = (3, 128, 128)
+    Params = Flowers102Params
+    folder = "flowers102"
+    url = FLOWERS_URL
+    needed = ("102flowers.tgz", "setid.mat")
+
+    def __init__(self, params: Flowers102Params | None = None,
+                 data_dir: Path | None = None) -> None:
+        super().__init__(params, data_dir)
+        r = self.params.resolution
+        if r < 8:
+            raise ConfigError(f"flowers102: resolution must be >= 8, got {r}")
+        self.event_shape = (3, r, r)
+
+    @classmethod
+    def shape(cls, params: Flowers102Params) -> tuple[int, ...]:
+        return (3, params.resolution, params.resolution)
+
+    def _cache(self) -> Path:
+        return imagedata.flowers_cache_path(self.data_dir / self.folder / "cache",
+                                            self.params.resolution,
+                                            PINS["flowers102/102flowers.tgz"].sha256)
+
+    def prepare(self) -> None:
+        """Download missing files (source "full"), else name them; verify setid.mat."""
+        need = ("setid.mat",) if self._cache().is_file() else self.needed
+        missing = [n for n in need if not self._files.path(n).is_file()]
+        if missing and self.params.source != "full":
+            raise DataError(f"flowers102: place {' + '.join(missing)} (from {self.url}) in "
+                            f"{self.data_dir / self.folder}, or use source=full to download")
+        self._files.download_missing(need)
+        self._files.checked("setid.mat")
+
+    def load(self) -> Splits:
+        r = self.params.resolution
+        images = imagedata.flowers_images(
+            self._files.path("102flowers.tgz"), r, self.data_dir / self.folder / "cache",
+            PINS["flowers102/102flowers.tgz"].sha256)
+        ids = imagedata.read_flowers_setid(self._files.checked("setid.mat"))
+        for k, v in ids.items():
+            if v.size == 0 or v.min() < 1 or v.max() > images.shape[0]:
+                raise DataError(f"flowers102: setid.mat {k} ids outside 1..{images.shape[0]}")
+        parts = [images[ids[k] - 1] for k in ("train", "val", "test")]
+        sizes = "/".join(str(p.shape[0]) for p in parts)
+        prov = (f"Oxford Flowers 102 official split (setid.mat trnid/valid/tstid, {sizes}); "
+                f"shorter side resized to {r} px (PIL Lanczos), centre crop {r}x{r}")
+        names = {k: f"Oxford Flowers 102 {key} ({p.shape[0]} images, {r}x{r})"
+                 for k, key, p in zip(("train", "val", "test"), ("trnid", "valid", "tstid"),
+                                      parts, strict=True)}
+        return _splits(self.name, parts, prov, names)

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = {"method": {"interflow", "cnf", "ddpm", "gaussian_mle", "ffjord"},
            "dataset": {"checkerboard", "8gaussians", "gaussian", "miniboone", "power",
-                       "cifar10", "mnist"}}
+                       "cifar10", "mnist", "imagenet32", "flowers102"}}
 
 LIST = """
 import json, sys
