@@ -97,19 +97,25 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
             click.echo(tabulate(rows, headers="keys", tablefmt="github"))
             click.echo(f"{len(jobs)} job(s) planned; nothing was run", err=True)
         return
+    from bench.harness.distributed import launch_env, main_rank_sinks
     from bench.harness.run import run_job
 
     new_sink, uri = sink_factory(results_dir, tracking_uri, experiment)
-    progress = progress_factory(quiet or as_json)
+    main_rank = launch_env().is_main  # under torchrun only rank 0 records and prints
+    new_sink = main_rank_sinks(new_sink)
+    progress = progress_factory(quiet or as_json or not main_rank)
     records, failed = [], []
     for job in jobs:
         record = run_job(job, new_sink(), progress)
         records.append(record)
         if record.status != "FINISHED":
             failed.append((job, record))
-            click.echo(f"error: {job.label}: {record.status}: {record.failure}", err=True)
-        elif not as_json:
+            if main_rank:
+                click.echo(f"error: {job.label}: {record.status}: {record.failure}", err=True)
+        elif not as_json and main_rank:
             click.echo(result_line(record))
+    if not main_rank:
+        sys.exit(1 if failed else 0)
     if as_json:
         click.echo(json.dumps([_json(r) for r in records], indent=1, default=float))
     elif not quiet:

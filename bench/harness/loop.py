@@ -19,6 +19,15 @@ import torch
 from bench.api import Budget, Method, Splits, TrainingDiverged
 from bench.harness.checkpoint import snapshot
 from bench.harness.cost import peak_memory_bytes, reset_peak_memory, synchronize
+from bench.harness.distributed import (
+    CONTINUE,
+    DIVERGED,
+    EARLY_STOP,
+    STOP,
+    World,
+    batch_sizes,
+    current,
+)
 from bench.harness.evaluate import data_log_likelihood
 from bench.harness.optim import Trainer
 from bench.science.metrics import summarize
@@ -56,14 +65,26 @@ class LoopResult:
     last_val: float
 
 
-def batches(n: int, batch: int, gen: torch.Generator) -> Iterator[tuple[int, Any, bool]]:
-    """Epochs of shuffled index batches: yields (epoch, index tensor, end_of_epoch)."""
-    epoch = 0
+def batches(n: int, batch: int, gen: torch.Generator, rank: int = 0,
+            world: int = 1) -> Iterator[tuple[int, Any, bool]]:
+    """Epochs of shuffled index batches: yields (epoch, index tensor, end_of_epoch).
+
+    Data parallel (``world`` > 1 ranks): every rank draws the same permutation from the same
+    generator, pads it to a multiple of ``world`` with its first indices (as torch's
+    DistributedSampler) and takes the ``rank``-th of ``world`` equal, disjoint, contiguous
+    shares of each global batch of ``batch * world`` indices; an epoch is one pass over the
+    global data. With ``world`` = 1 the batches are ``perm[s:s + batch]``.
+    """
+    epoch, size = 0, batch * world
     while True:
         perm = torch.randperm(n, generator=gen)
-        starts = list(range(0, n, batch))
+        if n % world:
+            perm = torch.cat([perm, perm[torch.arange(world - n % world) % n]])
+        starts = list(range(0, perm.numel(), size))
         for i, s in enumerate(starts):
-            yield epoch, perm[s:s + batch], i == len(starts) - 1
+            share = perm[s:s + size]
+            per_rank = share.numel() // world
+            yield epoch, share[rank * per_rank:(rank + 1) * per_rank], i == len(starts) - 1
         epoch += 1
 
 
@@ -104,6 +125,7 @@ class _State:
         self.eval_times = sorted(budget.eval_at_seconds)
         self.tagged = False
         self.last_eval_step = -1
+        self.stop_code = 0  # data parallel: rank 0's last decision (`_decide`)
 
     def due(self, step: int) -> bool:
         """Every ``eval_every`` steps, or once each of ``eval_at_seconds`` is passed."""
@@ -162,7 +184,7 @@ def train(method: Method, trainer: Trainer, splits: Splits, budget: Budget,
     step = 0
     if trainer.trainable:
         step = _steps(st, splits.train, gen, progress)
-    if st.last_eval_step != step:
+    if st.last_eval_step != step and current().is_main:  # data parallel: rank 0 validates
         st.evaluate(step)
     if st.best_state is None:  # no finite validation NLL: keep the last state
         st.best_state, st.best_step = snapshot(method, trainer), step
@@ -172,14 +194,15 @@ def train(method: Method, trainer: Trainer, splits: Splits, budget: Budget,
 
 def _steps(st: _State, train: torch.Tensor, gen: torch.Generator,
            progress: Progress | None) -> int:
-    budget, device, trainer = st.budget, st.device, st.trainer
-    bs = min(st.method.batch_size(), train.shape[0])
+    budget, device, trainer, world = st.budget, st.device, st.trainer, current()
+    bs, _ = batch_sizes(st.method.batch_size(), train.shape[0], world.size)
     step, epoch_t, epoch_steps = 0, 0.0, 0
     epoch_nfe = {"nfe_forward": 0.0, "nfe_backward": 0.0}
-    for epoch, idx, end_epoch in batches(train.shape[0], bs, gen):
+    for epoch, idx, end_epoch in batches(train.shape[0], bs, gen, world.rank, world.size):
         if budget.steps is not None and step >= budget.steps:
             break
-        if budget.max_seconds is not None and st.train_seconds >= budget.max_seconds:
+        if (not world.enabled and budget.max_seconds is not None
+                and st.train_seconds >= budget.max_seconds):  # data parallel: see _decide
             break
         batch = train[idx].to(device)
         reset_peak_memory(device)
@@ -191,7 +214,7 @@ def _steps(st: _State, train: torch.Tensor, gen: torch.Generator,
         st.train_seconds += dt
         step += 1
         loss = float(out["loss"])
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) and not world.enabled:
             raise TrainingDiverged(f"training diverged at step {step}: loss = {loss}")
         epoch_t, epoch_steps = epoch_t + dt, epoch_steps + 1
         for key in epoch_nfe:
@@ -206,10 +229,32 @@ def _steps(st: _State, train: torch.Tensor, gen: torch.Generator,
                                for k, v in epoch_nfe.items()}}, step)
             epoch_t, epoch_steps = 0.0, 0
             epoch_nfe = dict.fromkeys(epoch_nfe, 0.0)
-        stop = st.due(step) and st.evaluate(step)
+        stop = (_decide(world, st, step, loss) == EARLY_STOP if world.enabled
+                else st.due(step) and st.evaluate(step))
         if progress is not None:
             progress.update(1, loss=loss, val_nll=st.last_val)
         if stop:
             log.info("early stop at step %d (best step %d)", step, st.best_step)
             break
+        if world.enabled and st.stop_code == STOP:  # rank 0's time budget is spent
+            break
     return step
+
+
+def _decide(world: World, st: _State, step: int, loss: float) -> int:
+    """Data parallel: rank 0 decides for every rank after each step (divergence, validation
+    and early stop, time budget); the others wait in the broadcast while rank 0 validates."""
+
+    def decision() -> int:
+        if not math.isfinite(loss):
+            return DIVERGED
+        if st.due(step) and st.evaluate(step):
+            return EARLY_STOP
+        max_s = st.budget.max_seconds
+        return STOP if max_s is not None and st.train_seconds >= max_s else CONTINUE
+
+    st.stop_code = world.decide(decision)
+    if st.stop_code == DIVERGED:
+        raise TrainingDiverged(f"training diverged at step {step}: loss = {loss} (rank "
+                               f"{world.rank}; decided on rank 0)")
+    return st.stop_code

@@ -12,13 +12,16 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from bench.api import ContractError, Execution, Method, OptimConfig
+
+if TYPE_CHECKING:
+    from bench.harness.distributed import GradientSync
 
 __all__ = ["Trainer", "lr_factor", "SCHEDULES"]
 
@@ -76,6 +79,8 @@ class Trainer:
             warm-up).
         execution: bf16 autocast of the loss's forward passes (the backward follows it; the
             optimiser state and EMA stay fp32), channels-last, ``torch.compile``.
+        grad_sync: data parallel: averages the gradients over the ranks of a torchrun launch
+            (`bench.harness.distributed.GradientSync`; None: a single process).
 
     The EMA is `torch.optim.swa_utils.AveragedModel` (buffers averaged too), started at
     the initial weights, so after k updates with weights w_1..w_k it holds
@@ -83,7 +88,9 @@ class Trainer:
     """
 
     def __init__(self, method: Method, optim: OptimConfig,
-                 total_steps: int | None = None, execution: Execution | None = None) -> None:
+                 total_steps: int | None = None, execution: Execution | None = None, *,
+                 grad_sync: GradientSync | None = None) -> None:
+        self.grad_sync = grad_sync
         self.method, self.optim, self.total_steps = method, optim, total_steps
         self.execution = execution if execution is not None else Execution()
         self.modules: dict[str, nn.Module] = dict(method.modules())
@@ -140,7 +147,17 @@ class Trainer:
         gave one, else the objective), ``lr`` and, with clipping, ``grad_norm`` (before
         clipping). A non-finite objective (or a backward pass that fails, e.g. an adjoint
         solve that underflows) returns ``loss`` = the non-finite value without updating.
+
+        Data parallel (``grad_sync``): the gradients are averaged over the ranks after the
+        backward pass and before clipping, ``loss`` is the mean over ranks (unless the method
+        reports its own), and a rank's failed step makes every rank skip the update.
         """
+        if self.grad_sync is not None and self.trainable:
+            with self.grad_sync.joined(self.params):
+                return self._step(batch, step)
+        return self._step(batch, step)
+
+    def _step(self, batch: Tensor, step: int) -> dict[str, float]:
         if not self.trainable:
             with torch.no_grad():
                 objective, metrics = _split_loss(self.method.loss(batch, step))
@@ -163,6 +180,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return {**metrics, "loss": math.nan}
         metrics.update({k: float(v) for k, v in self.method.after_backward().items()})
+        if self.grad_sync is not None:
+            value = self.grad_sync.reduce(value)  # mean over ranks, NaN if a rank failed
+            if not math.isfinite(value):
+                self.optimizer.zero_grad(set_to_none=True)
+                return {**metrics, "loss": value}
         out = {**metrics, "loss": metrics.get("loss", value),
                "lr": float(self.optimizer.param_groups[0]["lr"])}
         if self.optim.grad_clip > 0:

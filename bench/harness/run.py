@@ -102,10 +102,17 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
     """
     import torch
 
+    from bench.harness import distributed
+
+    world, device = distributed.setup(job.device)
+    if world.enabled:  # torchrun: this rank's device; rank 0 alone records
+        job = dataclasses.replace(job, device=device)
+        sink = sink if world.is_main else distributed.NullSink()
     tags = {"git_commit": git_commit(), "device": job.device, "torch": torch.__version__,
             "host": f"{platform.node()} {platform.processor() or platform.machine()}",
             "threads": str(torch.get_num_threads()), "likelihood": job.method_cls.likelihood,
-            "job": job.label, **{f"source.{k}": v for k, v in job.sources.items()}}
+            "job": job.label, **{f"source.{k}": v for k, v in job.sources.items()},
+            **world.tags()}
     record = RunRecord(None, job.name, params=job_params(job), tags=tags)
     record.run_id = sink.start(job.name, record.params, record.tags)
     rec = Recorder(record, sink)
@@ -130,7 +137,7 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
                     log.debug("job %s failed", job.label, exc_info=exc)
     finally:
         sink.end(record.status)
-    return record
+    return world.share(record)  # torchrun: rank 0's record on every rank
 
 
 def _load_splits(job: Job, rec: Recorder):
@@ -152,6 +159,7 @@ def _load_splits(job: Job, rec: Recorder):
 def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> None:
     import torch
 
+    from bench.harness import distributed
     from bench.harness.checkpoint import save_checkpoint
     from bench.harness.context import make_context
     from bench.harness.evaluate import evaluate, plot_samples
@@ -164,17 +172,23 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> N
     if reason:
         raise ConfigError(f"method {job.method!r} cannot model dataset {job.dataset!r}: "
                           f"{reason}")
+    world = distributed.current()
     torch.manual_seed(job.seed)
-    ctx = make_context(device=job.device, seed=job.seed, solver=job.solver,
+    ctx = make_context(device=job.device, seed=world.seed(job.seed), solver=job.solver,
                        max_steps=job.budget.steps, datasets=refs,
                        log_metrics=rec.log_metrics, work_dir=work)
     method = job.method_cls(job.method_params, splits, ctx)
     check_method_instance(method, splits)
+    world.replicate(method.modules(), job.seed)  # torchrun: rank 0's weights everywhere
+    per_rank, effective = distributed.batch_sizes(method.batch_size(), splits.train.shape[0],
+                                                  world.size)
+    rec.set_tags({"batch_size_per_rank": per_rank, "effective_batch_size": effective})
     trainer = Trainer(method, job.optim, total_steps=job.budget.steps,
-                      execution=job.execution)
+                      execution=job.execution, grad_sync=world.gradient_sync())
     n_par = sum(p.numel() for m in method.modules().values() for p in m.parameters())
     rec.log_metrics({"n_parameters": float(n_par)})
-    bar = progress(job.budget.steps, job.name) if progress is not None else None
+    bar = (progress(job.budget.steps, job.name) if progress is not None and world.is_main
+           else None)
     try:
         result = train(method, trainer, splits, job.budget, job.device, rec.log_metrics,
                        set_tags=rec.set_tags, progress=bar,
@@ -182,6 +196,9 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> N
     finally:
         if bar is not None:
             bar.close()
+    world.write_digest(job.name, trainer)  # BENCH_DIST_DEBUG_DIR: replicas' final state
+    if not world.is_main:  # rank 0 alone scores, checkpoints and records
+        return
     trainer.load_state_dict(result.best_state)
     summary = {"train_seconds": result.train_seconds, "steps_done": float(result.steps),
                "best_step": float(result.best_step), "val_seconds": result.val_seconds}
