@@ -14,6 +14,10 @@ $(BIN)/bench: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# torch-fidelity, the second FID feature path (tests/test_fid.py holds ours against it):
+	# without its dependencies, since PyPI's torchvision is a CUDA build that does not load
+	# with the CPU torch (bench.science.fid_tfidelity loads its Inception module alone)
+	$(BIN)/pip install --quiet --no-deps torch-fidelity==0.4.0
 	touch $(BIN)/bench
 
 setup: $(BIN)/bench

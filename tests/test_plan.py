@@ -34,6 +34,21 @@ def _runs(uri):
     return load_records(uri)
 
 
+def test_unsupported_data_is_a_plan_error(no_data, tracking_uri, monkeypatch):
+    """A method's supports() reason stops the plan (exit 2) before any data or run."""
+    from bench.api import Method
+
+    def vectors_only(cls, kind, shape):
+        return None if kind != "image" else f"{cls.name} models flat vectors (d,) here"
+
+    monkeypatch.setattr(Method, "supports", classmethod(vectors_only))
+    res = _invoke("--tracking-uri", tracking_uri, "-m", "cnf", "-d", "cifar10")
+    assert res.exit_code == 2, res.output
+    assert "cannot model dataset 'cifar10'" in res.output
+    assert "models flat vectors" in res.output
+    assert not _runs(tracking_uri)
+
+
 def _invoke(*args, plugins=None):
     pre = ["--plugins", str(plugins)] if plugins else []
     return CliRunner().invoke(main, [*pre, "run", *args])
@@ -53,7 +68,6 @@ def _invoke(*args, plugins=None):
      ["--max-seconds must be > 0"]),
     (["-m", "interflow[schedule=sometimes]", "-d", "checkerboard"], ["schedule"]),
     (["-m", "interflow[base=nosuch]", "-d", "checkerboard"], ["unknown dataset 'nosuch'"]),
-    (["-m", "cnf", "-d", "cifar10"], ["cannot model dataset 'cifar10'"]),
     (["-m", "interflow", "-m", "gaussian_mle", "-d", "checkerboard", "-d", "miniboone",
       "--seeds", "0,x"], ["--seeds"]),
 ])

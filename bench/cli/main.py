@@ -120,10 +120,11 @@ def table(results_dir, tracking_uri, experiment, metric, fmt, out):
 
 def _register() -> None:
     from bench.cli.check import check
+    from bench.cli.fid import fid
     from bench.cli.run import run
     from bench.cli.speedup import speedup
 
-    for cmd in (run, speedup, check):
+    for cmd in (run, speedup, check, fid):
         main.add_command(cmd)
 
 
