@@ -16,6 +16,11 @@ asks to learn the end time T (``train_T``), but at the pinned commit its T gets 
 (``CNF.forward`` detaches it), so T stays 1 as here by default; ``train_time=true`` learns
 it for real. Off by default, ``net``/``hidden``/``activation`` give the very network
 InterFlow trains, parameter for parameter.
+
+Images (n, C, H, W): the field is the velocity U-Net InterFlow uses (`bench.science.unet.
+VelocityUNet`, the shared ``unet_*`` fields), trained exactly like vectors: Hutchinson's
+estimator (FFJORD's default) and the adjoint. Dropout must stay 0: a random field breaks the
+adaptive solve and the adjoint's recomputation of the forward trajectory.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from bench.api import FlowMethod, RunContext, Splits
 from bench.api.errors import ConfigError
+from bench.science.unet_config import UNetParams
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -40,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class CNFParams:
+class CNFParams(UNetParams):
     """Parameters of the MLE CNF (FFJORD's names in brackets).
 
     Attributes:
@@ -56,6 +62,8 @@ class CNFParams:
         kinetic_weight, jacobian_weight: RNODE penalties on int |v|^2 and int |eps^T J|^2.
         train_time, time_length: learn the end time T, v(t, x) = T f(T t, x) [train_T,
             time_length].
+        unet_ch, unet_ch_mult, unet_num_res_blocks, unet_attn_resolutions: the U-Net of
+            images (`bench.science.unet_config.UNetParams`); dropout must be 0.
     """
 
     net: Literal["mlp", "concat", "concatsquash"] = "concatsquash"
@@ -78,8 +86,13 @@ class CNFParams:
     jacobian_weight: float = 0.0
     train_time: bool = False
     time_length: float = 1.0
+    dropout: float = 0.0  # the U-Net's: 0, the ODE's field must be deterministic
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dropout != 0.0:
+            raise ValueError("dropout must be 0 for the CNF: a random field breaks the "
+                             "adaptive ODE solve and the adjoint")
         if self.batch_size < 1 or self.n_probes < 1:
             raise ValueError("batch_size and n_probes must be >= 1")
         if not self.hidden and (self.hidden_mult < 1 or self.n_hidden < 0):
@@ -115,22 +128,30 @@ class CNF(FlowMethod):
     Params = CNFParams
     test_params = {
         "hidden": (16, 16), "batch_size": 64, "train_atol": 1e-5, "train_rtol": 1e-5,
+        "unet_ch": 8, "unet_ch_mult": (1, 2), "unet_num_res_blocks": 1,
+        "unet_attn_resolutions": (4,),
     }
     likelihood = "exact"
     optim: ClassVar[dict[str, Any]] = {"lr": 1e-3, "weight_decay": 1e-6}
-    event_ranks = (1,)
+    event_ranks = (1, 3)
 
     def __init__(self, params: CNFParams, splits: Splits, ctx: RunContext) -> None:
         import torch
 
         from bench.science.nets import ScaledTimeField, build_net
+        from bench.science.unet import build_unet
 
         super().__init__(params, splits, ctx)
-        if len(self.event_shape) != 1:
-            raise ConfigError(self.supports("", self.event_shape))
+        problem = self.supports("", self.event_shape)
+        if problem:
+            raise ConfigError(problem)
         self.dim = splits.dim
+        self.image = len(self.event_shape) == 3
         self.device = torch.device(ctx.device)
-        net = build_net(self.dim, params.widths(self.dim), params.activation, params.net)
+        if self.image:
+            net: nn.Module = build_unet(params, self.event_shape, velocity=True)
+        else:
+            net = build_net(self.dim, params.widths(self.dim), params.activation, params.net)
         self.v: nn.Module = ScaledTimeField(net, params.time_length) if params.train_time else net
         self.v.to(self.device)
         self.train_cfg = params.train_config()
@@ -139,23 +160,23 @@ class CNF(FlowMethod):
 
     # -- the base density (t = 0) -------------------------------------------------------
     def base_sample(self, n: int) -> Tensor:
-        """(n, dim) standard Gaussian draws on the run's device."""
+        """(n, *event_shape) standard Gaussian draws on the run's device."""
         import torch
 
-        return torch.randn(n, self.dim, generator=self.gen).to(self.device)
+        return torch.randn(n, *self.event_shape, generator=self.gen).to(self.device)
 
     def velocity_field(self) -> nn.Module:
         return self.v
 
     # -- training -----------------------------------------------------------------------
     def train_log_prob(self, x: Tensor, probes: Tensor | None = None) -> TrainingLikelihood:
-        """The training solve on a (n, dim) batch: log p(x) with gradients
+        """The training solve on a (n, *event_shape) batch: log p(x) with gradients
         (`bench.science.ode.training_log_likelihood`).
 
         Args:
-            x: (n, dim) data.
-            probes: optional (k, n, dim) Hutchinson probes (default: drawn from the method's
-                generator, ``n_probes`` of them).
+            x: (n, *event_shape) data.
+            probes: optional (k, n, *event_shape) Hutchinson probes (default: drawn from
+                the method's generator, ``n_probes`` of them).
         """
         from bench.science.ode import training_log_likelihood
 
@@ -163,7 +184,8 @@ class CNF(FlowMethod):
                                        generator=self.gen, probes=probes)
 
     def loss(self, batch: Tensor, step: int = 0) -> tuple[Tensor, dict[str, float]]:
-        """The objective -mean log p(batch) (+ RNODE penalties) on a (b, dim) batch.
+        """The objective -mean log p(batch) (+ RNODE penalties) on a (b, *event_shape)
+        batch.
 
         Metrics: ``loss`` (the mean NLL in nats, without penalties), ``nfe_forward``,
         ``kinetic`` / ``jacobian_frobenius`` / ``objective`` with penalties. A training
@@ -173,7 +195,7 @@ class CNF(FlowMethod):
         import torch
 
         p = self.params
-        x = batch.to(self.device).reshape(batch.shape[0], self.dim)
+        x = batch.to(self.device).reshape(batch.shape[0], *self.event_shape)
         self._last = None
         try:
             res = self.train_log_prob(x)

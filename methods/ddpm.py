@@ -2,9 +2,11 @@
 
 - ``extra_likelihoods(x)["elbo"]``: the variational bound (kind "bound") of the discrete
   reverse chain, L_T + sum_t L_{t-1} + L_0 (see `bench.diffusion`);
-- ``log_prob(x)``: the exact likelihood (kind "exact") of the same network's
-  probability-flow ODE (VP-SDE view, Song et al. 2021) through `bench.science.ode`, the engine
-  InterFlow and the CNF use. DDPM time s runs data -> noise; the harness time is t = 1 - s.
+- ``log_prob(x)``: the likelihood of the same network's probability-flow ODE (kind "exact";
+  "estimate" when the harness's ``divergence`` (``auto`` on more than 128 dimensions, i.e.
+  images) takes Hutchinson's trace estimator; VP-SDE view, Song et al. 2021) through
+  `bench.science.ode`, the engine InterFlow and the CNF use. DDPM time s runs data ->
+  noise; the harness time is t = 1 - s.
   The network index of continuous time s is ``sT - 1`` (trained on the integers 0..T-1), and
   the density is evaluated at ``s_min`` (default 1/T, the noise level of x_1: index 0, the
   smallest one the network was trained on).
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bench.api import LogLikelihood, Method, RunContext, Splits
 from bench.api.errors import ConfigError
+from bench.science.unet_config import UNetParams
 
 if TYPE_CHECKING:
     import torch
@@ -43,9 +46,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Params:
-    """DDPM settings. Defaults follow Ho et al. where they apply (T, noise schedule); the
-    optimiser's (lr, grad_clip, warmup, ema) are the harness's shared settings."""
+class Params(UNetParams):
+    """DDPM settings. Defaults follow Ho et al. where they apply (T, noise schedule, the
+    U-Net of images: the shared ``unet_*`` fields and ``dropout`` of
+    `bench.science.unet_config.UNetParams`); the optimiser's (lr, grad_clip, warmup, ema)
+    are the harness's shared settings."""
 
     T: int = 1000  # diffusion steps (linear betas scaled by 1000/T when T != 1000)
     noise_schedule: Literal["linear", "cosine"] = "linear"  # of the betas (lr: `schedule`)
@@ -57,11 +62,6 @@ class Params:
     hidden: tuple[int, ...] = (256, 256, 256)  # MLP (vector data)
     activation: Literal["softplus", "tanh", "relu", "elu", "silu", "gelu"] = "silu"
     time_embed_dim: int = 128
-    unet_ch: int = 128  # U-Net (image data)
-    unet_ch_mult: tuple[int, ...] | None = None  # None: (1,2,2,2), or (1,2,2) if H % 8 != 0
-    unet_num_res_blocks: int = 2
-    unet_attn_resolutions: tuple[int, ...] = (16,)
-    dropout: float = 0.1  # U-Net only
     batch_size: int = 128
     elbo_t_draws: int = 0  # 0: every KL term; k > 0: unbiased estimate from k draws of t
     val_t_draws: int = 100  # draws of t in the bound estimate used for early stopping
@@ -98,7 +98,7 @@ class DDPM(Method):
 
     def __init__(self, params: Params, splits: Splits, ctx: RunContext) -> None:
         from bench.science.diffusion import DiffusionSchedule
-        from bench.science.unet import EpsMLP, UNet
+        from bench.science.unet import EpsMLP, build_unet
 
         super().__init__(params, splits, ctx)
         p = params
@@ -109,10 +109,7 @@ class DDPM(Method):
             lo, hi = float(splits.train.min()), float(splits.train.max())
             if lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
                 raise ConfigError(f"ddpm expects images scaled to [-1, 1], got [{lo}, {hi}]")
-            c, h, _ = self.event_shape
-            mult = p.unet_ch_mult or ((1, 2, 2, 2) if h % 8 == 0 else (1, 2, 2))
-            self.net: nn.Module = UNet(c, h, p.unet_ch, tuple(mult), p.unet_num_res_blocks,
-                                       tuple(p.unet_attn_resolutions), p.dropout)
+            self.net: nn.Module = build_unet(p, self.event_shape)
         else:
             self.net = EpsMLP(self.dim, tuple(p.hidden), p.activation, p.time_embed_dim)
         self.net.to(ctx.device)
@@ -192,8 +189,9 @@ class DDPM(Method):
 
     # likelihoods ----------------------------------------------------------------------
     def log_prob(self, x: Tensor) -> LogLikelihood:
-        """Exact log-density (n,) of the probability-flow ODE model at s_min at the points
-        x (n, *event_shape), through the harness's engine and solver settings."""
+        """Log-density (n,) of the probability-flow ODE model at s_min at the points
+        x (n, *event_shape), through the harness's engine and solver settings: kind "exact",
+        or "estimate" when the engine used Hutchinson's trace estimator."""
         from bench.science.diffusion import VPProbabilityFlow
         from bench.science.ode import standard_normal_log_prob
 
@@ -210,13 +208,13 @@ class DDPM(Method):
 
         flow = VPProbabilityFlow(sch, score)
         x = x.to(self.ctx.device)
-        if self.image and cfg.divergence == "exact":
+        if cfg.divergence == "exact" and self.dim > cfg.AUTO_EXACT_MAX_DIM:
             log.warning("ddpm: exact divergence of a %d-dim image field costs %d "
                         "vector-Jacobian products per evaluation; consider "
                         "divergence=hutchinson", self.dim, self.dim)
         ll = self.ctx.engine.log_likelihood(flow, x, standard_normal_log_prob, t=1.0 - s_min)
         est = f"pf-ode (VP, s_min={s_min:g}, index sT-1) {ll.estimator}"
-        return LogLikelihood(values=ll.values.cpu(), kind="exact", estimator=est, nfe=ll.nfe)
+        return LogLikelihood(values=ll.values.cpu(), kind=ll.kind, estimator=est, nfe=ll.nfe)
 
     def extra_likelihoods(self, x: Tensor) -> dict[str, LogLikelihood]:
         """{"elbo": the negative-ELBO bound as a log-likelihood lower bound (n,)}."""

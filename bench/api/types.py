@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NewType, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NewType, Protocol
 
 from bench.api.errors import ConfigError
 
@@ -113,12 +113,20 @@ def check_divergence(divergence: str, probe: str, n_probes: int) -> None:
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """Evaluation solver settings owned by the harness (the same for every method)."""
+    """Evaluation solver settings owned by the harness (the same for every method).
+
+    ``divergence="auto"`` (the default) is resolved per input by the engine
+    (`divergence_for`): the exact trace for events of at most ``AUTO_EXACT_MAX_DIM``
+    dimensions (2-D and tabular data), Hutchinson's estimator above (images), whose
+    log-likelihood is then labelled kind "estimate".
+    """
+
+    AUTO_EXACT_MAX_DIM: ClassVar[int] = 128
 
     method: str = "dopri5"
     rtol: float = 1e-5
     atol: float = 1e-5
-    divergence: Literal["exact", "hutchinson"] = "exact"
+    divergence: Literal["auto", "exact", "hutchinson"] = "auto"
     n_probes: int = 1
     probe: Literal["rademacher", "gaussian"] = "rademacher"
     chunk: int = 4096
@@ -131,10 +139,20 @@ class SolverConfig:
             raise ConfigError("solver tolerances rtol and atol must be > 0")
         if self.chunk < 1:
             raise ConfigError("solver chunk must be >= 1")
-        check_divergence(self.divergence, self.probe, self.n_probes)
+        check_divergence("exact" if self.divergence == "auto" else self.divergence,
+                         self.probe, self.n_probes)
 
-    def label(self) -> str:
-        div = self.divergence
+    def divergence_for(self, dim: int) -> str:
+        """The divergence used for events of ``dim`` dimensions: "auto" is exact up to
+        ``AUTO_EXACT_MAX_DIM`` dimensions and Hutchinson's estimator above."""
+        if self.divergence != "auto":
+            return self.divergence
+        return "exact" if dim <= self.AUTO_EXACT_MAX_DIM else "hutchinson"
+
+    def label(self, dim: int | None = None) -> str:
+        """The estimator label; with ``dim``, of the divergence actually used for events of
+        that dimension ("auto" resolved)."""
+        div = self.divergence if dim is None else self.divergence_for(dim)
         if div == "hutchinson":
             div = f"hutchinson({self.probe},k={self.n_probes})"
         return f"ode {self.method} rtol={self.rtol:g} atol={self.atol:g} div={div}"

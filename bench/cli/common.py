@@ -24,8 +24,10 @@ def solver_options(f):
         click.option("--solver", default="dopri5", show_default=True, help="Eval ODE solver."),
         click.option("--rtol", type=float, default=1e-5, show_default=True, help="Eval ODE rtol."),
         click.option("--atol", type=float, default=1e-5, show_default=True, help="Eval ODE atol."),
-        click.option("--divergence", type=click.Choice(["exact", "hutchinson"]),
-                     default="exact", show_default=True),
+        click.option("--divergence", type=click.Choice(["auto", "exact", "hutchinson"]),
+                     default="auto", show_default=True,
+                     help="Eval divergence; auto: exact up to 128 dimensions, Hutchinson "
+                          "above (labelled an estimate)."),
         click.option("--probes", type=int, default=1, show_default=True,
                      help="Hutchinson probes per solve."),
     ]):

@@ -204,6 +204,10 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> N
                "best_step": float(result.best_step), "val_seconds": result.val_seconds}
     if math.isfinite(result.best_val):
         summary["best_val_nll"] = result.best_val
+    if result.steps:  # the cost of one epoch, also when the budget ends inside the first
+        steps_per_epoch = math.ceil(splits.train.shape[0] / effective)
+        summary["steps_per_epoch"] = float(steps_per_epoch)
+        summary["epoch_seconds_est"] = result.train_seconds / result.steps * steps_per_epoch
     rec.log_metrics(summary)
     with trainer.averaged():
         if job.evaluate_test:

@@ -16,7 +16,9 @@ and the CNF is trained, by one routine, `solve`, on one right-hand side,
   function evaluations of the forward and the adjoint solve are counted separately.
 - `integrate`: the plain ODE dx/dt = v (sampling).
 
-The divergence is exact or Hutchinson's estimator with probes drawn once per solve.
+The divergence is exact or Hutchinson's estimator with probes drawn once per solve; the
+evaluation's ``divergence="auto"`` takes the exact trace for events of at most 128 dimensions
+and Hutchinson's above, and labels the result kind "estimate" when it used Hutchinson's.
 """
 
 from __future__ import annotations
@@ -157,28 +159,34 @@ def log_likelihood(
         x: (n, *shape) points at time t.
         base_log_prob: log rho_0 of (n, *shape) -> (n,).
         cfg: solver and divergence settings; rows are processed in chunks of cfg.chunk.
+            ``divergence="auto"`` is resolved from the event's dimension
+            (`SolverConfig.divergence_for`: exact up to 128 dimensions, Hutchinson above).
         t: the time at which the density is evaluated (1 = data).
         seed: seed of the Hutchinson probes (drawn once per chunk, in order).
     Returns:
-        `bench.api.LogLikelihood` with values (n,), kind "exact", the estimator label, and
-        the NFE of one solve (the largest over the chunks).
+        `bench.api.LogLikelihood` with values (n,), the kind ("exact" with the exact trace,
+        "estimate" with Hutchinson's unbiased estimator of it), the estimator label of the
+        divergence used, and the NFE of one solve (the largest over the chunks).
     """
     if t == 0.0:  # the flow starts at the base density
         return LogLikelihood(values=base_log_prob(x), kind="exact", estimator="base density")
+    dim = math.prod(x.shape[1:])
+    divergence = cfg.divergence_for(dim)
     gen = torch.Generator().manual_seed(seed)
     out, nfe = [], 0
     with torch.no_grad():
         for xc in torch.split(x, cfg.chunk):
             probes = None
-            if cfg.divergence == "hutchinson":
+            if divergence == "hutchinson":
                 probes = draw_probes(tuple(xc.shape), cfg.n_probes, cfg.probe, gen,
                                      xc.dtype, xc.device)
             sol = solve(field, xc, t, 0.0, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
-                        divergence=cfg.divergence, probes=probes)
+                        divergence=divergence, probes=probes)
             z, acc = sol.state
             out.append(base_log_prob(z) + acc)
             nfe = max(nfe, sol.nfe_forward)
-    return LogLikelihood(values=torch.cat(out), kind="exact", estimator=cfg.label(), nfe=nfe)
+    kind = "estimate" if divergence == "hutchinson" else "exact"
+    return LogLikelihood(values=torch.cat(out), kind=kind, estimator=cfg.label(dim), nfe=nfe)
 
 
 class ODEEngine:
