@@ -271,3 +271,57 @@ def test_methods_declare_no_optimiser_settings(cls) -> None:
     for kind in ("toy2d", "tabular", "image"):
         OptimConfig(**cls.default_optim(kind))  # raises on a bad default
     assert cls.supports("toy2d", (2,)) is None
+
+
+# -- execution options: bf16 autocast and channels-last ---------------------------------------
+class _Conv(Method):
+    """A conv net on (3, 8, 8) images with a deterministic loss."""
+
+    name = "conv"
+    Params = P
+
+    def __init__(self, params, splits, ctx) -> None:
+        super().__init__(params, splits, ctx)
+        torch.manual_seed(0)
+        self.net = nn.Conv2d(3, 4, 3, padding=1)
+        self.dtypes: list[torch.dtype] = []
+
+    def modules(self):
+        return {"net": self.net}
+
+    def loss(self, batch, step):
+        out = self.net(batch)
+        self.dtypes.append(out.dtype)
+        return (out.float() ** 2).mean()
+
+    def sample(self, n):
+        return torch.zeros(n, 3, 8, 8)
+
+    def log_prob(self, x):
+        return LogLikelihood(-(x.flatten(1) ** 2).sum(1), "exact", "test")
+
+
+@pytest.mark.parametrize("precision, channels_last", [("bf16", False), ("fp32", True)])
+def test_execution_options_change_how_not_what(precision, channels_last):
+    """bf16 runs the forward in bfloat16 (the objective and the weights stay fp32, within
+    bf16's rounding of the fp32 step); channels-last gives the same step as the default."""
+    from bench.api import Execution
+
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    splits = Splits(x, x, x, (3, 8, 8), "test")
+    ref, opt = _Conv(P(), splits, make_context()), _Conv(P(), splits, make_context())
+    out_ref = Trainer(ref, OptimConfig(lr=1e-2)).step(x, 0)
+    ex = Execution(precision=precision, channels_last=channels_last)
+    out = Trainer(opt, OptimConfig(lr=1e-2), execution=ex).step(x, 0)
+    assert math.isfinite(out["loss"])
+    w_ref, w = ref.net.weight, opt.net.weight
+    assert w.dtype == torch.float32
+    if precision == "bf16":
+        assert opt.dtypes == [torch.bfloat16]
+        assert out["loss"] != out_ref["loss"]
+        assert out["loss"] == pytest.approx(out_ref["loss"], rel=2e-2)
+        assert torch.allclose(w, w_ref, atol=2e-3)
+    else:
+        assert opt.dtypes == [torch.float32] and out["loss"] == pytest.approx(out_ref["loss"])
+        assert w.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(w, w_ref, atol=1e-6)
