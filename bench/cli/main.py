@@ -103,13 +103,21 @@ def list_(ctx, as_json):
               default="markdown", show_default=True, help="What to print.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Also write the table here (format from the extension: .md, .csv, .tex).")
-def table(results_dir, tracking_uri, experiment, metric, fmt, out):
+@click.option("--reference", is_flag=True,
+              help="Put the published numbers (results/reference/*.csv) beside ours, with "
+                   "our split and data per column (test_nll, test_bpd or fid).")
+def table(results_dir, tracking_uri, experiment, metric, fmt, out, reference):
     """Configurations x datasets table of recorded runs: mean +- std over seeds (count)."""
     from bench.record.mlflow_sink import default_tracking_uri, load_records
     from bench.record.tables import comparison_table, export, render
 
     uri = tracking_uri or default_tracking_uri(Path(results_dir))
-    tab, notes = comparison_table(load_records(uri, experiment), metric)
+    if reference:
+        from bench.record.reference import reference_table
+
+        tab, notes = reference_table(load_records(uri, experiment), metric)
+    else:
+        tab, notes = comparison_table(load_records(uri, experiment), metric)
     click.echo(render(tab, fmt))
     for note in notes:
         click.echo(f"note: {note}", err=True)
