@@ -1,6 +1,7 @@
 """``bench speedup``: per-iteration training cost of methods trained with the same network and
-batch on the same machine, back to back, and their wall-clock to a target validation NLL
-(the analysis lives in `bench.record.speedup`)."""
+batch on the same machine, back to back (at the start, half and end of training), and their
+wall-clock to a target validation NLL, bracketed by a geometric grid of validations (the
+analysis lives in `bench.record.speedup`)."""
 
 from __future__ import annotations
 
@@ -53,8 +54,16 @@ def _check_shared(registry, methods: list[str], shared: dict[str, str | None]) -
 @click.option("--batch-size", type=int, default=1000, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Further parameter overrides (as for run).")
-@click.option("--evals", type=int, default=8, show_default=True,
-              help="Validation evaluations per method, at training times budget/2^k.")
+@click.option("--evals", type=int, default=10, show_default=True,
+              help="Validations per method at training times geometric from --first-eval "
+              "to the per-method budget.")
+@click.option("--first-eval", type=float, default=1.0, show_default=True,
+              help="Training seconds of the first grid validation.")
+@click.option("--first-step-eval/--no-first-step-eval", default=True, show_default=True,
+              help="Also validate after the first training step (brackets a crossing "
+              "faster than --first-eval).")
+@click.option("--val-rows", type=int, default=None,
+              help="Validate on the first N validation rows (cheaper; default all).")
 @click.option("--target", type=float, default=None,
               help="Target validation NLL (default: the worst best-val NLL among the methods).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -70,12 +79,21 @@ def _check_shared(registry, methods: list[str], shared: dict[str, str | None]) -
 @click.option("-q", "--quiet", is_flag=True)
 @click.pass_context
 def speedup(ctx, dataset, methods, budget, steps, net, hidden, hidden_mult, n_hidden,
-            activation, batch_size, sets, evals, target, seed, device, with_test, solver, rtol,
-            atol, divergence, probes, data_dir, results_dir, tracking_uri, experiment, quiet):
-    """Per-iteration cost and time-to-target of methods sharing one network and batch."""
+            activation, batch_size, sets, evals, first_eval, first_step_eval, val_rows, target,
+            seed, device, with_test, solver, rtol, atol, divergence, probes, data_dir,
+            results_dir, tracking_uri, experiment, quiet):
+    """Per-iteration cost (start, half, end) and bracketed time-to-target of methods sharing
+    one network and batch."""
     from bench.harness.plan import parse_sets, plan_jobs, resolve_dataset
     from bench.harness.run import run_job
-    from bench.record.speedup import from_record, plot, speedup_table, stamp
+    from bench.record.speedup import (
+        NAMED_POINTS,
+        eval_grid,
+        from_record,
+        plot,
+        speedup_table,
+        stamp,
+    )
     from bench.record.tables import render
 
     methods = list(methods)
@@ -86,11 +104,12 @@ def speedup(ctx, dataset, methods, budget, steps, net, hidden, hidden_mult, n_hi
               "batch_size": str(batch_size)}
     _check_shared(registry, methods, shared)
     per_method = budget / len(methods)
-    # evaluations at geometrically spaced training times (budget/2^k, ..., budget/2, budget):
-    # the early ones resolve the time to reach the target of a fast method
-    times = tuple(per_method / 2**k for k in range(evals - 1, -1, -1))
+    # validations after the first step and geometric from --first-eval to the budget: dense
+    # early, so that a fast method's crossing of the target is bracketed
+    times = eval_grid(per_method, first_eval, evals, first_step_eval)
     data_path = Path(data_dir) if data_dir else None
     plan = dict(steps=steps, max_seconds=per_method, eval_at_seconds=times, patience=10**9,
+                val_rows=val_rows,
                 solver=make_solver(solver, rtol, atol, divergence, probes), device=device,
                 data_dir=data_path, evaluate_test=with_test, n_samples=0)
     own = parse_sets(sets)
@@ -123,24 +142,42 @@ def speedup(ctx, dataset, methods, budget, steps, net, hidden, hidden_mult, n_hi
     out_dir.mkdir(parents=True, exist_ok=True)
     base = out_dir / f"{ds.name}-{stamp()}"
     md, csv = Path(f"{base}.md"), Path(f"{base}.csv")
+    grid = ", ".join(f"{t:.3g}" for t in times)
     md.write_text(f"# speed-up study on {ds.name}\n\n{note}; budget {per_method:.0f} s "
-                  f"training per method; device {device}\n\n{render(tab, 'markdown')}\n")
+                  f"training per method; validations at training seconds {grid} (0: after "
+                  f"the first step); device {device}\n\n{render(tab, 'markdown')}\n")
     tab.to_csv(csv)
     png = plot(results, tgt, Path(f"{base}.png"))
     parent = new_sink()
     parent.start(f"speedup-{ds.name}", {"study": "speedup", "dataset": ds.name,
                                          "methods": ",".join(methods), "budget": budget,
+                                         "eval_at_seconds": grid, "target": target,
                                          **{f"shared_{k}": v for k, v in shared.items()}},
                  {"child_runs": ",".join(r.run_id or "" for r in results),
                   "target_note": note})
     for p in (md, csv, png):
         parent.log_artifact(p)
-    ratio_col = [c for c in tab.columns if c.startswith("cost_ratio")][0]
-    parent.log_metrics({f"cost_ratio_{m}": float(tab.loc[m, ratio_col]) for m in tab.index})
+    base = tab.index[0]
+    metrics = {"target_val_nll": tgt}
+    for m in tab.index:
+        metrics[f"cost_ratio_{m}"] = tab.loc[m, f"cost_ratio_vs_{base}"]
+        for point in NAMED_POINTS:
+            metrics[f"cost_ratio_{point}_{m}"] = tab.loc[m, f"cost_ratio_{point}_vs_{base}"]
+            metrics[f"s_per_it_{point}_{m}"] = tab.loc[m, f"s_per_it_{point}"]
+        for col in ("time_to_target_s", "time_to_target_lo_s", "time_to_target_hi_s",
+                    f"time_to_target_ratio_vs_{base}", "time_to_target_ratio_lo",
+                    "time_to_target_ratio_hi"):
+            metrics[f"{col.replace(f'_vs_{base}', '')}_{m}"] = tab.loc[m, col]
+    parent.log_metrics({k: float(v) for k, v in metrics.items() if math.isfinite(float(v))})
+    parent.set_tags({f"{col}_{m}": str(tab.loc[m, col]) for m in tab.index
+                     for col in ("time_to_target", "time_to_target_bound",
+                                 "time_to_target_ratio", "time_to_target_ratio_bound")})
     parent.end("FINISHED")
-    cols = [c for c in ("parameters", "steps", "s_per_it_median", "s_per_it_min",
-                        "s_per_it_max", "cost_growth", "nfe_forward_last10pct",
-                        "nfe_backward_last10pct", "best_val_nll", "time_to_target")
-            if c in tab.columns]
-    click.echo(render(tab[cols + [c for c in tab.columns if "ratio" in c]], "markdown"))
+    cols = [c for c in ("parameters", "steps", "s_per_it_median", "s_per_it_start",
+                        "s_per_it_half", "s_per_it_end", "cost_growth",
+                        "nfe_forward_last10pct", "nfe_backward_last10pct", "best_val_nll",
+                        "time_to_target", f"cost_ratio_vs_{base}",
+                        *(f"cost_ratio_{p}_vs_{base}" for p in NAMED_POINTS),
+                        "time_to_target_ratio") if c in tab.columns]
+    click.echo(render(tab[cols], "markdown"))
     click.echo(f"{note}; written {md}, {csv}, {png}; recorded in {uri}", err=True)
