@@ -129,10 +129,11 @@ def table(results_dir, tracking_uri, experiment, metric, fmt, out, reference):
 def _register() -> None:
     from bench.cli.check import check
     from bench.cli.fid import fid
+    from bench.cli.report import report
     from bench.cli.run import run
     from bench.cli.speedup import speedup
 
-    for cmd in (run, speedup, check, fid):
+    for cmd in (run, speedup, check, fid, report):
         main.add_command(cmd)
 
 

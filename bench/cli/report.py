@@ -1,0 +1,30 @@
+"""``bench report``: one markdown report of a tracking store (tables, speed-up studies,
+validation NLL against wall-clock, cost per iteration, samples), images beside it (the work
+lives in `bench.record.report`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["report"]
+
+
+@click.command()
+@click.option("--results-dir", type=click.Path(file_okay=False), default="results",
+              show_default=True)
+@click.option("--tracking-uri", default=None, help="MLflow URI (default results/mlflow.db).")
+@click.option("--experiment", default="bench", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder for report.md and its images [default: "
+                   "<results-dir>/report].")
+def report(results_dir, tracking_uri, experiment, out_dir):
+    """Write a markdown report of the recorded runs, with its plots beside it."""
+    from bench.record.mlflow_sink import default_tracking_uri
+    from bench.record.report import load, write_report
+
+    uri = tracking_uri or default_tracking_uri(Path(results_dir))
+    out = Path(out_dir) if out_dir else Path(results_dir) / "report"
+    path = write_report(load(uri, experiment), out, source=f"{uri} (experiment {experiment})")
+    click.echo(str(path))
