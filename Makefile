@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: run test setup lint clean benchmark
+.PHONY: run test setup lint clean benchmark regress
 
 $(BIN)/bench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,9 @@ clean:
 # pytest-benchmark: one training step of each method; prints the CNF / InterFlow ratio.
 benchmark: setup
 	$(BIN)/pytest benchmarks -p no:xdist --benchmark-only -s
+
+# Performance (ratios against bare references) and quality (test NLL bands) against the
+# committed baseline results/benchmarks/baseline.json; exit 1 on a regression.
+# Re-baseline deliberately: bench regress --rebaseline (GPU: --full --device cuda).
+regress: setup
+	$(BIN)/bench regress --no-record

@@ -129,11 +129,12 @@ def table(results_dir, tracking_uri, experiment, metric, fmt, out, reference):
 def _register() -> None:
     from bench.cli.check import check
     from bench.cli.fid import fid
+    from bench.cli.regress import regress
     from bench.cli.report import report
     from bench.cli.run import run
     from bench.cli.speedup import speedup
 
-    for cmd in (run, speedup, check, fid, report):
+    for cmd in (run, speedup, check, fid, report, regress):
         main.add_command(cmd)
 
 

@@ -1,0 +1,136 @@
+"""``bench regress``: the performance and quality regression check against the committed
+baseline (logic: `bench.harness.regress`; history and plot: `bench.record.history`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from bench.cli.common import registry_of
+
+__all__ = ["regress"]
+
+log = logging.getLogger(__name__)
+BASELINE = "results/benchmarks/baseline.json"
+
+
+def _table(checks) -> str:
+    rows = [("figure", "kind", "baseline", "now", "limit", "status")]
+    for c in checks:
+        fmt = (lambda v: "-" if v is None else f"{v:.4g}")  # noqa: E731
+        limit = ("-" if c.limit is None else
+                 f"<= {c.limit:.4g}" if c.kind == "timing" else f"+- {c.limit:.3g}")
+        rows.append((c.figure, c.kind, fmt(c.baseline), fmt(c.now), limit, c.status))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+@click.command()
+@click.option("--full", is_flag=True, help="Full mode: more rounds, bigger problems, longer "
+              "trainings (for GPU machines; its own baseline entry).")
+@click.option("--rebaseline", is_flag=True, help="Measure and WRITE the baseline of this mode "
+              "(suite run --repeats times, quality over --seeds seeds) instead of checking.")
+@click.option("--repeats", type=int, default=3, show_default=True,
+              help="Suite runs of a rebaseline (its median ratio and spread).")
+@click.option("--seeds", type=int, default=3, show_default=True,
+              help="Seeds of a rebaseline's quality trainings (the band's spread).")
+@click.option("--threshold", type=float, default=None,
+              help="Largest passing timing ratio now/baseline (default: the baseline's, 1.5).")
+@click.option("--only", "only", multiple=True, help="Only this figure (repeatable).")
+@click.option("--skip", type=click.Choice(["timing", "quality"]), multiple=True,
+              help="Skip the timing suite or the quality trainings.")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
+              default=BASELINE, show_default=True)
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
+              help="Draw each figure across the recorded runs into this PNG (no measurement).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Data root of the real-data quality case (default BENCH_DATA_DIR).")
+@click.option("--results-dir", type=click.Path(file_okay=False), default="results",
+              show_default=True)
+@click.option("--tracking-uri", default=None, help="MLflow URI (default results/mlflow.db).")
+@click.option("--no-record", is_flag=True, help="Do not record this run in the store.")
+@click.option("--json", "as_json", is_flag=True, help="Pure JSON on stdout.")
+@click.pass_context
+def regress(ctx, full, rebaseline, repeats, seeds, threshold, only, skip, baseline_path,
+            plot_out, device, data_dir, results_dir, tracking_uri, no_record, as_json):
+    """Time the hot paths (ratios to bare references) and train short fixed-seed models;
+    exit 1 when a ratio exceeds baseline x threshold or a test NLL leaves its band.
+
+    Re-baseline deliberately with `bench regress --rebaseline` (and --full on the machine of
+    the full mode), then commit results/benchmarks/baseline.json.
+    """
+    from bench.api.errors import ConfigError
+    from bench.cli.common import sink_factory
+    from bench.harness import regress as rg
+    from bench.harness.run import git_commit
+    from bench.record.history import (
+        REGRESS_EXPERIMENT,
+        load_history,
+        plot_history,
+        record_regress,
+    )
+    from bench.record.mlflow_sink import load_records
+
+    mode = "full" if full else "fast"
+    data = rg.load_baseline(Path(baseline_path))
+    base = data["modes"].get(mode, {})
+    threshold = threshold or base.get("threshold", rg.TIMING_THRESHOLD)
+    new_sink, uri = sink_factory(results_dir, tracking_uri, REGRESS_EXPERIMENT)
+    if plot_out:
+        points = load_history(load_records(uri, REGRESS_EXPERIMENT), mode)
+        out = plot_history(points, base.get("figures", {}), threshold, Path(plot_out))
+        click.echo(json.dumps({"plot": str(out), "runs": len(points)}) if as_json else out)
+        return
+    if repeats < 1 or seeds < 1:
+        raise ConfigError("--repeats and --seeds must be >= 1")
+    timing_figs = tuple(f for f in only if not f.startswith("nll_"))
+    quality_figs = tuple(f for f in only if f.startswith("nll_"))
+    run_timing = "timing" not in skip and (not only or timing_figs)
+    run_qual = "quality" not in skip and (not only or quality_figs)
+    n_runs = repeats if rebaseline else 1
+    timing_runs = [rg.run_suite(mode, timing_figs, device) for _ in range(n_runs)] \
+        if run_timing else []
+    quality = rg.run_quality(registry_of(ctx), mode, tuple(range(seeds if rebaseline else 1)),
+                             quality_figs, Path(data_dir) if data_dir else None,
+                             device) if run_qual else {}
+    machine = rg.machine_info(device)
+    commit = git_commit()
+    if rebaseline:
+        new = rg.make_baseline(timing_runs, quality, machine, commit, threshold)
+        rg.save_baseline(Path(baseline_path), data, mode, new)
+        out = {"rebaselined": str(baseline_path), "mode": mode, "baseline": new}
+        click.echo(json.dumps(out, indent=1) if as_json else
+                   f"wrote the {mode} baseline ({len(new['figures'])} figures) to "
+                   f"{baseline_path}")
+        return
+    if not base:
+        raise ConfigError(f"no {mode} baseline in {baseline_path}: run bench regress "
+                          f"{'--full ' if full else ''}--rebaseline first")
+    timing = timing_runs[0] if timing_runs else {}
+    selected = tuple(only) or tuple(
+        k for k, v in base["figures"].items()
+        if (v["kind"] == "timing" and run_timing) or (v["kind"] == "quality" and run_qual)) \
+        or ("-",)
+    checks = rg.compare(base["figures"], timing, quality, threshold, selected)
+    passed = not any(c.failed for c in checks)
+    if not no_record:
+        figures = {**{k: v["ratio"] for k, v in timing.items()},
+                   **{k: v["value"] for k, v in quality.items()}}
+        record_regress(new_sink(), figures, commit, mode, passed, machine)
+    if as_json:
+        click.echo(json.dumps({"mode": mode, "passed": passed, "threshold": threshold,
+                               "commit": commit, "baseline_machine": base.get("machine"),
+                               "checks": [c.as_dict() for c in checks],
+                               "timing": timing, "quality": quality}, indent=1))
+    else:
+        click.echo(_table(checks))
+    for c in checks:
+        if c.failed:
+            click.echo(f"REGRESSION {c.line()}", err=True)
+    if not passed:
+        ctx.exit(1)

@@ -1,0 +1,280 @@
+"""Performance and quality regression checks (`bench regress`): measure, compare with the
+committed baseline, rebaseline.
+
+Timing figures come from the pytest-benchmark suite ``benchmarks/test_regress_bench.py``
+(run in a subprocess; each figure is a ratio to a bare reference timed in the same run, so
+machines of different speed give comparable numbers). Quality figures are the test NLLs of
+short fixed-seed trainings run here through `run_job`.
+
+Rules (also in README):
+- a timing ratio regresses when ``now > baseline * threshold`` (default 1.5: on a busy
+  2-core machine, check runs stayed within 0.86-1.22x of the baseline, see
+  results/benchmarks/README.md); a ratio below ``baseline / threshold`` passes, flagged
+  "faster" (rebaseline to keep the gain);
+- a quality figure fails outside ``baseline +- band``, where ``band = 3 * max(sd over the
+  rebaseline's seeds, standard error of the test NLL)``: the check reruns seed 0, which on
+  another machine (another BLAS, a GPU) may differ as much as another seed would;
+- a figure of the baseline that was not measured fails ("missing"); a measured figure the
+  baseline lacks passes, flagged "new".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.api import ConfigError, DataError
+
+__all__ = ["Check", "QUALITY", "TIMING_THRESHOLD", "compare", "load_baseline", "machine_info",
+           "make_baseline", "run_quality", "run_suite", "save_baseline", "SUITE"]
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SUITE = PROJECT_ROOT / "benchmarks" / "test_regress_bench.py"
+TIMING_THRESHOLD = 1.5
+BAND_SIGMAS = 3.0
+MODES = ("fast", "full")
+TOY = "8gaussians[n_train=4096,n_val=256,n_test=1024]"
+#: quality figures: (method selection, dataset selection, steps per mode, needs real data)
+QUALITY: dict[str, tuple[str, str, dict[str, int], str | None]] = {
+    "nll_interflow_8gaussians": (
+        "interflow[hidden=(64,64),batch_size=256]", TOY, {"fast": 300, "full": 3000}, None),
+    "nll_ddpm_8gaussians": (
+        "ddpm[T=100,hidden=(64,64),time_embed_dim=16,batch_size=256]", TOY,
+        {"fast": 300, "full": 3000}, None),
+    "nll_gaussian_mle_miniboone": ("gaussian_mle", "miniboone", {"fast": 1, "full": 1},
+                                   "miniboone"),
+}
+
+
+@dataclass
+class Check:
+    """One figure compared with the baseline: status ok | regressed | faster | outside band
+    | missing | new; ``limit`` is the largest passing ratio (timing) or the band's
+    half-width (quality)."""
+
+    figure: str
+    kind: str
+    baseline: float | None
+    now: float | None
+    limit: float | None
+    status: str
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("regressed", "outside band", "missing")
+
+    def line(self) -> str:
+        """The one-line failure message."""
+        if self.status == "missing":
+            return f"{self.figure}: in the baseline ({self.baseline:.4g}) but not measured"
+        if self.kind == "timing":
+            factor = self.limit / self.baseline
+            return (f"{self.figure}: ratio {self.now:.3f} vs baseline {self.baseline:.3f} "
+                    f"({self.now / self.baseline:.2f}x; threshold {factor:.2f}x"
+                    f" = {self.limit:.3f})")
+        return (f"{self.figure}: test NLL {self.now:.4f} outside baseline {self.baseline:.4f} "
+                f"+- {self.limit:.4f}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "failed": self.failed}
+
+
+# -- measuring ----------------------------------------------------------------------------
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """Where a measurement was taken (recorded beside a baseline; ratios do not depend on
+    it much, but a reader should know)."""
+    import torch
+
+    info = {"node": platform.node(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+            "python": platform.python_version(), "torch": torch.__version__, "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def run_suite(mode: str = "fast", figures: tuple[str, ...] = (), device: str = "cpu",
+              env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Run the timing suite once in a subprocess; figure -> {ratio, target_median,
+    reference_median, rounds}.
+
+    Args:
+        mode: "fast" | "full" (the suite's ``BENCH_REGRESS_MODE``).
+        figures: only these figures (pytest ``-k``); empty: all.
+        env: extra environment of the subprocess (e.g. ``PYTEST_ADDOPTS``).
+    Raises:
+        ConfigError: bad mode, or no suite (an installed wheel has no ``benchmarks/``).
+        DataError: the suite failed (its output's tail in the message).
+    """
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    if not SUITE.is_file():
+        raise ConfigError(f"the timing suite {SUITE} is missing: bench regress runs in a "
+                          "source checkout")
+    with tempfile.TemporaryDirectory(prefix="bench-regress-") as tmp:
+        out = Path(tmp) / "bench.json"
+        cmd = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:xdist",
+               "-p", "no:cacheprovider", "--benchmark-only", f"--benchmark-json={out}", "-q",
+               "--rootdir", str(PROJECT_ROOT)]
+        if figures:
+            cmd += ["-k", " or ".join(figures)]
+        full_env = {**os.environ, "BENCH_REGRESS_MODE": mode, "BENCH_DEVICE": device,
+                    **(env or {})}
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=full_env, capture_output=True,
+                              text=True)
+        log.info("timing suite (%s): %.1f s", mode, time.perf_counter() - t0)
+        if proc.returncode != 0 or not out.is_file():
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+            raise DataError("the timing suite failed:\n" + "\n".join(tail))
+        data = json.loads(out.read_text())
+    result = {}
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        result[info["figure"]] = {
+            "ratio": float(info["ratio"]), "target_median": bench["stats"]["median"],
+            "reference_median": info["reference_median"], "rounds": bench["stats"]["rounds"]}
+    return result
+
+
+def run_quality(registry, mode: str = "fast", seeds: tuple[int, ...] = (0,),
+                figures: tuple[str, ...] = (), data_dir: Path | None = None,
+                device: str = "cpu") -> dict[str, dict[str, Any]]:
+    """Train and test the quality cases; figure -> {value (test NLL of the first seed), se,
+    values (one per seed)}. A case whose real data is absent is skipped with a log line."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same summation order on any CPU
+    try:
+        return _run_quality(registry, mode, seeds, figures, data_dir, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_quality(registry, mode: str, seeds: tuple[int, ...], figures: tuple[str, ...],
+                 data_dir: Path | None, device: str) -> dict[str, dict[str, Any]]:
+    from bench.harness.distributed import NullSink
+    from bench.harness.plan import plan_jobs
+    from bench.harness.run import run_job
+
+    data_root = data_dir or (Path(os.environ["BENCH_DATA_DIR"])
+                             if os.environ.get("BENCH_DATA_DIR") else None)
+    out = {}
+    for name, (method, dataset, steps, needs) in QUALITY.items():
+        if figures and name not in figures:
+            continue
+        if needs and not (data_root and (data_root / needs).is_dir()):
+            log.warning("quality %s skipped: no %s/ under the data root", name, needs)
+            continue
+        jobs = plan_jobs(registry, [method], [dataset], list(seeds), steps=steps[mode],
+                         eval_every=steps[mode], device=device, data_dir=data_root,
+                         n_samples=0)
+        values, se = [], float("nan")
+        for job in jobs:
+            record = run_job(job, NullSink())
+            if record.status != "FINISHED" or "test_nll" not in record.metrics:
+                raise DataError(f"quality run {name} seed {job.seed} ended {record.status}")
+            values.append(float(record.metrics["test_nll"]))
+            if job.seed == seeds[0]:
+                se = float(record.metrics.get("test_nll_se", float("nan")))
+        out[name] = {"value": values[0], "se": se, "values": values}
+    return out
+
+
+# -- the baseline -------------------------------------------------------------------------
+def make_baseline(timing_runs: list[dict[str, dict]], quality: dict[str, dict],
+                  machine: dict[str, Any], commit: str, threshold: float = TIMING_THRESHOLD
+                  ) -> dict[str, Any]:
+    """A mode's baseline: each timing figure's median ratio over repeated suite runs (with
+    its spread max/min), each quality figure's value with its band."""
+    figures: dict[str, dict[str, Any]] = {}
+    for name in sorted({k for run in timing_runs for k in run}):
+        ratios = [run[name]["ratio"] for run in timing_runs if name in run]
+        figures[name] = {"kind": "timing", "ratio": statistics.median(ratios),
+                         "runs": ratios, "spread": max(ratios) / min(ratios)}
+    for name, q in quality.items():
+        sd = statistics.stdev(q["values"]) if len(q["values"]) > 1 else 0.0
+        se = q["se"] if q["se"] == q["se"] else 0.0
+        figures[name] = {"kind": "quality", "value": q["value"], "values": q["values"],
+                         "sd_seeds": sd, "se": se, "band": BAND_SIGMAS * max(sd, se)}
+    return {"machine": machine, "commit": commit, "threshold": threshold,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "figures": figures}
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    """The whole baseline file ({"modes": {mode: baseline}}); empty modes if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return {"schema": 1, "modes": {}}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not a baseline file ({e})") from None
+    if not isinstance(data, dict) or "modes" not in data:
+        raise DataError(f"{path}: not a baseline file (no 'modes')")
+    return data
+
+
+def save_baseline(path: Path, data: dict[str, Any], mode: str, baseline: dict[str, Any]
+                  ) -> None:
+    """Write ``baseline`` as ``mode``'s entry of the file (other modes kept)."""
+    path = Path(path)
+    data = {**data, "schema": 1, "modes": {**data.get("modes", {}), mode: baseline}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+# -- comparing ----------------------------------------------------------------------------
+def compare(baseline: dict[str, dict], timing: dict[str, dict], quality: dict[str, dict],
+            threshold: float = TIMING_THRESHOLD, selected: tuple[str, ...] = ()
+            ) -> list[Check]:
+    """Every figure of the baseline and of the measurement, checked by the module's rules.
+
+    Args:
+        baseline: figure -> entry (``make_baseline``'s ``figures``).
+        timing, quality: what `run_suite` / `run_quality` measured.
+        threshold: the largest passing ratio now / baseline of a timing figure (> 1).
+        selected: when only some figures were run, the others are not "missing".
+    """
+    if not threshold > 1:
+        raise ConfigError(f"threshold must be > 1, got {threshold}")
+    now = {**{k: ("timing", v["ratio"]) for k, v in timing.items()},
+           **{k: ("quality", v["value"]) for k, v in quality.items()}}
+    checks = []
+    for name in sorted(set(baseline) | set(now)):
+        base = baseline.get(name)
+        if base is None:
+            kind, value = now[name]
+            checks.append(Check(name, kind, None, value, None, "new"))
+            continue
+        kind = base["kind"]
+        ref = base["ratio"] if kind == "timing" else base["value"]
+        if name not in now:
+            if not selected or name in selected:
+                checks.append(Check(name, kind, ref, None, None, "missing"))
+            continue
+        value = now[name][1]
+        if kind == "timing":
+            limit = ref * threshold
+            status = ("regressed" if value > limit
+                      else "faster" if value < ref / threshold else "ok")
+        else:
+            limit = base["band"]
+            status = "outside band" if abs(value - ref) > limit else "ok"
+        checks.append(Check(name, kind, ref, value, limit, status))
+    return checks

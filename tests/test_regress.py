@@ -1,0 +1,171 @@
+"""bench regress: the comparison rules on fabricated measurements, the baseline file, the
+history and its plot; then the real thing: an injected slowdown of the InterFlow step fails
+the timing check (CLI end to end), and a broken InterFlow loss fails the quality check."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench.api import ConfigError, DataError
+from bench.harness import regress as rg
+
+COMMITTED = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "baseline.json"
+
+BASE = {
+    "interflow_step": {"kind": "timing", "ratio": 2.0},
+    "cnf_step": {"kind": "timing", "ratio": 8.0},
+    "nll_x": {"kind": "quality", "value": 3.0, "band": 0.1},
+}
+
+
+def _timing(**ratios):
+    return {k: {"ratio": v} for k, v in ratios.items()}
+
+
+def _status(checks):
+    return {c.figure: c.status for c in checks}
+
+
+def test_compare_passes_regresses_and_flags_faster():
+    checks = rg.compare(BASE, _timing(interflow_step=2.9, cnf_step=5.0),
+                        {"nll_x": {"value": 3.09}}, threshold=1.5)
+    assert _status(checks) == {"interflow_step": "ok", "cnf_step": "faster", "nll_x": "ok"}
+    assert not any(c.failed for c in checks)
+    checks = rg.compare(BASE, _timing(interflow_step=3.01, cnf_step=8.0),
+                        {"nll_x": {"value": 2.89}}, threshold=1.5)
+    assert _status(checks) == {"interflow_step": "regressed", "cnf_step": "ok",
+                               "nll_x": "outside band"}
+    (line,) = [c.line() for c in checks if c.figure == "interflow_step"]
+    assert line == ("interflow_step: ratio 3.010 vs baseline 2.000 (1.50x; threshold 1.50x "
+                    "= 3.000)")
+    (line,) = [c.line() for c in checks if c.figure == "nll_x"]
+    assert line == "nll_x: test NLL 2.8900 outside baseline 3.0000 +- 0.1000"
+    with pytest.raises(ConfigError, match="threshold"):
+        rg.compare(BASE, {}, {}, threshold=1.0)
+
+
+def test_compare_missing_and_new_figures():
+    checks = rg.compare(BASE, _timing(interflow_step=2.0, unet_step=1.2), {}, 1.5)
+    status = _status(checks)
+    assert status == {"interflow_step": "ok", "cnf_step": "missing", "nll_x": "missing",
+                      "unet_step": "new"}
+    assert [c.figure for c in checks if c.failed] == ["cnf_step", "nll_x"]
+    # only some figures were run: the others are not missing
+    checks = rg.compare(BASE, _timing(interflow_step=2.0), {}, 1.5, selected=("interflow_step",))
+    assert _status(checks) == {"interflow_step": "ok"}
+
+
+def test_baseline_rules_and_file_round_trip(tmp_path):
+    runs = [_timing(a=1.0), _timing(a=1.3), _timing(a=1.1)]
+    quality = {"nll_q": {"value": 3.0, "se": 0.01, "values": [3.0, 3.2, 2.9]},
+               "nll_d": {"value": 5.0, "se": 0.4, "values": [5.0, 5.0]}}
+    new = rg.make_baseline(runs, quality, {"node": "m"}, "abc", 1.5)
+    fig = new["figures"]
+    assert fig["a"]["ratio"] == 1.1 and fig["a"]["spread"] == pytest.approx(1.3)
+    assert fig["nll_q"]["band"] == pytest.approx(3 * statistics.stdev([3.0, 3.2, 2.9]))
+    assert fig["nll_d"]["band"] == pytest.approx(3 * 0.4)  # no seed spread: the SE rules
+    path = tmp_path / "b" / "baseline.json"
+    assert rg.load_baseline(path) == {"schema": 1, "modes": {}}
+    rg.save_baseline(path, rg.load_baseline(path), "full", {"figures": {}})
+    rg.save_baseline(path, rg.load_baseline(path), "fast", new)
+    data = rg.load_baseline(path)
+    assert set(data["modes"]) == {"fast", "full"} and data["modes"]["fast"] == new
+    path.write_text("{}")
+    with pytest.raises(DataError, match="not a baseline"):
+        rg.load_baseline(path)
+
+
+def test_committed_baseline_has_every_figure():
+    base = rg.load_baseline(COMMITTED)["modes"]["fast"]
+    assert {"interflow_step", "ddpm_step", "cnf_step", "loglik_exact", "loglik_hutchinson",
+            "sampling", "unet_step", "cli_help", "nll_interflow_8gaussians",
+            "nll_ddpm_8gaussians"} <= set(base["figures"])
+    assert base["machine"]["cpus"] >= 1 and base["threshold"] > 1
+
+
+def test_history_round_trip_and_plot(tmp_path):
+    from bench.record.history import load_history, plot_history, record_regress
+    from bench.record.memory import MemorySink
+
+    records = []
+    for i, (mode, passed) in enumerate([("fast", True), ("full", True), ("fast", False)]):
+        sink = MemorySink()
+        record_regress(sink, {"interflow_step": 2.0 + i, "nll_x": 3.0}, f"c{i}", mode, passed,
+                       {"cpus": 2})
+        records.append(sink.record)
+    assert records[0].tags["git_commit"] == "c0" and records[0].tags["machine.cpus"] == "2"
+    points = load_history(records, "fast")
+    assert [(p.commit, p.passed, p.figures["interflow_step"]) for p in points] == [
+        ("c0", True, 2.0), ("c2", False, 4.0)]
+    out = plot_history(points, BASE, 1.5, tmp_path / "h.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(DataError, match="no regress runs"):
+        plot_history([], BASE, 1.5, tmp_path / "none.png")
+
+
+SLOWDOWN = '''
+"""Injected slowdown: the InterFlow step also runs its network 20 more times."""
+import torch
+from bench.harness.optim import Trainer
+
+_step = Trainer.step
+
+
+def _slow_step(self, batch, step):
+    if self.method.name == "interflow":
+        with torch.no_grad():
+            for _ in range(20):
+                self.method.v(torch.rand(batch.shape[0]), batch)
+    return _step(self, batch, step)
+
+
+Trainer.step = _slow_step
+'''
+
+
+def test_injected_slowdown_fails_the_timing_check(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from bench.cli.regress import regress
+
+    (tmp_path / "regress_slowdown.py").write_text(textwrap.dedent(SLOWDOWN))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p regress_slowdown")
+    res = CliRunner().invoke(regress, [
+        "--only", "interflow_step", "--baseline", str(COMMITTED), "--json", "--no-record"])
+    assert res.exit_code == 1, res.output
+    out = json.loads(res.stdout)
+    (check,) = out["checks"]
+    assert check["figure"] == "interflow_step" and check["status"] == "regressed"
+    assert check["now"] > check["limit"]
+    assert "REGRESSION interflow_step: ratio" in res.stderr
+
+
+def test_broken_loss_fails_the_quality_check(monkeypatch):
+    from bench.harness.registry import Registry
+
+    base = rg.load_baseline(COMMITTED)["modes"]["fast"]["figures"]
+    fig = ("nll_interflow_8gaussians",)
+    registry = Registry()
+    clean = rg.run_quality(registry, "fast", figures=fig)
+    assert _status(rg.compare(base, {}, clean, selected=fig)) == {fig[0]: "ok"}
+
+    cls = registry.get("method", "interflow")
+
+    def broken(self, batch, step=0):  # the cross term's factor 2 dropped
+        x_1 = batch.to(self.ctx.device)
+        n = x_1.shape[0]
+        path = self.interpolant.sample(self.base_sample(n), x_1, self.sample_time(n))
+        v = self.v(path.t, path.x_t)
+        return ((v * v).sum(1) - (path.dx_t * v).sum(1)).mean()
+
+    monkeypatch.setattr(cls, "loss", broken)
+    bad = rg.run_quality(registry, "fast", figures=fig)
+    (check,) = rg.compare(base, {}, bad, selected=fig)
+    assert check.status == "outside band", check
+    assert abs(check.now - check.baseline) > check.limit
