@@ -144,3 +144,34 @@ def test_interpolant_boundaries_and_derivatives(name):
     h = 1e-6
     assert torch.allclose((it.a(t + h) - it.a(t - h)) / (2 * h), it.da(t), atol=1e-6)
     assert torch.allclose((it.b(t + h) - it.b(t - h)) / (2 * h), it.db(t), atol=1e-6)
+
+
+def test_validation_tolerance_applies_only_inside_validating():
+    """ODEEngine.validating() solves at rtol = atol = val_tol (labelled so, fewer NFE) and
+    restores the test tolerances afterwards; without val_tol it changes nothing."""
+    import torch
+
+    from bench.api import SolverConfig
+    from bench.science.ode import ODEEngine
+
+    a = torch.tensor([[-0.5, 0.3], [0.2, -1.0]])
+
+    def field(t, x):
+        return torch.sin(3 * t) * x @ a.T
+
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+
+    def base(z):
+        return -0.5 * (z * z).sum(1)
+
+    engine = ODEEngine(SolverConfig(rtol=1e-7, atol=1e-7, val_tol=1e-2))
+    tight = engine.log_likelihood(field, x, base)
+    with engine.validating():
+        loose = engine.log_likelihood(field, x, base)
+    again = engine.log_likelihood(field, x, base)
+    assert "rtol=0.01" in loose.estimator and "rtol=1e-07" in tight.estimator
+    assert loose.nfe < tight.nfe and again.nfe == tight.nfe
+    assert torch.allclose(loose.values, tight.values, rtol=0.1, atol=0.1)  # a looser solve
+    plain = ODEEngine(SolverConfig(rtol=1e-7, atol=1e-7))
+    with plain.validating():
+        assert plain.log_likelihood(field, x, base).nfe == tight.nfe

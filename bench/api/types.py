@@ -119,6 +119,9 @@ class SolverConfig:
     (`divergence_for`): the exact trace for events of at most ``AUTO_EXACT_MAX_DIM``
     dimensions (2-D and tabular data), Hutchinson's estimator above (images), whose
     log-likelihood is then labelled kind "estimate".
+
+    ``val_tol``: rtol = atol of the validation solves (the early-stopping signal, see
+    `bench.science.ode.ODEEngine.validating`); None: the test tolerances.
     """
 
     AUTO_EXACT_MAX_DIM: ClassVar[int] = 128
@@ -130,6 +133,7 @@ class SolverConfig:
     n_probes: int = 1
     probe: Literal["rademacher", "gaussian"] = "rademacher"
     chunk: int = 4096
+    val_tol: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ADAPTIVE_SOLVERS:  # checked in the plan, not after training
@@ -139,6 +143,8 @@ class SolverConfig:
             raise ConfigError("solver tolerances rtol and atol must be > 0")
         if self.chunk < 1:
             raise ConfigError("solver chunk must be >= 1")
+        if self.val_tol is not None and not self.val_tol > 0:
+            raise ConfigError(f"--val-tol must be > 0, got {self.val_tol}")
         check_divergence("exact" if self.divergence == "auto" else self.divergence,
                          self.probe, self.n_probes)
 

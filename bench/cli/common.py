@@ -49,11 +49,11 @@ def store_options(f):
     return f
 
 
-def make_solver(solver, rtol, atol, divergence, probes):
+def make_solver(solver, rtol, atol, divergence, probes, val_tol=None):
     from bench.api import SolverConfig
 
     return SolverConfig(method=solver, rtol=rtol, atol=atol, divergence=divergence,
-                        n_probes=probes)
+                        n_probes=probes, val_tol=val_tol)
 
 
 def sink_factory(results_dir: str, tracking_uri: str | None, experiment: str):

@@ -58,6 +58,9 @@ __all__ = ["run"]
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the method's modules for training.")
 @solver_options
+@click.option("--val-tol", type=float, default=1e-3, show_default=True,
+              help="rtol = atol of the validation solves (the early-stopping signal); the "
+                   "test NLL uses --rtol/--atol.")
 @store_options
 @click.option("--dry-run", is_flag=True, help="Print the validated plan and stop.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
@@ -65,7 +68,8 @@ __all__ = ["run"]
 @click.pass_context
 def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, patience,
         n_samples, val_rows, test_rows, fid_samples, fid_ref, fid_ref_rows, device,
-        precision, channels_last, compile_, solver, rtol, atol, divergence, probes, data_dir,
+        precision, channels_last, compile_, solver, rtol, atol, divergence, probes, val_tol,
+        data_dir,
         results_dir, tracking_uri, experiment, dry_run, quiet, as_json):
     """Train and evaluate every (method, dataset, seed) combination; record them in MLflow.
 
@@ -83,7 +87,7 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
     jobs = plan_jobs(registry, methods, datasets, parse_seeds(seeds), parse_sets(sets),
                      steps=steps, max_seconds=max_seconds, eval_every=eval_every,
                      patience=patience, solver=make_solver(solver, rtol, atol, divergence,
-                                                           probes),
+                                                           probes, val_tol),
                      device=device, data_dir=Path(data_dir) if data_dir else None,
                      n_samples=n_samples, val_rows=val_rows, test_rows=test_rows,
                      sample_eval=sample_eval, execution=execution)

@@ -7,6 +7,7 @@ code (`bench.harness.optim.Trainer` does the optimisation).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -102,7 +103,9 @@ def validate(method: Method, trainer: Trainer, x: torch.Tensor, device: str,
     own = type(method).validation_likelihood is not Method.validation_likelihood
     synchronize(device)
     t0 = time.perf_counter()
-    with trainer.averaged(), torch.no_grad():
+    engine = getattr(getattr(method, "ctx", None), "engine", None)
+    looser = engine.validating() if hasattr(engine, "validating") else contextlib.nullcontext()
+    with trainer.averaged(), torch.no_grad(), looser:
         x = x.to(device)
         ll = (method.validation_likelihood(x) if own
               else data_log_likelihood(method, x, dequantization))

@@ -23,9 +23,10 @@ and Hutchinson's above, and labels the result kind "estimate" when it used Hutch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -204,6 +205,20 @@ class ODEEngine:
                        t: float = 1.0) -> LogLikelihood:
         """log rho_t(x) (n,) of the flow started at rho_0 = base (see `log_likelihood`)."""
         return log_likelihood(field, x, base_log_prob, self.cfg, t=t, seed=self.seed)
+
+    @contextlib.contextmanager
+    def validating(self) -> Iterator[None]:
+        """Inside the block, solves use rtol = atol = ``cfg.val_tol`` (the validation
+        signal's tolerance; labelled so); a no-op when it is None."""
+        if self.cfg.val_tol is None:
+            yield
+            return
+        saved = self.cfg
+        self.cfg = dataclasses.replace(saved, rtol=saved.val_tol, atol=saved.val_tol)
+        try:
+            yield
+        finally:
+            self.cfg = saved
 
 
 # -- CNF training (its settings: `bench.science.solvers.TrainConfig`) ---------------------
