@@ -34,8 +34,13 @@ def test_committed_csvs_load_and_every_row_has_a_citation_and_a_status():
     ffjord = by[("FFJORD", "miniboone", "test_nll")]  # NLL in nats: positive on MINIBOONE
     assert ffjord.value == pytest.approx(10.43) and not ffjord.checked
     assert by[("FFJORD", "bsds300", "test_nll")].value < 0  # sign: NLL, not log-likelihood
-    assert by[("DDPM", "cifar10", "fid")].checked and by[("DDPM", "cifar10", "fid")].value == 3.17
+    simple, fixed = "DDPM [L_simple]", "DDPM [L, fixed isotropic Sigma]"  # Ho et al. Table 1
+    assert by[(simple, "cifar10", "fid")].checked and by[(simple, "cifar10", "fid")].value == 3.17
+    assert by[(simple, "cifar10", "test_bpd")].value == 3.75  # L_simple: better FID, worse bound
+    assert by[(fixed, "cifar10", "test_bpd")].value == 3.70
+    assert all(by[(m, "cifar10", "test_bpd")].checked for m in (simple, fixed))
     assert {p.kind for p in rows if p.metric == "test_bpd" and "DDPM" in p.method} == {"bound"}
+    assert all(p.value > 0 for p in rows if p.metric in ("test_bpd", "fid"))
     with open(REFERENCE_DIR / "tabular.csv") as f:  # one row per (method, dataset, metric)
         assert len(list(csv.DictReader(f))) == len(
             [p for p in rows if p.source.startswith("tabular.csv")])

@@ -60,6 +60,33 @@ def test_compare_missing_and_new_figures():
     assert _status(checks) == {"interflow_step": "ok"}
 
 
+def test_info_figures_are_shown_never_failing_never_missing():
+    base = {**BASE, "run_seconds_total": {"kind": "info", "value": 200.0}}
+    checks = rg.compare(base, _timing(interflow_step=2.0, cnf_step=8.0),
+                        {"nll_x": {"value": 3.0}}, 1.5, info={"run_seconds_total": 900.0})
+    (info,) = [c for c in checks if c.figure == "run_seconds_total"]
+    assert (info.status, info.kind, info.now, info.failed) == ("info", "info", 900.0, False)
+    checks = rg.compare(base, _timing(interflow_step=2.0, cnf_step=8.0),
+                        {"nll_x": {"value": 3.0}}, 1.5)  # not measured: not "missing"
+    assert "run_seconds_total" not in _status(checks)
+    assert not any(c.failed for c in checks)
+    new = rg.make_baseline([], {}, {}, "abc", info={"s": 1.5})
+    assert new["figures"]["s"] == {"kind": "info", "value": 1.5}
+
+
+def test_default_command_is_run_whole_and_split_into_seconds(monkeypatch):
+    monkeypatch.setattr(rg, "DEFAULT_RUNS", {"tiny": (
+        ("--method", "interflow[hidden=(8,8),batch_size=32]",
+         "--dataset", "8gaussians[n_train=256,n_val=64,n_test=64]", "--steps", "20",
+         "--n-samples", "0"), None)})
+    assert rg.run_default("fast") == ({}, {})  # the default commands belong to full mode
+    quality, info = rg.run_default("full")
+    q = quality["nll_tiny"]
+    assert q["values"] == [q["value"]] and q["se"] > 0 and 0 < q["value"] < 10
+    parts = [info[f"tiny_seconds_{k}"] for k in ("train", "val", "test")]
+    assert all(p > 0 for p in parts) and info["tiny_seconds_total"] > sum(parts)
+
+
 def test_baseline_rules_and_file_round_trip(tmp_path):
     runs = [_timing(a=1.0), _timing(a=1.3), _timing(a=1.1)]
     quality = {"nll_q": {"value": 3.0, "se": 0.01, "values": [3.0, 3.2, 2.9]},

@@ -41,8 +41,10 @@ def _table(checks) -> str:
 @click.option("--threshold", type=float, default=None,
               help="Largest passing timing ratio now/baseline (default: the baseline's, 1.5).")
 @click.option("--only", "only", multiple=True, help="Only this figure (repeatable).")
-@click.option("--skip", type=click.Choice(["timing", "quality"]), multiple=True,
-              help="Skip the timing suite or the quality trainings.")
+@click.option("--skip", type=click.Choice(["timing", "quality", "default"]), multiple=True,
+              help="Skip the timing suite, the quality trainings, or the default commands "
+                   "(full mode: `bench run --method interflow --dataset miniboone` timed "
+                   "whole).")
 @click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
               default=BASELINE, show_default=True)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
@@ -98,10 +100,15 @@ def regress(ctx, full, rebaseline, repeats, seeds, threshold, only, skip, baseli
     quality = rg.run_quality(registry_of(ctx), mode, tuple(range(seeds if rebaseline else 1)),
                              quality_figs, Path(data_dir) if data_dir else None,
                              device) if run_qual else {}
+    info: dict[str, float] = {}
+    if run_qual and "default" not in skip:
+        default_quality, info = rg.run_default(mode, quality_figs,
+                                               Path(data_dir) if data_dir else None, device)
+        quality.update(default_quality)
     machine = rg.machine_info(device)
     commit = git_commit()
     if rebaseline:
-        new = rg.make_baseline(timing_runs, quality, machine, commit, threshold)
+        new = rg.make_baseline(timing_runs, quality, machine, commit, threshold, info)
         rg.save_baseline(Path(baseline_path), data, mode, new)
         out = {"rebaselined": str(baseline_path), "mode": mode, "baseline": new}
         click.echo(json.dumps(out, indent=1) if as_json else
@@ -114,19 +121,22 @@ def regress(ctx, full, rebaseline, repeats, seeds, threshold, only, skip, baseli
     timing = timing_runs[0] if timing_runs else {}
     selected = tuple(only) or tuple(
         k for k, v in base["figures"].items()
-        if (v["kind"] == "timing" and run_timing) or (v["kind"] == "quality" and run_qual)) \
+        if (v["kind"] == "timing" and run_timing) or (v["kind"] == "quality" and run_qual
+                                                       and not (k.startswith("nll_default_")
+                                                                and "default" in skip))) \
         or ("-",)
-    checks = rg.compare(base["figures"], timing, quality, threshold, selected)
+    checks = rg.compare(base["figures"], timing, quality, threshold, selected, info)
     passed = not any(c.failed for c in checks)
     if not no_record:
         figures = {**{k: v["ratio"] for k, v in timing.items()},
-                   **{k: v["value"] for k, v in quality.items()}}
+                   **{k: v["value"] for k, v in quality.items()}, **info}
         record_regress(new_sink(), figures, commit, mode, passed, machine)
     if as_json:
         click.echo(json.dumps({"mode": mode, "passed": passed, "threshold": threshold,
                                "commit": commit, "baseline_machine": base.get("machine"),
                                "checks": [c.as_dict() for c in checks],
-                               "timing": timing, "quality": quality}, indent=1))
+                               "timing": timing, "quality": quality, "info": info},
+                              indent=1))
     else:
         click.echo(_table(checks))
     for c in checks:

@@ -15,7 +15,10 @@ Rules (also in README):
   rebaseline's seeds, standard error of the test NLL)``: the check reruns seed 0, which on
   another machine (another BLAS, a GPU) may differ as much as another seed would;
 - a figure of the baseline that was not measured fails ("missing"); a measured figure the
-  baseline lacks passes, flagged "new".
+  baseline lacks passes, flagged "new";
+- info figures (the default command's wall-clock and its split into training, validation
+  and test seconds, full mode) are recorded, shown and drawn, never pass/fail: absolute
+  seconds depend on the machine.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from typing import Any
 
 from bench.api import ConfigError, DataError
 
-__all__ = ["Check", "QUALITY", "TIMING_THRESHOLD", "compare", "load_baseline", "machine_info",
-           "make_baseline", "run_quality", "run_suite", "save_baseline", "SUITE"]
+__all__ = ["Check", "DEFAULT_RUNS", "QUALITY", "TIMING_THRESHOLD", "compare", "load_baseline",
+           "machine_info", "run_default", "make_baseline", "run_quality", "run_suite",
+           "save_baseline", "SUITE"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,15 @@ QUALITY: dict[str, tuple[str, str, dict[str, int], str | None]] = {
     "nll_gaussian_mle_miniboone": ("gaussian_mle", "miniboone", {"fast": 1, "full": 1},
                                    "miniboone"),
 }
+
+#: the default user commands (full mode), run whole as a user would run them: figure stem ->
+#: (`bench run` arguments, real data needed). Quality figure ``nll_<stem>`` (test NLL, band
+#: from its standard error); info figures ``<stem>_seconds_{total,train,val,test}``.
+DEFAULT_RUNS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "default_interflow_miniboone": (("--method", "interflow", "--dataset", "miniboone"),
+                                    "miniboone"),
+}
+DEFAULT_MODES = ("full",)
 
 
 @dataclass
@@ -77,6 +90,8 @@ class Check:
 
     def line(self) -> str:
         """The one-line failure message."""
+        if self.kind == "info":
+            return f"{self.figure}: {self.now:.4g} (info)"
         if self.status == "missing":
             return f"{self.figure}: in the baseline ({self.baseline:.4g}) but not measured"
         if self.kind == "timing":
@@ -195,12 +210,57 @@ def _run_quality(registry, mode: str, seeds: tuple[int, ...], figures: tuple[str
     return out
 
 
+def run_default(mode: str = "full", figures: tuple[str, ...] = (),
+                data_dir: Path | None = None, device: str = "cpu"
+                ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Run each of `DEFAULT_RUNS` as a user would (``python -m bench run ... --json`` in a
+    subprocess, a throwaway store, the machine's threads) in the modes of `DEFAULT_MODES`.
+
+    Returns:
+        (quality, info): ``nll_<stem>`` -> {value, se, values} like `run_quality`, and the
+        info figures ``<stem>_seconds_total`` (wall-clock of the whole command),
+        ``_train``, ``_val``, ``_test`` (the run's own metrics).
+    """
+    quality: dict[str, dict[str, Any]] = {}
+    info: dict[str, float] = {}
+    if mode not in DEFAULT_MODES:
+        return quality, info
+    data_root = data_dir or (Path(os.environ["BENCH_DATA_DIR"])
+                             if os.environ.get("BENCH_DATA_DIR") else None)
+    for stem, (args, needs) in DEFAULT_RUNS.items():
+        if figures and f"nll_{stem}" not in figures:
+            continue
+        if needs and not (data_root and (data_root / needs).is_dir()):
+            log.warning("default run %s skipped: no %s/ under the data root", stem, needs)
+            continue
+        with tempfile.TemporaryDirectory(prefix="bench-regress-default-") as tmp:
+            cmd = [sys.executable, "-m", "bench", "run", *args, "--device", device,
+                   "--results-dir", tmp, "--json"]
+            env = {**os.environ, **({"BENCH_DATA_DIR": str(data_root)} if data_root else {})}
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
+            total = time.perf_counter() - t0
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-5:]
+            raise DataError(f"default run {stem} failed:\n" + "\n".join(tail))
+        (m,) = json.loads(proc.stdout)
+        quality[f"nll_{stem}"] = {"value": m["test_nll"], "se": m["test_nll_se"],
+                                  "values": [m["test_nll"]]}
+        info.update({f"{stem}_seconds_total": total,
+                     f"{stem}_seconds_train": m["train_seconds"],
+                     f"{stem}_seconds_val": m["val_seconds"],
+                     f"{stem}_seconds_test": m["eval_seconds"]})
+        log.info("default run %s: %.1f s, test NLL %.3f", stem, total, m["test_nll"])
+    return quality, info
+
+
 # -- the baseline -------------------------------------------------------------------------
 def make_baseline(timing_runs: list[dict[str, dict]], quality: dict[str, dict],
-                  machine: dict[str, Any], commit: str, threshold: float = TIMING_THRESHOLD
-                  ) -> dict[str, Any]:
+                  machine: dict[str, Any], commit: str, threshold: float = TIMING_THRESHOLD,
+                  info: dict[str, float] | None = None) -> dict[str, Any]:
     """A mode's baseline: each timing figure's median ratio over repeated suite runs (with
-    its spread max/min), each quality figure's value with its band."""
+    its spread max/min), each quality figure's value with its band, each info figure's
+    value (never a threshold)."""
     figures: dict[str, dict[str, Any]] = {}
     for name in sorted({k for run in timing_runs for k in run}):
         ratios = [run[name]["ratio"] for run in timing_runs if name in run]
@@ -211,6 +271,8 @@ def make_baseline(timing_runs: list[dict[str, dict]], quality: dict[str, dict],
         se = q["se"] if q["se"] == q["se"] else 0.0
         figures[name] = {"kind": "quality", "value": q["value"], "values": q["values"],
                          "sd_seeds": sd, "se": se, "band": BAND_SIGMAS * max(sd, se)}
+    for name, value in (info or {}).items():
+        figures[name] = {"kind": "info", "value": value}
     return {"machine": machine, "commit": commit, "threshold": threshold,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "figures": figures}
@@ -241,8 +303,8 @@ def save_baseline(path: Path, data: dict[str, Any], mode: str, baseline: dict[st
 
 # -- comparing ----------------------------------------------------------------------------
 def compare(baseline: dict[str, dict], timing: dict[str, dict], quality: dict[str, dict],
-            threshold: float = TIMING_THRESHOLD, selected: tuple[str, ...] = ()
-            ) -> list[Check]:
+            threshold: float = TIMING_THRESHOLD, selected: tuple[str, ...] = (),
+            info: dict[str, float] | None = None) -> list[Check]:
     """Every figure of the baseline and of the measurement, checked by the module's rules.
 
     Args:
@@ -250,13 +312,20 @@ def compare(baseline: dict[str, dict], timing: dict[str, dict], quality: dict[st
         timing, quality: what `run_suite` / `run_quality` measured.
         threshold: the largest passing ratio now / baseline of a timing figure (> 1).
         selected: when only some figures were run, the others are not "missing".
+        info: info figures measured (status "info", never failing; never "missing").
     """
     if not threshold > 1:
         raise ConfigError(f"threshold must be > 1, got {threshold}")
     now = {**{k: ("timing", v["ratio"]) for k, v in timing.items()},
-           **{k: ("quality", v["value"]) for k, v in quality.items()}}
+           **{k: ("quality", v["value"]) for k, v in quality.items()},
+           **{k: ("info", v) for k, v in (info or {}).items()}}
     checks = []
     for name in sorted(set(baseline) | set(now)):
+        if (baseline.get(name) or {}).get("kind", now.get(name, ("",))[0]) == "info":
+            if name in now:
+                checks.append(Check(name, "info", (baseline.get(name) or {}).get("value"),
+                                    now[name][1], None, "info"))
+            continue
         base = baseline.get(name)
         if base is None:
             kind, value = now[name]

@@ -54,7 +54,7 @@ def load_history(records, mode: str) -> list[HistoryPoint]:
 
 
 def _outside(value: float, base: dict | None, threshold: float) -> bool:
-    if base is None:
+    if base is None or base["kind"] == "info":
         return False
     if base["kind"] == "timing":
         return value > base["ratio"] * threshold
@@ -89,7 +89,9 @@ def plot_history(points: list[HistoryPoint], baseline: dict[str, dict], threshol
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
         base = baseline.get(name)
-        if base is not None:
+        if base is not None and base["kind"] == "info":
+            ax.axhline(base["value"], color="tab:gray", lw=1, ls=":")
+        elif base is not None:
             if base["kind"] == "timing":
                 ref, lo, hi = base["ratio"], 0.0, base["ratio"] * threshold
             else:
@@ -109,7 +111,8 @@ def plot_history(points: list[HistoryPoint], baseline: dict[str, dict], threshol
                     color="tab:red" if bad else "tab:blue")
         ax.set_title(name, fontsize=9)
         timing = base is None or base["kind"] == "timing"
-        ax.set_ylabel("ratio to reference" if timing else "test NLL (nats)", fontsize=8)
+        ax.set_ylabel("seconds" if "_seconds_" in name else
+                      "ratio to reference" if timing else "test NLL (nats)", fontsize=8)
         if runs and base is not None and timing:
             ax.set_ylim(0, max(max(y for _, y in runs), base["ratio"] * threshold) * 1.15)
         ax.set_xlim(-0.5, len(commits) - 0.5)
