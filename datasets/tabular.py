@@ -7,10 +7,15 @@ Data is looked up under the data root (``BENCH_DATA_DIR`` or the user cache fold
 
 - a pre-split folder ``<root>/<name>/{train,val,test}.npy`` (already normalised), or
 - the raw files of the MAF archive: ``<root>/miniboone/data.npy``, ``<root>/power/data.npy``,
-  ``<root>/gas/ethylene_CO.pickle``, ``<root>/hepmass/1000_{train,test}.csv``,
+  ``<root>/hepmass/1000_{train,test}.csv``,
   ``<root>/BSDS300/BSDS300.hdf5`` (lowercase ``bsds300`` also accepted), or
 - else `prepare()` downloads the archive (Zenodo record 1161203, 857 MB, md5-checked) and
   extracts the files of the one dataset asked for.
+
+GAS is the exception: its raw file is a pandas pickle, which is never opened loose. It is
+converted once, from the md5-verified archive (``<root>/maf/data.tar.gz``, downloaded if
+absent), to ``<root>/gas/ethylene_CO-<sha256 prefix>.npy`` with a ``.sha256`` sidecar checked
+at every load (`bench.science.mafgas`); a hand-placed ``ethylene_CO.pickle`` is refused.
 
 ``source=presplit`` or ``source=raw`` forces one of the two; the provenance of the splits
 says which was used and whether the row counts are those of the standard MAF splits.
@@ -108,7 +113,10 @@ class _MAFDataset(Dataset):
             where = f"pre-split folder {folder}"
         else:
             arrays = maf.read_raw(self.name, folder)
-            files = ", ".join(str(folder / f) for f in maf.RAW_FILES[self.name])
+            names = maf.RAW_FILES[self.name] if self.name != "gas" else (
+                f"{maf.mafgas.find_cache(folder).name} (converted from the md5-verified "
+                "archive's ethylene_CO.pickle)",)
+            files = ", ".join(str(folder / f) for f in names)
             where = (f"file {files} (splits as stored)" if self.name == "bsds300"
                      else f"raw {files} with the MAF preprocessing")
         train, val, test = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))

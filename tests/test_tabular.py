@@ -129,7 +129,21 @@ def test_power_synthetic(registry, tmp_path):
     assert not torch.equal(make(registry, "power", tmp_path).splits().train, a.train)
 
 
-def test_gas_synthetic(registry, tmp_path):
+def place_gas_archive(root: Path, blob: bytes, monkeypatch) -> Path:
+    """A MAF archive holding ``blob`` as the GAS pickle at ``<root>/maf/data.tar.gz``, its md5
+    pinned (GAS is read only through the verified archive)."""
+    archive = root / "maf" / "data.tar.gz"
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("data/gas/ethylene_CO.pickle")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    monkeypatch.setattr(maf, "MAF_ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(maf, "MAF_ARCHIVE_URL", (root / "offline").as_uri())
+    return archive
+
+
+def test_gas_synthetic(registry, tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     n = 300
     s1, s2, s4 = rng.normal(size=(3, n))
@@ -139,8 +153,8 @@ def test_gas_synthetic(registry, tmp_path):
         "s3": 2 * s1 + 0.01 * rng.normal(size=n),  # almost identical to s1
         "s4": s4, "s5": -3 + s1 + 0.01 * rng.normal(size=n),
     })
-    (tmp_path / "gas").mkdir()
-    frame.to_pickle(tmp_path / "gas" / "ethylene_CO.pickle")
+    frame.columns = pd.Index(list(frame.columns), dtype=object)  # as old pandas pickled it
+    place_gas_archive(tmp_path, pickle.dumps(frame, protocol=2), monkeypatch)
     splits = make(registry, "gas", tmp_path).splits()
     # s1 goes first (first column with a > 0.98 partner), then s3; s5 is left alone
     kept = frame[["s2", "s4", "s5"]]
@@ -297,17 +311,18 @@ def test_selection_string_sets_source(registry, tmp_path):
         ds.prepare()
 
 
-def test_gas_pickle_of_old_pandas(registry, tmp_path):
-    """The archive's GAS pickle names pandas < 0.20 modules; the loader maps them."""
+def test_gas_pickle_of_old_pandas(registry, tmp_path, monkeypatch):
+    """The archive's GAS pickle names pandas < 0.20 modules; the converter maps them."""
     rng = np.random.default_rng(6)
-    frame = pd.DataFrame(rng.normal(size=(60, 6)), columns=["Time", "Meth", "Eth", "a", "b", "c"])
+    frame = pd.DataFrame(rng.normal(size=(60, 6)),
+                         columns=pd.Index(["Time", "Meth", "Eth", "a", "b", "c"], dtype=object))
     blob = pickle.dumps(frame, protocol=2).replace(b"pandas.core.indexes.base",
                                                    b"pandas.indexes.base")
-    (tmp_path / "gas").mkdir()
-    (tmp_path / "gas" / "ethylene_CO.pickle").write_bytes(blob)
     with pytest.raises(ImportError):
-        pd.read_pickle(tmp_path / "gas" / "ethylene_CO.pickle")
+        pd.read_pickle(io.BytesIO(blob))
+    place_gas_archive(tmp_path, blob, monkeypatch)
     splits = make(registry, "gas", tmp_path).splits()
+    assert "converted from the md5-verified" in splits.provenance
     kept = frame[["a", "b", "c"]]
     np.testing.assert_allclose(torch.cat([splits.train, splits.val, splits.test]).numpy(),
                                ((kept - kept.mean()) / kept.std()).values, rtol=1e-5, atol=1e-5)

@@ -67,15 +67,21 @@ class Budget:
         val_rows: use only the first N validation rows (None: all).
         test_rows: score only the first N test rows (None: all; the test split's tag says
             so when a subset was scored).
+        divergence_factor: stop as diverged once a step's |loss| exceeds this factor times
+            max(1, the largest |loss| of the first ``divergence_steps`` steps) (0: only a
+            non-finite loss stops the run).
+        divergence_steps: the early steps whose |loss| sets that reference.
     """
 
     steps: int | None = 5000
     max_seconds: float | None = None
     eval_every: int = 250
     eval_at_seconds: tuple[float, ...] = ()
-    patience: int = 8
+    patience: int = 4
     val_rows: int | None = None
     test_rows: int | None = None
+    divergence_factor: float = 1e6
+    divergence_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.steps is None and self.max_seconds is None:
@@ -91,6 +97,11 @@ class Budget:
         for name, rows in (("--val-rows", self.val_rows), ("--test-rows", self.test_rows)):
             if rows is not None and rows < 2:
                 raise ConfigError(f"{name} must be >= 2, got {rows}")
+        if not (self.divergence_factor == 0 or self.divergence_factor > 1):
+            raise ConfigError("--divergence-factor must be 0 (off) or a number > 1, got "
+                              f"{self.divergence_factor}")
+        if self.divergence_steps < 1:
+            raise ConfigError(f"divergence_steps must be >= 1, got {self.divergence_steps}")
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,12 @@ class Job:
             memory format and compilation of training.
         sources: plug-in name -> "path (version)" of the file or entry point.
         label: the selection as the user wrote it (with its overrides).
+        work_dir: the run's own folder (checkpoints, lock, outputs; see
+            `bench.harness.runfolder`); None: a temporary folder and no resuming.
+        checkpoint_every: write the resumable checkpoint every N steps (None: at every
+            validation). checkpoint_minutes: and every M minutes of wall-clock (0: off).
+        resume: with a ``work_dir``: "auto" continues a run of this job left KILLED or
+            RUNNING from its checkpoint, "require" insists on one, "never" starts afresh.
     """
 
     method: str
@@ -188,6 +205,19 @@ class Job:
     refs: dict[str, tuple[type, Any]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     label: str = ""
+    work_dir: Path | None = None
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float = 10.0
+    resume: Literal["auto", "require", "never"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if not (self.checkpoint_minutes >= 0 and math.isfinite(self.checkpoint_minutes)):
+            raise ConfigError("--checkpoint-minutes must be >= 0 (0: off), got "
+                              f"{self.checkpoint_minutes}")
+        if self.resume not in ("auto", "require", "never"):
+            raise ConfigError(f"resume must be auto, require or never, got {self.resume!r}")
 
     @property
     def name(self) -> str:

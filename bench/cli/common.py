@@ -42,7 +42,9 @@ def store_options(f):
         click.option("--results-dir", type=click.Path(file_okay=False), default="results",
                      show_default=True),
         click.option("--tracking-uri", default=None,
-                     help="MLflow URI (default results/mlflow.db)."),
+                     help="MLflow URI: a SQLite file (default results/mlflow.db) or a team "
+                          "server, http://HOST:PORT (checked before anything runs; if it "
+                          "dies mid-run, the run continues in results/fallback/mlflow.db)."),
         click.option("--experiment", default="bench", show_default=True),
     ]):
         f = opt(f)
@@ -57,12 +59,33 @@ def make_solver(solver, rtol, atol, divergence, probes, val_tol=None):
 
 
 def sink_factory(results_dir: str, tracking_uri: str | None, experiment: str):
-    """A function returning a fresh MLflow sink per run, and the store's URI."""
-    from bench.record.mlflow_sink import MlflowSink, default_tracking_uri
+    """A function returning a fresh MLflow sink per run, and the store's URI.
+
+    An HTTP tracking server is checked here, in a few seconds (`check_tracking_uri`): call
+    this before reading any data, so an unreachable server stops the command at once
+    (ConfigError, exit 2). Sinks on a server fall back to ``results_dir/fallback/mlflow.db``
+    when it dies mid-run.
+    """
+    from bench.record.store import check_tracking_uri, is_http
 
     results = Path(results_dir)
-    uri = tracking_uri or default_tracking_uri(results)
-    return (lambda: MlflowSink(uri, experiment, artifact_root=results / "artifacts")), uri
+    if tracking_uri is None:
+        from bench.record.mlflow_sink import default_tracking_uri
+
+        uri = default_tracking_uri(results)
+    else:
+        uri = tracking_uri
+    check_tracking_uri(uri)
+    fallback = results / "fallback" if is_http(uri) else None
+
+    def new_sink():
+        from bench.record.mlflow_sink import MlflowSink
+
+        # a server's experiment keeps its artifacts where the server says (shared)
+        return MlflowSink(uri, experiment, fallback_dir=fallback,
+                          artifact_root=None if fallback else results / "artifacts")
+
+    return new_sink, uri
 
 
 def progress_factory(quiet: bool):

@@ -109,9 +109,11 @@ def list_(ctx, as_json):
 def table(results_dir, tracking_uri, experiment, metric, fmt, out, reference):
     """Configurations x datasets table of recorded runs: mean +- std over seeds (count)."""
     from bench.record.mlflow_sink import default_tracking_uri, load_records
+    from bench.record.store import check_tracking_uri
     from bench.record.tables import comparison_table, export, render
 
     uri = tracking_uri or default_tracking_uri(Path(results_dir))
+    check_tracking_uri(uri)  # an unreachable server: one line within seconds
     if reference:
         from bench.record.reference import reference_table
 

@@ -23,8 +23,10 @@ def report(results_dir, tracking_uri, experiment, out_dir):
     """Write a markdown report of the recorded runs, with its plots beside it."""
     from bench.record.mlflow_sink import default_tracking_uri
     from bench.record.report import load, write_report
+    from bench.record.store import check_tracking_uri
 
     uri = tracking_uri or default_tracking_uri(Path(results_dir))
+    check_tracking_uri(uri)  # an unreachable server: one line within seconds
     out = Path(out_dir) if out_dir else Path(results_dir) / "report"
     path = write_report(load(uri, experiment), out, source=f"{uri} (experiment {experiment})")
     click.echo(str(path))

@@ -36,7 +36,7 @@ __all__ = ["run"]
 @click.option("--eval-every", type=int, default=None,
               help="Validation NLL every N steps [default: the dataset's, 250 tabular, "
                    "1000 2-D].")
-@click.option("--patience", type=int, default=8, show_default=True,
+@click.option("--patience", type=int, default=4, show_default=True,
               help="Early stop after N evaluations without improvement.")
 @click.option("--n-samples", type=int, default=20000, show_default=True,
               help="Samples drawn for the 2-D samples PNG.")
@@ -62,6 +62,28 @@ __all__ = ["run"]
               help="rtol = atol of the validation solves (the early-stopping signal); the "
                    "test NLL uses --rtol/--atol.")
 @store_options
+@click.option("--resume", "resume", flag_value="require", default=None,
+              help="Continue each job from its checkpoint in <results-dir>/runs/<job key>/ "
+                   "(an error if a job has none) [default: resume a job left KILLED or "
+                   "RUNNING, else start afresh].")
+@click.option("--fresh", "resume", flag_value="never",
+              help="Start new runs, ignoring any checkpoint.")
+@click.option("--checkpoint-every", type=int, default=None,
+              help="Write the resumable checkpoint every N steps [default: at every "
+                   "validation].")
+@click.option("--checkpoint-minutes", type=float, default=10.0, show_default=True,
+              help="Also write it every M minutes (0: off).")
+@click.option("--divergence-factor", type=float, default=1e6, show_default=True,
+              help="Stop a run as diverged when a step's |loss| exceeds this factor x "
+                   "max(1, |loss| of the first step); a non-finite loss always stops it "
+                   "(0: only that).")
+@click.option("--launcher", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True,
+              help="Where the jobs run: in this process, or as Ray tasks (pip install "
+                   "'bench[ray]').")
+@click.option("--address", default=None,
+              help="With --launcher ray: the cluster's address (auto, host:port) "
+                   "[default: a new local cluster].")
 @click.option("--dry-run", is_flag=True, help="Print the validated plan and stop.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records (or plan) as JSON.")
@@ -70,14 +92,18 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
         n_samples, val_rows, test_rows, fid_samples, fid_ref, fid_ref_rows, device,
         precision, channels_last, compile_, solver, rtol, atol, divergence, probes, val_tol,
         data_dir,
-        results_dir, tracking_uri, experiment, dry_run, quiet, as_json):
+        results_dir, tracking_uri, experiment, resume, checkpoint_every, checkpoint_minutes,
+        divergence_factor, launcher, address, dry_run, quiet, as_json):
     """Train and evaluate every (method, dataset, seed) combination; record them in MLflow.
 
     The whole grid is validated before any data is read or any run is opened; each job then
     runs in isolation: a failed job is recorded FAILED with its reason and the others go
-    on; the exit code is 1 if any failed.
+    on; the exit code is 1 if any failed or was killed. Each job runs in its own folder
+    <results-dir>/runs/<job key>/ with periodic checkpoints; launching a job again resumes
+    it when its last run was killed (--resume insists, --fresh starts afresh). Ctrl-C or
+    SIGTERM checkpoints the running job, marks it KILLED and exits 130 / 143.
     """
-    from bench.api import Execution, SampleEval
+    from bench.api import ConfigError, Execution, SampleEval
     from bench.harness.plan import parse_seeds, parse_sets, plan_jobs, plan_table
 
     registry = registry_of(ctx)
@@ -91,6 +117,8 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
                      device=device, data_dir=Path(data_dir) if data_dir else None,
                      n_samples=n_samples, val_rows=val_rows, test_rows=test_rows,
                      sample_eval=sample_eval, execution=execution)
+    jobs = _with_run_folders(jobs, Path(results_dir), resume or "auto", checkpoint_every,
+                             checkpoint_minutes, divergence_factor)
     if dry_run:
         rows = plan_table(jobs)
         if as_json:
@@ -101,6 +129,12 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
             click.echo(tabulate(rows, headers="keys", tablefmt="github"))
             click.echo(f"{len(jobs)} job(s) planned; nothing was run", err=True)
         return
+    if address and launcher != "ray":
+        raise ConfigError("--address needs --launcher ray")
+    if launcher == "ray":
+        from bench.launch.ray_grid import launch_ray
+
+        sys.exit(launch_ray(ctx, jobs, address=address, as_json=as_json, quiet=quiet))
     from bench.harness.distributed import launch_env, main_rank_sinks
     from bench.harness.run import run_job
 
@@ -108,27 +142,67 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
     main_rank = launch_env().is_main  # under torchrun only rank 0 records and prints
     new_sink = main_rank_sinks(new_sink)
     progress = progress_factory(quiet or as_json or not main_rank)
+    from bench.api import BenchError
+    from bench.harness.signals import RunInterrupted, catch_stops
+
     records, failed = [], []
-    for job in jobs:
-        record = run_job(job, new_sink(), progress)
-        records.append(record)
-        if record.status != "FINISHED":
-            failed.append((job, record))
-            if main_rank:
-                click.echo(f"error: {job.label}: {record.status}: {record.failure}", err=True)
-        elif not as_json and main_rank:
-            click.echo(result_line(record))
+    with catch_stops():
+        for job in jobs:
+            try:
+                record = run_job(job, new_sink(), progress)
+            except RunInterrupted as exc:
+                click.echo(f"error: {job.label}: KILLED ({exc}); its checkpoint is in "
+                           f"{job.work_dir}: run the same command again to resume", err=True)
+                sys.exit(exc.exit_code)
+            except BenchError as exc:  # this job could not start (locked, nothing to resume)
+                failed.append((job, None))
+                click.echo(f"error: {job.label}: {exc}", err=True)
+                continue
+            records.append(record)
+            if record.status != "FINISHED":
+                failed.append((job, record))
+                if main_rank:
+                    click.echo(f"error: {job.label}: {record.status}: {record.failure}",
+                               err=True)
+            elif not as_json and main_rank:
+                click.echo(result_line(record))
     if not main_rank:
         sys.exit(1 if failed else 0)
     if as_json:
         click.echo(json.dumps([_json(r) for r in records], indent=1, default=float))
     elif not quiet:
         click.echo(f"recorded in {uri} (experiment {experiment!r})", err=True)
-    if failed:
+    if failed and len(jobs) > 1:  # one job: its own line above already said why
         click.echo(f"error: {len(failed)} of {len(jobs)} run(s) did not finish: "
-                   + "; ".join(f"{j.label} ({r.status}: {r.failure})" for j, r in failed),
+                   + "; ".join(f"{j.label} ({r.status}: {r.failure})" if r is not None
+                               else f"{j.label} (not started)" for j, r in failed),
                    err=True)
+    if failed:
         sys.exit(1)
+
+
+def _with_run_folders(jobs, results: Path, resume: str, checkpoint_every,
+                      checkpoint_minutes, divergence_factor) -> list:
+    """Each job with its run folder ``results/runs/<job key>``, checkpoint and resume policy
+    and divergence bound (validated here, in the plan phase); with ``resume="require"``
+    every job must have a run to resume."""
+    import dataclasses
+
+    from bench.api import ConfigError
+    from bench.harness.runfolder import RunFolder, job_key
+
+    out = []
+    for job in jobs:
+        job = dataclasses.replace(
+            job, budget=dataclasses.replace(job.budget, divergence_factor=divergence_factor),
+            checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+            resume=resume)
+        job = dataclasses.replace(job, work_dir=results / "runs" / job_key(job))
+        if resume == "require" and not RunFolder(job.work_dir).resumable():
+            raise ConfigError(f"--resume: nothing to resume for {job.label or job.name}: "
+                              f"{RunFolder(job.work_dir).describe()} ({job.work_dir})")
+        out.append(job)
+    return out
 
 
 def _json(r) -> dict:

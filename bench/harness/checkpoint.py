@@ -1,7 +1,7 @@
 """One checkpoint layout for every method (tensors and plain values only, loaded with
 ``weights_only=True``; never a pickled plug-in object).
 
-Layout (``format = "bench-checkpoint/1"``)::
+Layout (``format = "bench-checkpoint/2"``)::
 
     {"format", "method", "method_params" (asdict), "dataset", "dataset_params",
      "optim" (asdict of OptimConfig), "seed", "step",
@@ -10,7 +10,16 @@ Layout (``format = "bench-checkpoint/1"``)::
      "ema_updates": {name: int} | None,
      "optimizer", "scheduler",          # torch state dicts, None for closed-form methods
      "extra": method.extra_state(),     # e.g. random generators
-     "rng": torch CPU RNG state}
+     "rng": torch CPU RNG state, "rng_cuda": [per-device states] | None,
+     "kind": "final" (the evaluated model) | "resume" (a run's training state),
+     # "resume" checkpoints only (the run folder's last.pt):
+     "loop": the training loop's state (`bench.harness.loop`: step, done, early stopping,
+             timers, divergence reference, "data": the batch order's generator state at the
+             start of the epoch, epoch and position in it),
+     "best": the best `snapshot` so far | None,
+     "run_id": the tracking run continued on resume, "job_key"}
+
+Version 2 added "rng_cuda", "kind" and the resume entries; version 1 files still load.
 """
 
 from __future__ import annotations
@@ -27,9 +36,9 @@ from bench.api import Job, Method
 from bench.harness.optim import Trainer
 
 __all__ = ["FORMAT", "snapshot", "restore", "load_into", "make_checkpoint",
-           "save_checkpoint", "write_checkpoint", "load_checkpoint"]
+           "save_checkpoint", "write_checkpoint", "load_checkpoint", "restore_training"]
 
-FORMAT = "bench-checkpoint/1"
+FORMAT = "bench-checkpoint/2"
 
 
 def _cpu_copy(obj: Any) -> Any:
@@ -87,14 +96,22 @@ def _asdict(params: Any) -> dict[str, Any]:
 
 
 def make_checkpoint(job: Job, trainer: Trainer, step: int,
-                    state: dict[str, Any] | None = None) -> dict[str, Any]:
+                    state: dict[str, Any] | None = None, *,
+                    loop: dict[str, Any] | None = None, best: dict[str, Any] | None = None,
+                    run_id: str | None = None, job_key: str = "") -> dict[str, Any]:
     """The checkpoint dictionary of ``job`` at ``step``.
 
     Args:
         state: a `snapshot` to store (e.g. the best one kept by early stopping); default:
             the trainer's current state.
+        loop, best, run_id, job_key: given ``loop`` (the loop's state), a "resume"
+            checkpoint with these entries (see the module docstring); else a "final" one.
     """
     state = state if state is not None else snapshot(trainer.method, trainer)
+    resume = ({"loop": loop, "best": best, "run_id": run_id, "job_key": job_key}
+              if loop is not None else {})
+    cuda = (torch.cuda.get_rng_state_all()
+            if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
     return {
         "format": FORMAT,
         "method": job.method,
@@ -107,17 +124,23 @@ def make_checkpoint(job: Job, trainer: Trainer, step: int,
         **{k: state.get(k) for k in ("modules", "ema", "ema_updates", "optimizer",
                                      "scheduler", "extra")},
         "rng": torch.get_rng_state(),
+        "rng_cuda": cuda,
+        "kind": "resume" if loop is not None else "final",
+        **resume,
     }
 
 
 def write_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
-    """Write ``ckpt`` atomically (a temporary file in the same folder, then os.replace)."""
+    """Write ``ckpt`` atomically (a temporary file in the same folder, flushed and fsync'ed,
+    then os.replace): a reader sees the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -134,3 +157,13 @@ def save_checkpoint(path: str | Path, job: Job, trainer: Trainer, step: int,
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint on the CPU (``weights_only=True``: tensors and plain values)."""
     return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def restore_training(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    """Put a "resume" checkpoint's training state back: weights, EMA, optimiser, schedule,
+    the method's extra state (its generators) and torch's RNG states."""
+    restore(trainer.method, trainer, ckpt)
+    torch.set_rng_state(ckpt["rng"])
+    cuda = ckpt.get("rng_cuda")
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])

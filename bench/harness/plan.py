@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,7 +60,20 @@ def parse_seeds(text: str) -> list[int]:
         raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from None
     if not seeds:
         raise ConfigError("--seeds is empty")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"--seeds repeats {', '.join(map(str, twice))}: each seed once")
     return seeds
+
+
+#: devices `bench run` accepts (checked torch-free in the plan phase): type and optional index
+_DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|hpu|meta)(:\d+)?$")
+
+
+def check_device(device: str) -> None:
+    """ConfigError (one line) unless ``device`` is a torch device string such as cpu, cuda:1."""
+    if not _DEVICE.match(device):
+        raise ConfigError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps")
 
 
 def is_dataset_ref(tp: Any) -> bool:
@@ -140,7 +154,8 @@ def _budget(dataset_cls: type, steps: int | None, max_seconds: float | None,
     if steps is None and max_seconds is None:
         steps = int(default["steps"])
     return Budget(steps=steps, max_seconds=max_seconds,
-                  eval_every=eval_every or int(default["eval_every"]), patience=patience,
+                  eval_every=int(default["eval_every"]) if eval_every is None else eval_every,
+                  patience=patience,
                   eval_at_seconds=tuple(eval_at_seconds), val_rows=val_rows,
                   test_rows=test_rows)
 
@@ -148,7 +163,7 @@ def _budget(dataset_cls: type, steps: int | None, max_seconds: float | None,
 def plan_jobs(registry, methods: Sequence[str], datasets: Sequence[str],
               seeds: Sequence[int] = (0,), sets: Sequence[tuple[str, str]] = (), *,
               steps: int | None = None, max_seconds: float | None = None,
-              eval_every: int | None = None, patience: int = 8,
+              eval_every: int | None = None, patience: int = Budget.patience,
               eval_at_seconds: tuple[float, ...] = (), val_rows: int | None = None,
               solver: SolverConfig | None = None, device: str = "cpu",
               data_dir: Path | None = None, evaluate_test: bool = True,
@@ -162,6 +177,7 @@ def plan_jobs(registry, methods: Sequence[str], datasets: Sequence[str],
         raise ConfigError("select at least one method (-m), one dataset (-d) and one seed")
     if n_samples < 0:
         raise ConfigError(f"--n-samples must be >= 0, got {n_samples}")
+    check_device(device)
     solver = solver if solver is not None else SolverConfig()
     per_m, per_d = _route(registry, methods, datasets, list(sets))
     resolved_d = [resolve_dataset(registry, sel, extra)

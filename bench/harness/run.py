@@ -6,22 +6,26 @@ evaluation, writes the checkpoint, and records everything as it happens to the s
 the returned `RunRecord`. Any failure of the job (bench's own errors, a plug-in raising any
 exception) ends the run FAILED with a one-line ``failure.reason``, its ``failure.type`` and
 the traceback as an artifact; it never propagates, so one job never stops a grid. Only a
-KeyboardInterrupt propagates, after the run is marked KILLED.
+stop (`bench.harness.signals.RunInterrupted`, KeyboardInterrupt) propagates, after the run
+is checkpointed and marked KILLED. With a run folder the job checkpoints as it trains and
+resumes a killed run (`bench.harness.runfolder`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import platform
+import shutil
 import subprocess
 import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.api import BenchError, ConfigError, Job, RunRecord, Sink
+from bench.api import BenchError, ConfigError, Job, RunRecord, Sink, TrainingDiverged
 
 __all__ = ["run_job", "load_model", "job_params", "git_commit", "Recorder"]
 
@@ -55,15 +59,24 @@ def job_params(job: Job) -> dict[str, Any]:
             **_flat("optim_", job.optim), "steps": b.steps, "max_seconds": b.max_seconds,
             "eval_every": b.eval_every, "patience": b.patience, "device": job.device,
             "val_rows": b.val_rows, "test_rows": b.test_rows,
+            "divergence_factor": b.divergence_factor,
             **_flat("solver_", job.solver), **_flat("samples_", job.sample_eval),
             **_flat("exec_", job.execution)}
 
 
 class Recorder:
-    """Writes to the run's record and to its sink at once."""
+    """Writes to the run's record and to its sink at once.
 
-    def __init__(self, record: RunRecord, sink: Sink) -> None:
+    Args:
+        recorded: on a resumed run, the highest step already recorded for each metric key
+            (the sink's ``reopen``): those steps (and final values already there) are not
+            sent to the sink again, so its history holds every step once.
+    """
+
+    def __init__(self, record: RunRecord, sink: Sink,
+                 recorded: dict[str, int] | None = None) -> None:
         self.record, self.sink = record, sink
+        self.recorded = dict(recorded or {})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items()}
@@ -72,6 +85,11 @@ class Recorder:
         else:
             for k, v in clean.items():
                 self.record.history.setdefault(k, []).append((int(step), v))
+        if self.recorded:
+            clean = {k: v for k, v in clean.items() if k not in self.recorded
+                     or (step is not None and int(step) > self.recorded[k])}
+            if not clean:
+                return
         self.sink.log_metrics(clean, step)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
@@ -82,6 +100,12 @@ class Recorder:
     def log_artifact(self, path: Path) -> None:
         self.record.artifacts[path.name] = str(self.sink.log_artifact(path) or path)
 
+    def flush(self) -> None:
+        """Write what the sink buffers now (sinks without ``flush`` write at once)."""
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None:
+            flush()
+
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
@@ -91,22 +115,65 @@ def _one_line(exc: BaseException) -> str:
     return msg[:500]
 
 
+def _resume_point(job: Job, folder: Any, sink: Sink) -> dict[str, Any] | None:
+    """The checkpoint this job continues from (per ``job.resume``), or None to start afresh.
+
+    Raises:
+        ConfigError: ``resume="require"`` and there is nothing to resume.
+    """
+    from bench.harness.checkpoint import load_checkpoint
+
+    if job.resume == "never":
+        return None
+    why = None
+    if not folder.resumable():
+        why = folder.describe()
+    elif not callable(getattr(sink, "reopen", None)):
+        why = f"the sink {type(sink).__name__} cannot reopen a run"
+    else:
+        try:
+            ckpt = load_checkpoint(folder.checkpoint)
+        except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint is not resumed
+            why = f"its checkpoint {folder.checkpoint} cannot be read ({_one_line(exc)})"
+        else:
+            if ckpt.get("kind") == "resume" and ckpt.get("run_id"):
+                return ckpt
+            why = f"{folder.checkpoint} is not a resumable checkpoint"
+    if job.resume == "require":
+        raise ConfigError(f"cannot resume {job.label or job.name}: {why} ({folder.path})")
+    return None
+
+
 def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
     """Run one job to the end and return its record (status FINISHED, FAILED or KILLED).
 
+    With ``job.work_dir`` the job runs in that folder (`bench.harness.runfolder`): it holds
+    the folder's lock, writes the resumable checkpoint per ``job.checkpoint_every`` /
+    ``checkpoint_minutes``, and per ``job.resume`` continues a run of the same job left
+    KILLED or RUNNING (a killed process) into the same tracking run (``sink.reopen``).
+    Without one it runs in a temporary folder and never resumes.
+
     Args:
         job: a validated job from `bench.harness.plan.plan_jobs`.
-        sink: where the record goes as it happens (`bench.api.Sink`).
+        sink: where the record goes as it happens (`bench.api.Sink`; ``reopen(run_id) ->
+            {metric: highest recorded step}`` and ``flush()`` are used when present).
         progress: a factory ``(total, desc) -> progress`` (see `bench.harness.progress`),
             or None for no progress display.
+
+    Raises:
+        RunLocked: another live process runs this job in ``job.work_dir`` (nothing recorded).
+        ConfigError: ``job.resume == "require"`` without a resumable run (nothing recorded).
+        RunInterrupted / KeyboardInterrupt: re-raised after the run is checkpointed, flushed
+            and marked KILLED.
     """
     import torch
 
     from bench.harness import distributed
+    from bench.harness.runfolder import RunFolder, job_key
 
     world, device = distributed.setup(job.device)
-    if world.enabled:  # torchrun: this rank's device; rank 0 alone records
-        job = dataclasses.replace(job, device=device)
+    if world.enabled:  # torchrun: this rank's device; rank 0 alone records; no run folder
+        job = dataclasses.replace(job, device=device, work_dir=None)
         sink = sink if world.is_main else distributed.NullSink()
     tags = {"git_commit": git_commit(), "device": job.device, "torch": torch.__version__,
             "host": f"{platform.node()} {platform.processor() or platform.machine()}",
@@ -114,30 +181,85 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
             "job": job.label, **{f"source.{k}": v for k, v in job.sources.items()},
             **world.tags()}
     record = RunRecord(None, job.name, params=job_params(job), tags=tags)
-    record.run_id = sink.start(job.name, record.params, record.tags)
-    rec = Recorder(record, sink)
+    folder = RunFolder(job.work_dir) if job.work_dir is not None else None
+    key = job_key(job)
+    if folder is not None:
+        folder.lock(job.label or job.name)
+    opened = False
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
-            try:
-                _train_and_evaluate(job, rec, Path(tmp), progress)
-                record.status = "FINISHED"
-            except KeyboardInterrupt:
-                record.status = "KILLED"
-                rec.set_tags({"failure.reason": "interrupted (KeyboardInterrupt)",
-                              "failure.type": "KeyboardInterrupt"})
-                raise
-            except Exception as exc:  # noqa: BLE001 - a job's failure never stops the grid
-                record.status = "FAILED"
-                rec.set_tags({"failure.reason": _one_line(exc),
-                              "failure.type": type(exc).__name__})
-                tb = Path(tmp) / "traceback.txt"
-                tb.write_text("".join(traceback.format_exception(exc)))
-                rec.log_artifact(tb)
-                if not isinstance(exc, BenchError):
-                    log.debug("job %s failed", job.label, exc_info=exc)
+        resume = _resume_point(job, folder, sink) if folder is not None else None
+        if resume is not None:
+            record.run_id = resume["run_id"]
+            recorded = sink.reopen(record.run_id)
+            opened = True
+            rec = Recorder(record, sink, recorded)
+            rec.set_tags({"resumed_at_step": resume["loop"]["step"]})
+            log.info("%s: resuming run %s at step %d", job.label or job.name,
+                     record.run_id, resume["loop"]["step"])
+        else:
+            record.run_id = sink.start(job.name, record.params, {**record.tags,
+                                                                   "job_key": key})
+            opened = True
+            rec = Recorder(record, sink)
+        if folder is not None:
+            folder.write_info(run_id=record.run_id, status="RUNNING", reason="",
+                              job_key=key, label=job.label or job.name)
+        with contextlib.ExitStack() as stack:
+            work = (folder.path if folder is not None else
+                    Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-run-"))))
+            _run_guarded(job, rec, work, progress, folder, resume, key)
     finally:
-        sink.end(record.status)
+        if record.status == "RUNNING":  # anything else that ended the job (SystemExit, ...)
+            record.status = "KILLED"
+        try:
+            if opened:
+                with contextlib.suppress(Exception):
+                    rec.flush()
+                sink.end(record.status)
+                # a sink that fell back to a local store mid-run now names the run there
+                record.run_id = getattr(sink, "run_id", None) or record.run_id
+        finally:
+            if folder is not None:
+                if opened:
+                    folder.write_info(status=record.status, reason=record.failure or "")
+                if record.status == "FINISHED":
+                    folder.checkpoint.unlink(missing_ok=True)
+                folder.unlock()
     return world.share(record)  # torchrun: rank 0's record on every rank
+
+
+def _run_guarded(job: Job, rec: Recorder, work: Path, progress: Any, folder: Any,
+                 resume: dict[str, Any] | None, key: str) -> None:
+    """`_train_and_evaluate`, turning every outcome into the record's status and reason."""
+    from bench.harness.signals import RunInterrupted
+
+    record = rec.record
+    try:
+        _train_and_evaluate(job, rec, work, progress, folder, resume, key)
+        record.status = "FINISHED"
+    except RunInterrupted as exc:
+        record.status = "KILLED"
+        rec.set_tags({"failure.reason": f"interrupted by {exc.signame}",
+                      "failure.type": "RunInterrupted"})
+        raise
+    except KeyboardInterrupt:
+        record.status = "KILLED"
+        rec.set_tags({"failure.reason": "interrupted (KeyboardInterrupt)",
+                      "failure.type": "KeyboardInterrupt"})
+        raise
+    except Exception as exc:  # noqa: BLE001 - a job's failure never stops the grid
+        record.status = "FAILED"
+        rec.set_tags({"failure.reason": _one_line(exc), "failure.type": type(exc).__name__})
+        tb = work / "traceback.txt"
+        tb.write_text("".join(traceback.format_exception(exc)))
+        rec.log_artifact(tb)
+        if isinstance(exc, TrainingDiverged) and folder is not None \
+                and folder.checkpoint.is_file():  # the last good state, as the run's model
+            kept = work / "checkpoint.pt"
+            shutil.copyfile(folder.checkpoint, kept)
+            rec.log_artifact(kept)
+        if not isinstance(exc, BenchError):
+            log.debug("job %s failed", job.label, exc_info=exc)
 
 
 def _load_splits(job: Job, rec: Recorder):
@@ -156,14 +278,21 @@ def _load_splits(job: Job, rec: Recorder):
     return dataset, splits, refs
 
 
-def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> None:
+def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
+                        folder: Any = None, resume: dict[str, Any] | None = None,
+                        key: str = "") -> None:
     import torch
 
     from bench.harness import distributed
-    from bench.harness.checkpoint import save_checkpoint
+    from bench.harness.checkpoint import (
+        make_checkpoint,
+        restore_training,
+        save_checkpoint,
+        write_checkpoint,
+    )
     from bench.harness.context import make_context
     from bench.harness.evaluate import evaluate, plot_samples
-    from bench.harness.loop import train
+    from bench.harness.loop import Checkpoints, train
     from bench.harness.optim import Trainer
     from bench.harness.preflight import check_method_instance
 
@@ -187,12 +316,25 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> N
                       execution=job.execution, grad_sync=world.gradient_sync())
     n_par = sum(p.numel() for m in method.modules().values() for p in m.parameters())
     rec.log_metrics({"n_parameters": float(n_par)})
+    if resume is not None:
+        restore_training(trainer, resume)
+    checkpoints = None
+    if folder is not None:
+        def save(step: int, loop: dict[str, Any], best: dict[str, Any] | None) -> None:
+            rec.flush()  # metrics up to here are stored before the checkpoint says so
+            write_checkpoint(folder.checkpoint, make_checkpoint(
+                job, trainer, step, loop=loop, best=best, run_id=rec.record.run_id,
+                job_key=key))
+            folder.write_info(step=step)
+
+        checkpoints = Checkpoints(save, job.checkpoint_every, job.checkpoint_minutes)
     bar = (progress(job.budget.steps, job.name) if progress is not None and world.is_main
            else None)
     try:
         result = train(method, trainer, splits, job.budget, job.device, rec.log_metrics,
                        set_tags=rec.set_tags, progress=bar,
-                       generator=torch.Generator().manual_seed(job.seed))
+                       generator=torch.Generator().manual_seed(job.seed),
+                       checkpoints=checkpoints, resume=resume)
     finally:
         if bar is not None:
             bar.close()
@@ -215,6 +357,11 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any) -> N
                                      test_rows=job.budget.test_rows)
             rec.set_tags(tags)
             rec.log_metrics(metrics)
+        if len(splits.event_shape) == 1 and job.evaluate_test:
+            from bench.harness.sample_scores import score_samples
+
+            score_samples(method, splits, rec.log_metrics, rec.set_tags, seed=job.seed,
+                          device=job.device, test_rows=job.budget.test_rows)
         ckpt = save_checkpoint(work / "checkpoint.pt", job, trainer, result.best_step)
         rec.log_artifact(ckpt)
         if len(splits.event_shape) == 3 and job.evaluate_test:

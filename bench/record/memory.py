@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.api import RunRecord
+from bench.api import ConfigError, RunRecord
 
 __all__ = ["MemorySink"]
 
@@ -39,6 +39,25 @@ class MemorySink:
                                 tags={k: str(v) for k, v in tags.items()}, status="RUNNING")
         return run_id
 
+    def reopen(self, run_id: str) -> dict[str, int]:
+        """Attach to run ``run_id`` again (resume): the run this sink holds, or a new empty
+        record when it holds none; marks it RUNNING and returns the highest step recorded
+        for each stepped metric.
+
+        Raises:
+            ConfigError: the sink holds another run.
+        """
+        if self.record is None:
+            self.record = RunRecord(run_id, "", status="RUNNING")
+        elif self.record.run_id != run_id:
+            raise ConfigError(f"MemorySink holds run {self.record.run_id}, not {run_id}")
+        self.record.status = "RUNNING"
+        return {k: max(s for s, _ in series) for k, series in self.record.history.items()
+                if series}
+
+    def flush(self) -> None:
+        """Nothing to write: the record is always current."""
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         rec = self._rec()
         if step is None:
@@ -59,4 +78,5 @@ class MemorySink:
         return str(path)
 
     def end(self, status: str) -> None:
-        self._rec().status = status
+        if self.record is not None:
+            self.record.status = status

@@ -9,6 +9,12 @@ provenance). Labels name only what differs, e.g. ``interflow[interpolant=linear]
 with its kind (exact or bound) and ", hutchinson" when the divergence was estimated. The
 truth row of a column comes from the compared runs of that column. Runs left out
 (FAILED, RUNNING, KILLED) are counted in the notes.
+
+Sample metrics (``mmd2``, ``energy``, ``swd``, `bench.harness.sample_scores`): each named
+sampler's ``<metric>.<sampler>`` is its own column beside the default sampler's, e.g.
+``checkerboard [ode]`` next to ``checkerboard [sde]``; the floor row (``<metric>_floor``:
+training rows against the test rows) plays the truth row's part; a one-seed cell shows the
+estimate's own standard error, ``v ± se (1)``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ __all__ = ["long_results", "comparison_table", "render", "export"]
 
 SUFFIXES = ("_se", "_nfe", "_gap")
 TRUTH = "truth (closed form)"
+FLOOR = "floor (train vs test rows)"
+#: sample-based metrics, with ``.<sampler>`` variants and a ``_floor``
+SAMPLE_METRICS = ("mmd2", "energy", "swd")
 _SPLIT_FIELDS = ("split", "provenance")
 
 
@@ -125,10 +134,18 @@ def _family(rec: RunRecord, metric: str) -> list[tuple[str, str, str]]:
         if metric.endswith(s) and len(metric) > len(s):
             base, suffix = metric[:-len(s)], s
             break
+    if _sampled(base):  # one entry per sampler: mmd2, mmd2.ode, mmd2.sde, ...
+        names = [base] + sorted(k for k in rec.metrics if k.startswith(base + ".")
+                                and not k.endswith(SUFFIXES))
+        return [(n + suffix, n, n[len(base) + 1:]) for n in names if n + suffix in rec.metrics]
     names = [base] + sorted(k for k in rec.metrics
                             if k.startswith(base + "_") and not k.endswith(SUFFIXES)
                             and _tag(rec, k, "kind") is not None)
     return [(n + suffix, n, n[len(base) + 1:]) for n in names if n + suffix in rec.metrics]
+
+
+def _sampled(metric: str) -> bool:
+    return metric in SAMPLE_METRICS
 
 
 def _finite(v: Any) -> bool:
@@ -161,7 +178,9 @@ def long_results(records: Sequence[RunRecord], metric: str = "test_nll"
             kind = _tag(r, lik, "kind") or ""
             if "hutchinson" in (_tag(r, lik, "estimator") or ""):
                 kind += ", hutchinson"  # an unbiased estimate, not the exact divergence
-            entries.append((r, extra, kind.strip(", "), float(value)))
+            se = r.metrics.get(f"{key}_se")
+            entries.append((r, extra, kind.strip(", "), float(value),
+                            float(se) if _finite(se) else math.nan))
             found = True
         if not found:
             missing.append(f"{r.method} on {r.dataset}")
@@ -171,25 +190,38 @@ def long_results(records: Sequence[RunRecord], metric: str = "test_nll"
     m_lab = _labels({_method_config(r) for r, *_ in entries})
     d_lab = _labels({_dataset_config(r) for r, *_ in entries}, hide=_SPLIT_FIELDS)
     rows = []
-    for r, extra, kind, value in entries:
-        label = m_lab[_method_config(r)] + (f" [{extra}]" if extra else "")
+    sampled = _sampled(metric)
+    for r, extra, kind, value, se in entries:
+        label, col = m_lab[_method_config(r)], d_lab[_dataset_config(r)]
+        if sampled:  # samplers side by side: a column each
+            col += f" [{extra}]" if extra else ""
+        else:
+            label += f" [{extra}]" if extra else ""
         label += f" ({kind})" if kind else ""
-        rows.append({"row": label, "dataset": d_lab[_dataset_config(r)], "method": r.method,
-                     "seed": r.seed, "run_id": r.run_id, "kind": kind, "value": value})
-    truth: dict[str, dict[str | None, float]] = defaultdict(dict)
-    for r, *_ in entries:  # the truth of a column, from the runs compared in it
-        t = r.metrics.get(f"true_{metric}")
-        if _finite(t):
-            truth[d_lab[_dataset_config(r)]][r.run_id] = float(t)
+        rows.append({"row": label, "dataset": col, "method": r.method, "seed": r.seed,
+                     "run_id": r.run_id, "kind": kind, "value": value, "se": se})
+    truth: dict[str, dict[str | None, tuple[float, float]]] = defaultdict(dict)
+    for r, extra, *_ in entries:  # the truth (floor) of a column, from the runs in it
+        col = d_lab[_dataset_config(r)]
+        key = f"{metric}_floor" if sampled else f"true_{metric}"
+        if sampled and extra:
+            col += f" [{extra}]"
+        t, t_se = r.metrics.get(key), r.metrics.get(f"{key}_se")
+        pair = (float(t), float(t_se) if _finite(t_se) else math.nan) if _finite(t) else None
+        if pair is not None and (not sampled or pair not in truth[col].values()):
+            truth[col][r.run_id] = pair  # a floor once per distinct value (seed, rows)
+    what = "floor" if sampled else "true"
     for col, values in sorted(truth.items()):
-        vals = list(values.values())
-        if max(vals) - min(vals) > 1e-6 * max(1.0, abs(vals[0])):
-            notes.append(f"the true {metric} of {col} differs among its runs "
+        vals = [v for v, _ in values.values()]
+        if not sampled and max(vals) - min(vals) > 1e-6 * max(1.0, abs(vals[0])):
+            notes.append(f"the {what} {metric} of {col} differs among its runs "
                          f"({min(vals):.4f} to {max(vals):.4f}): different test data?")
-        for run_id, v in values.items():
-            rows.append({"row": TRUTH, "dataset": col, "method": "truth", "seed": None,
-                         "run_id": run_id, "kind": "exact", "value": v})
-    cols = ["row", "dataset", "method", "seed", "run_id", "kind", "value"]
+        for run_id, (v, se) in values.items():
+            rows.append({"row": FLOOR if sampled else TRUTH, "dataset": col,
+                         "method": "floor" if sampled else "truth", "seed": None,
+                         "run_id": run_id,
+                         "kind": "" if sampled else "exact", "value": v, "se": se})
+    cols = ["row", "dataset", "method", "seed", "run_id", "kind", "value", "se"]
     return pd.DataFrame(rows, columns=cols), notes
 
 
@@ -197,11 +229,24 @@ def _num(v: float) -> str:
     return f"{v:.3f}" if abs(v) < 1e6 else f"{v:.4g}"
 
 
-def _cell(values: pd.Series) -> str:
+def _num_g(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def _cell(values: pd.Series, se: pd.Series | None = None, num=_num) -> str:
+    """mean ± std over seeds (count); one value: with ``se`` its own standard error."""
     n = len(values)
     if n == 1:
-        return f"{_num(values.iloc[0])} (1)"
-    return f"{_num(values.mean())} ± {_num(values.std(ddof=1))} ({n})"
+        if se is not None and _finite(se.iloc[0]):
+            return f"{num(values.iloc[0])} ± {num(se.iloc[0])} (1)"
+        return f"{num(values.iloc[0])} (1)"
+    return f"{num(values.mean())} ± {num(values.std(ddof=1))} ({n})"
+
+
+def _se_cells(frame: pd.DataFrame) -> pd.Series:
+    """Cells of sample metrics: 3 significant digits, a one-seed cell with its se."""
+    return frame.groupby(["row", "dataset"]).apply(
+        lambda g: _cell(g["value"], g["se"], _num_g), include_groups=False)
 
 
 def _truth_cell(values: pd.Series) -> str:
@@ -220,6 +265,8 @@ def _unit(metric: str) -> str:
         parts.append("s")
     if metric.startswith("test_"):
         parts.append("test split")
+    if _sampled(metric.removesuffix("_se")):
+        parts.append("samples vs test split; ± se for one seed, std over seeds else")
     return f"{metric} ({', '.join(parts)})" if parts else metric
 
 
@@ -239,16 +286,19 @@ def comparison_table(records: Sequence[RunRecord], metric: str = "test_nll"
             "; run `bench run` first"
         left = f" ({notes[0]})" if notes and "left out" in notes[0] else ""
         raise ConfigError(f"no finished runs with metric {metric!r} recorded yet{left}{hint}")
-    truth = long["row"] == TRUTH
-    tab = long[~truth].groupby(["row", "dataset"])["value"].apply(_cell)
-    if truth.any():
-        tab = pd.concat([tab, long[truth].groupby(["row", "dataset"])["value"]
-                         .apply(_truth_cell)])
+    truth = long["row"].isin((TRUTH, FLOOR))
+    if _sampled(metric):
+        tab = _se_cells(long)  # the floor is an estimate too: its se, std over runs
+    else:
+        tab = long[~truth].groupby(["row", "dataset"])["value"].apply(_cell)
+        if truth.any():
+            tab = pd.concat([tab, long[truth].groupby(["row", "dataset"])["value"]
+                             .apply(_truth_cell)])
     tab = tab.unstack("dataset").fillna("")
     tab = tab[sorted(tab.columns)]
     tab.columns.name = None
     tab.index.name = _unit(metric)
-    order = sorted(tab.index, key=lambda s: (s == TRUTH, s))
+    order = sorted(tab.index, key=lambda s: (s in (TRUTH, FLOOR), s))
     return tab.loc[order], notes
 
 

@@ -10,14 +10,15 @@ published tables.
 
 Files live under a data root as ``<root>/<folder>/<file>`` with the folder names of the
 canonical archive (``miniboone``, ``power``, ``gas``, ``hepmass``, ``BSDS300``), which
-`fetch_dataset` downloads from Zenodo record 1161203 and checks by md5.
+`fetch_dataset` downloads from Zenodo record 1161203 and checks by md5. GAS is never
+unpickled at run time: its pickle is converted once from the verified archive to a checked
+.npy (`bench.science.mafgas`); a loose ``ethylene_CO.pickle`` is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 import tarfile
 import urllib.error
 import urllib.request
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.api.errors import DataError
+from bench.science import mafgas
 
 if TYPE_CHECKING:  # pandas is imported where the raw files are read (slow import)
     import pandas as pd
@@ -112,9 +114,16 @@ def preprocess_power(data: np.ndarray) -> Arrays:
 
 
 def preprocess_gas(frame: pd.DataFrame) -> Arrays:
-    """GAS frame: drop Meth, Eth, Time; drop the first column correlated (> 0.98) with
-    another until none is; standardise with the whole frame's mean/std (ddof=1); split."""
-    frame = frame.drop(columns=["Meth", "Eth", "Time"])
+    """GAS frame: drop Meth, Eth, Time, then `preprocess_gas_values` of the rest."""
+    return preprocess_gas_values(frame.drop(columns=list(mafgas.DROPPED)).to_numpy())
+
+
+def preprocess_gas_values(values: np.ndarray) -> Arrays:
+    """GAS sensor columns (n, k): drop the first column correlated (> 0.98) with another
+    until none is; standardise with the whole frame's mean/std (ddof=1); split."""
+    import pandas as pd
+
+    frame = pd.DataFrame(np.asarray(values, dtype=np.float64))
     while True:
         counts = (frame.corr() > 0.98).values.sum(axis=1)
         if not np.any(counts > 1):
@@ -150,55 +159,31 @@ def preprocess_hepmass(train: pd.DataFrame, test: pd.DataFrame) -> Arrays:
 
 
 def _check(array: np.ndarray, path: Path, columns: int | None) -> np.ndarray:
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise DataError(f"{path}: dtype {array.dtype}, expected a numeric (float) array")
     if array.ndim != 2 or (columns is not None and array.shape[1] != columns):
         want = f"(n, {columns})" if columns is not None else "(n, d)"
         raise DataError(f"{path}: expected an array of shape {want}, got {array.shape}")
-    if not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
-        raise DataError(f"{path}: non-numeric or non-finite values (NaN/inf)")
+    if array.shape[0] == 0:
+        raise DataError(f"{path}: has no rows")
+    bad = int((~np.isfinite(array)).any(axis=1).sum())
+    if bad:
+        raise DataError(f"{path}: {bad} of {array.shape[0]} rows have non-finite values "
+                        "(NaN/inf)")
     return array
 
 
-_LEGACY_MODULES = {  # where pandas < 0.20 (the GAS pickle's) kept its index classes
-    "pandas.core.index": "pandas.core.indexes.base",
-    "pandas.indexes.base": "pandas.core.indexes.base",
-    "pandas.indexes.numeric": "pandas.core.indexes.base",
-    "pandas.indexes.range": "pandas.core.indexes.range",
-}
-
-
-def _legacy_unpickle(path: Path) -> object:
-    """Unpickle a Python 2 / old pandas pickle (as the archive's ``ethylene_CO.pickle``)."""
+def _load_npy(path: Path) -> np.ndarray:
+    """np.load of one .npy (never a pickle), every failure one line naming the file."""
     try:
-        from pandas.compat.pickle_compat import Unpickler as _Base
-    except ImportError:  # pragma: no cover - a pandas without its compat unpickler
-        _Base = pickle.Unpickler
-
-    import pandas as pd
-
-    class _Legacy(_Base):
-        def find_class(self, module: str, name: str) -> object:
-            if name in ("Int64Index", "UInt64Index", "Float64Index"):
-                return pd.Index
-            return super().find_class(_LEGACY_MODULES.get(module, module), name)
-
-    with path.open("rb") as f:
-        return _Legacy(f, encoding="latin1").load()
-
-
-def _read_gas(path: Path) -> pd.DataFrame:
-    import pandas as pd
-
-    try:
-        frame = pd.read_pickle(path)
-    except (ImportError, AttributeError, TypeError, ValueError, pickle.UnpicklingError) as exc:
-        try:
-            frame = _legacy_unpickle(path)
-        except Exception as exc2:  # noqa: BLE001 - reported as one line
-            raise DataError(f"{path}: cannot unpickle ({exc}; {exc2})") from None
-    if not isinstance(frame, pd.DataFrame) or not {"Meth", "Eth", "Time"} <= set(frame):
-        raise DataError(f"{path}: expected a pandas DataFrame with columns Meth, Eth, Time")
-    _check(frame.drop(columns=["Meth", "Eth", "Time"]).to_numpy(), path, None)
-    return frame
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: the file is empty (0 bytes)")
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if "allow_pickle" in reason:
+            reason = "an object (pickled) array; expected numbers"
+        raise DataError(f"cannot read {path}: {reason}") from None
 
 
 def _read_hdf5(path: Path) -> Arrays:
@@ -233,16 +218,20 @@ def read_raw(name: str, folder: Path) -> Arrays:
         if name == "bsds300":
             return _read_hdf5(paths[0])
         if name == "gas":
-            return preprocess_gas(_read_gas(paths[0]))
+            cache = mafgas.find_cache(folder)
+            if cache is None:
+                raise DataError(mafgas.refusal(paths[0], folder.parent, MAF_ARCHIVE_MD5))
+            return preprocess_gas_values(_check(mafgas.read_cache(cache), cache, None))
         if name == "hepmass":
             frames = [pd.read_csv(p, index_col=False) for p in paths]
             for p, fr in zip(paths, frames, strict=True):
                 _check(fr.to_numpy(), p, None)
             return preprocess_hepmass(*frames)
-        data = _check(np.load(paths[0]), paths[0], _RAW_COLUMNS[name])
+        data = _check(_load_npy(paths[0]), paths[0], _RAW_COLUMNS[name])
         return preprocess_power(data) if name == "power" else preprocess_miniboone(data)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"cannot read {name} data in {folder}: {exc}") from None
+    except (OSError, ValueError, EOFError, pd.errors.ParserError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"cannot read {name} data in {folder}: {reason}") from None
 
 
 def read_presplit(name: str, folder: Path) -> Arrays:
@@ -251,12 +240,8 @@ def read_presplit(name: str, folder: Path) -> Arrays:
     Raises:
         DataError: a file is unreadable, not (n, MAF_DIMS[name]) or has NaN/inf values.
     """
-    try:
-        arrays = [np.load(folder / f) for f in _PRESPLIT]
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read pre-split {name} data in {folder}: {exc}") from None
-    return tuple(_check(a, folder / f, MAF_DIMS[name])
-                 for a, f in zip(arrays, _PRESPLIT, strict=True))
+    return tuple(_check(_load_npy(folder / f), folder / f, MAF_DIMS[name])
+                 for f in _PRESPLIT)
 
 
 def dataset_folders(root: Path, name: str) -> list[Path]:
@@ -273,21 +258,44 @@ def find_local(root: Path, name: str, source: str = "auto") -> tuple[str, Path] 
 
     Returns:
         ("presplit" | "raw", folder), or None if there is none.
+
+    Raises:
+        DataError: a pre-split folder lacks one of its three files and there is no raw data
+            (one line naming the missing split, rather than a download).
     """
     for kind in ("presplit", "raw"):
         if source not in ("auto", kind):
             continue
-        files = _PRESPLIT if kind == "presplit" else RAW_FILES[name]
         for folder in dataset_folders(root, name):
-            if all((folder / f).is_file() for f in files):
+            if kind == "presplit" and all((folder / f).is_file() for f in _PRESPLIT):
                 return kind, folder
+            if kind == "raw" and _raw_present(folder, name):
+                return kind, folder
+    if source != "raw":
+        for folder in dataset_folders(root, name):
+            have = [f for f in _PRESPLIT if (folder / f).is_file()]
+            if have:
+                missing = [f for f in _PRESPLIT if f not in have]
+                raise DataError(f"pre-split folder {folder} has {', '.join(have)} but no "
+                                f"{', '.join(missing)}: add the missing split(s)")
     return None
+
+
+def _raw_present(folder: Path, name: str) -> bool:
+    if name == "gas":  # the converted .npy, never the pickle itself
+        return mafgas.find_cache(folder) is not None
+    return all((folder / f).is_file() for f in RAW_FILES[name])
 
 
 def missing_message(name: str, root: Path, reason: str) -> str:
     """One line saying which files to place where."""
     folder = Path(root) / ARCHIVE_DIRS[name]
     files = RAW_FILES[name]
+    if name == "gas":  # its pickle is read only from the verified archive
+        return (f"GAS data not found and {' '.join(reason.split())}: place the MAF archive "
+                f"data.tar.gz ({MAF_RECORD}, md5 {MAF_ARCHIVE_MD5}) at "
+                f"{Path(root) / 'maf' / 'data.tar.gz'}, or train.npy/val.npy/test.npy in "
+                f"{Path(root) / name}/")
     where = (f"{' and '.join(files)} from the MAF archive ({MAF_RECORD}) in {folder}/"
              if len(files) > 1 else
              f"{files[0]} from the MAF archive ({MAF_RECORD}) at {folder / files[0]}")
@@ -375,8 +383,15 @@ def fetch_dataset(root: Path, name: str) -> Path:
         DataError: the download failed (one line saying which file to place where) or
             the archive's md5 is wrong.
     """
+    folder = Path(root) / ARCHIVE_DIRS[name]
+    loose = folder / mafgas.PICKLE
+    if name == "gas" and loose.is_file() and not (Path(root) / "maf" / "data.tar.gz").is_file():
+        raise DataError(mafgas.refusal(loose, root, MAF_ARCHIVE_MD5))
     try:
         archive = download_archive(root)
     except (urllib.error.URLError, OSError) as exc:
         raise DataError(missing_message(name, root, f"download failed ({exc})")) from None
+    if name == "gas":
+        mafgas.convert_from_archive(archive, MAF_ARCHIVE_MD5, folder)
+        return folder
     return extract_dataset(archive, name, root)

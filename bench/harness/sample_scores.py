@@ -1,0 +1,150 @@
+"""Sample-based scoring of vector-data runs, the same for every method: n samples of the
+method's default sampler and of each named sampler (the optional ``method.samplers()`` hook:
+``{name: callable(n) -> (n, *event_shape) samples}``, e.g. ``{"ode": ..., "sde": ...}``),
+each compared with the TEST split by MMD^2, the energy distance and the sliced
+Wasserstein-2 distance, with standard errors (definitions in `bench.science.sample_metrics`),
+and the same three between n training rows and the test rows: the floor a model that
+samples the data distribution itself would reach at this n.
+
+Recorded metrics: ``mmd2``, ``energy``, ``swd`` (default sampler), ``<metric>.<sampler>`` for
+each named one, ``<metric>_floor``, each with ``<key>_se``; ``sample_metrics_n`` (rows per
+side), ``sample_metrics_bandwidth``, ``sample_seconds[.<sampler>]`` and
+``sample_nfe[.<sampler>]`` (forward calls of ``method.modules()`` per sampling call). Tags
+``sample_metrics.kernel``, ``.bandwidth_rule``, ``.reference``, ``.estimator``, ``.floor``;
+``sample_metrics[.<sampler>].skipped`` with the reason where a sampler cannot be scored
+(never a number then).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+
+from bench.api import ContractError, Method, Splits
+from bench.harness.cost import synchronize
+from bench.science import sample_metrics as sm
+
+__all__ = ["score_samples"]
+
+log = logging.getLogger(__name__)
+
+SKIP_TAG = "sample_metrics.skipped"
+
+
+def _subset(x: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """n rows of x (n, d): all of them in order when x has n rows, else a seeded subset."""
+    if x.shape[0] == n:
+        return x
+    return x[torch.randperm(x.shape[0], generator=gen)[:n]]
+
+
+def _draw(fn: Callable[[int], torch.Tensor], n: int, modules: list, seed: int,
+          device: str) -> tuple[torch.Tensor, float, float]:
+    """fn(n) with the global RNG seeded (and restored after), in no_grad: the samples on the
+    CPU, the seconds it took and the forward calls of ``modules``."""
+    calls = [0]
+
+    def hook(*_args) -> None:
+        calls[0] += 1
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    cuda = str(device).startswith("cuda")
+    try:
+        with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []):
+            torch.manual_seed(seed)
+            synchronize(device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = fn(n)
+            synchronize(device)
+            seconds = time.perf_counter() - t0
+    finally:
+        for h in handles:
+            h.remove()
+    return out.detach().cpu(), seconds, float(calls[0])
+
+
+def score_samples(method: Method, splits: Splits, log_metrics: Callable,
+                  set_tags: Callable, *, n: int | None = None, seed: int = 0,
+                  device: str = "cpu", test_rows: int | None = None,
+                  max_rows: int = sm.MAX_ROWS) -> tuple[dict[str, float], dict[str, str]]:
+    """Score the samples of ``method`` (and of its named samplers) against the test split;
+    record and return (metrics, tags). Call with the evaluation weights in place (inside
+    ``trainer.averaged()``). Deterministic for a given ``seed``.
+
+    Args:
+        n: samples per sampler and reference rows (default and cap: min(test rows,
+            ``max_rows``)).
+        seed: seeds the subsets, the sampling (global RNG, restored after), the directions
+            and the bootstrap.
+        test_rows: use only the first N test rows (as `evaluate` does).
+    """
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+
+    def record() -> tuple[dict[str, float], dict[str, str]]:
+        set_tags(tags)
+        if metrics:
+            log_metrics(metrics)
+        return metrics, tags
+
+    if len(splits.event_shape) != 1 or splits.dequantization != "none":
+        tags[SKIP_TAG] = "not vector data (images are scored by FID/KID)"
+        return record()
+    test = splits.test if test_rows is None else splits.test[:test_rows]
+    rows = min(test.shape[0], max_rows if n is None else min(n, max_rows))
+    if rows < 4:
+        tags[SKIP_TAG] = f"{rows} test rows: at least 4 needed"
+        return record()
+    gen = torch.Generator().manual_seed(seed)
+    ref = _subset(test.reshape(test.shape[0], -1).double(), rows, gen)
+    bandwidth = sm.median_bandwidth(ref, seed=seed)
+    test_label = splits.split_names.get("test", "test")
+    tags.update({
+        "sample_metrics.reference": f"{test_label}: {rows} of {test.shape[0]} rows"
+                                    + (" (seeded subset)" if rows < test.shape[0] else ""),
+        "sample_metrics.kernel": sm.KERNEL, "sample_metrics.bandwidth_rule": sm.BANDWIDTH_RULE,
+        "sample_metrics.estimator": sm.ESTIMATOR})
+    metrics.update({"sample_metrics_n": float(rows), "sample_metrics_bandwidth": bandwidth})
+
+    def put(suffix: str, scores: dict[str, sm.Estimate]) -> None:
+        for name, e in scores.items():
+            metrics[f"{name}{suffix}"] = e.value
+            metrics[f"{name}{suffix}_se"] = e.se
+
+    n_floor = min(rows, splits.train.shape[0])
+    if n_floor >= 4:
+        train = _subset(splits.train.reshape(splits.train.shape[0], -1).double(), n_floor, gen)
+        put("_floor", sm.two_sample_scores(train, ref[:n_floor], bandwidth, seed=seed))
+        tags["sample_metrics.floor"] = (f"{n_floor} training rows vs {n_floor} reference rows "
+                                        "(the same metrics, data against data)")
+    samplers: dict[str, Callable[[int], torch.Tensor]] = {"": method.sample}
+    extra = getattr(method, "samplers", None)
+    if callable(extra):
+        samplers.update({f".{k}": v for k, v in extra().items()})
+    modules = list(method.modules().values())
+    for module in modules:
+        module.eval()
+    for suffix, fn in samplers.items():
+        try:
+            x, seconds, calls = _draw(fn, rows, modules, seed, device)
+        except NotImplementedError as exc:
+            tags[f"sample_metrics{suffix}.skipped"] = f"cannot sample: {exc}".strip(": ")
+            continue
+        if tuple(x.shape) != (rows, *splits.event_shape):
+            raise ContractError(f"sampler {suffix.lstrip('.') or 'sample'}({rows}) returned "
+                                f"shape {tuple(x.shape)}, expected "
+                                f"{(rows, *splits.event_shape)}")
+        x = x.reshape(rows, -1).double()
+        bad = int((~torch.isfinite(x).all(1)).sum())
+        metrics[f"sample_seconds{suffix}"] = seconds
+        metrics[f"sample_nfe{suffix}"] = calls
+        if bad:
+            tags[f"sample_metrics{suffix}.skipped"] = f"{bad} of {rows} samples not finite"
+            continue
+        put(suffix, sm.two_sample_scores(x, ref, bandwidth, seed=seed))
+    log.debug("sample metrics of %s: %s", type(method).__name__, metrics)
+    return record()
