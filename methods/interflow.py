@@ -9,7 +9,17 @@ dX/dt = v_t(X) with the harness's shared engine (`bench.science.ode`).
 Vectors (n, d) use an MLP (`bench.science.nets`); images (n, C, H, W) use Ho et al.'s DDPM
 U-Net as the velocity (`bench.science.unet.VelocityUNet`, time embedding of 1000 t; the same
 ``unet_*`` fields as DDPM and the CNF), a N(0, I) base of the image shape, and the loss summed
-over every non-batch dimension. Optimisation on images (``InterFlow.default_optim("image")``):
+over every non-batch dimension.
+
+Stochastic interpolants (Albergo, Boffi and Vanden-Eijnden 2023): ``gamma`` != none adds a
+latent gamma(t) z to the path; ``objective`` chooses what is learned (the drift b; b and the
+score s; b and the denoiser eta = E[z | x_t], s = -eta / gamma; or v and eta with
+b = v - gamma gamma' s); ``sampler=sde`` samples dX = (b + eps s) dt + sqrt(2 eps) dW
+(`bench.science.sde`). With gamma = none and a score objective the interpolant is one-sided
+(the N(0, I) base is the latent). ``log_prob`` stays the exact probability-flow ODE
+likelihood of b; with a score, ``extra_likelihoods`` adds the backward-SDE estimate
+(``test_nll_sde``, kind "estimate"), and ``samplers()`` offers ODE and SDE samples of the
+same model. Optimisation on images (``InterFlow.default_optim("image")``):
 Adam lr 2e-4, constant rate (the papers decay it by 0.985-0.995 per 1000 epochs), clipping
 at norm 1, EMA of the weights 0.9999 with a warm-up of its decay (stochastic interpolants,
 Albergo, Boffi and Vanden-Eijnden 2023, Table 3: lr 2e-4, EMA 0.9999 from step 10k).
@@ -44,9 +54,21 @@ class InterFlowParams(UNetParams):
             dataset selection with the data's event shape (e.g. ``base=8gaussians``; its
             closed-form density gives the likelihood; without one the
             method reports no likelihood).
+        gamma, gamma_a: the latent's scale: none (deterministic, ICLR 2023), sqrt
+            (sqrt(gamma_a t (1 - t))), t1mt (t (1 - t)), sin2 (sin^2(pi t)).
+        objective: what is learned: velocity (b), velocity_score (b, s), velocity_denoiser
+            (b, eta), split (v, eta); auto: velocity_denoiser with ``sampler=sde`` and
+            eps > 0, else velocity.
+        sampler, eps, eps_schedule, sde_steps, sde_method: ``sample(n)`` by the ODE or the
+            forward SDE with eps(t) = eps * (1 | 4 t (1 - t)), fixed steps, Euler-Maruyama
+            or Heun.
+        antithetic: each loss averaged over +z and -z.
+        t_min: with a latent or a score, training times and the fields' times lie in
+            [t_min, 1 - t_min] (gamma' and 1/gamma are singular at the ends).
+        sde_likelihood: report the backward-SDE likelihood estimate (needs a score).
     """
 
-    interpolant: Literal["trig", "linear", "quadratic"] = "trig"
+    interpolant: Literal["trig", "linear", "quadratic", "vp", "encdec"] = "trig"
     net: Literal["mlp", "concat", "concatsquash"] = "mlp"
     hidden: tuple[int, ...] = (512, 512, 512)
     activation: Literal["softplus", "tanh", "relu", "elu", "silu", "gelu"] = "silu"
@@ -55,6 +77,18 @@ class InterFlowParams(UNetParams):
     beta_a: float = 1.0
     beta_b: float = 1.0
     base: DatasetRef | None = None
+    gamma: Literal["none", "sqrt", "t1mt", "sin2"] = "none"
+    gamma_a: float = 2.0
+    objective: Literal["auto", "velocity", "velocity_score", "velocity_denoiser",
+                       "split"] = "auto"
+    sampler: Literal["ode", "sde"] = "ode"
+    eps: float = 1.0
+    eps_schedule: Literal["constant", "t1mt"] = "constant"
+    sde_steps: int = 200
+    sde_method: Literal["euler", "heun"] = "heun"
+    antithetic: bool = False
+    t_min: float = 1e-3
+    sde_likelihood: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,10 +96,40 @@ class InterFlowParams(UNetParams):
             raise ValueError("batch_size must be >= 1")
         if self.beta_a <= 0 or self.beta_b <= 0:
             raise ValueError("beta_a and beta_b must be > 0")
+        if not self.gamma_a > 0 or (self.interpolant == "vp" and self.gamma_a >= 4):
+            raise ValueError("gamma_a must be > 0 (< 4 with interpolant=vp: gamma < 1)")
+        if self.interpolant == "vp" and self.gamma == "sin2":
+            raise ValueError("interpolant=vp needs gamma < 1: use gamma=sqrt or t1mt")
+        if self.interpolant == "encdec" and self.gamma == "none":
+            raise ValueError("interpolant=encdec needs a latent: gamma=sqrt|t1mt|sin2")
+        if self.eps < 0 or self.sde_steps < 1 or not 0 <= self.t_min < 0.5:
+            raise ValueError("need eps >= 0, sde_steps >= 1 and 0 <= t_min < 0.5")
+        if self.sampler == "sde" and self.eps > 0 and self.learned == "velocity":
+            raise ValueError("sampler=sde with eps > 0 needs a score: objective="
+                             "velocity_score|velocity_denoiser|split")
+        if self.learned == "split" and self.gamma == "none":
+            raise ValueError("objective=split needs gamma != none (b = v + gamma' eta)")
+        if self.learned != "velocity" and self.gamma == "none" and self.base is not None:
+            raise ValueError("a one-sided score (gamma=none) needs the N(0, I) base")
+
+    @property
+    def learned(self) -> str:
+        """The objective with ``auto`` resolved."""
+        if self.objective != "auto":
+            return self.objective
+        sde = self.sampler == "sde" and self.eps > 0
+        return "velocity_denoiser" if sde else "velocity"
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the stochastic-interpolant machinery is used (else: ICLR 2023 InterFlow,
+        bit for bit)."""
+        return self.gamma != "none" or self.learned != "velocity"
 
 
 class InterFlow(FlowMethod):
-    """InterFlow: velocity of a stochastic interpolant, quadratic loss, ODE sampling."""
+    """InterFlow: drift (and score) of a stochastic interpolant, quadratic losses, ODE or SDE
+    sampling."""
 
     name = "interflow"
     Params = InterFlowParams
@@ -96,12 +160,22 @@ class InterFlow(FlowMethod):
         if problem:
             raise ConfigError(problem)
         self.dim = splits.dim
-        self.interpolant = get_interpolant(params.interpolant)
-        if len(self.event_shape) == 3:
-            self.v: nn.Module = build_unet(params, self.event_shape, velocity=True)
+        self.dequantization = splits.dequantization
+
+        def net() -> nn.Module:
+            if len(self.event_shape) == 3:
+                return build_unet(params, self.event_shape, velocity=True).to(ctx.device)
+            return build_net(self.dim, params.hidden, params.activation,
+                             params.net).to(ctx.device)
+
+        self.v: nn.Module = net()
+        self.s: nn.Module | None = None
+        self.stochastic = None
+        self.score: nn.Module | None = None
+        if params.stochastic:
+            self._build_stochastic(net)
         else:
-            self.v = build_net(self.dim, params.hidden, params.activation, params.net)
-        self.v.to(ctx.device)
+            self.interpolant = get_interpolant(params.interpolant)
         self.gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
         self.base_dataset = None
         if params.base is not None:
@@ -117,6 +191,22 @@ class InterFlow(FlowMethod):
                 )
             if not self.base_dataset.has_log_prob:
                 self.likelihood = "none"  # no closed-form base density: no NLL
+
+    def _build_stochastic(self, net) -> None:
+        from bench.science.interpolants import build_stochastic_interpolant
+        from bench.science.stochastic import OBJECTIVES, DriftField, ScoreField
+
+        p = self.params
+        self.stochastic = build_stochastic_interpolant(
+            p.interpolant, p.gamma, p.gamma_a, p.t_min,
+            one_sided=p.gamma == "none")
+        learned = OBJECTIVES[p.learned]
+        if len(learned) > 1:
+            self.s = net()
+        nets = dict(zip(learned, (self.v, self.s), strict=False))
+        self.fields = nets
+        self.drift = DriftField(nets, self.stochastic)
+        self.score = ScoreField(nets, self.stochastic) if self.s is not None else None
 
     # -- the base density (t = 0) -------------------------------------------------------
     def base_sample(self, n: int) -> Tensor:
@@ -134,7 +224,58 @@ class InterFlow(FlowMethod):
         return super().base_log_prob(x_0)
 
     def velocity_field(self) -> nn.Module:
-        return self.v
+        return self.v if self.stochastic is None else self.drift
+
+    # -- sampling and the SDE likelihood ------------------------------------------------
+    def _sde_config(self):
+        from bench.science.sde import SDEConfig
+
+        p = self.params
+        return SDEConfig(steps=p.sde_steps, method=p.sde_method, eps=p.eps,
+                         schedule=p.eps_schedule)
+
+    def sample_sde(self, n: int) -> Tensor:
+        """n samples of the forward SDE dX = (b + eps s) dt + sqrt(2 eps) dW from the base."""
+        from bench.science.sde import sde_integrate
+
+        return sde_integrate(self.velocity_field(), self.score, self.base_sample(n), 0.0, 1.0,
+                             self._sde_config(), self.gen)
+
+    def sample(self, n: int, t: float = 1.0) -> Tensor:
+        if self.params.sampler == "sde" and t == 1.0:
+            return self.sample_sde(n)
+        return super().sample(n, t)
+
+    def samplers(self) -> dict[str, Any]:
+        """{"ode": n -> samples, "sde": n -> samples} of the same model (SDE: with a score)."""
+        out: dict[str, Any] = {"ode": lambda n: FlowMethod.sample(self, n)}
+        if self.score is not None:
+            out["sde"] = self.sample_sde
+        return out
+
+    def extra_likelihoods(self, x: Tensor) -> dict[str, Any]:
+        """{"sde": the backward-SDE estimate of log p(x)} with a score, eps > 0, real-valued
+        data and ``sde_likelihood``; else {}. One path per example (the harness's standard
+        error over examples covers the estimator's noise), the Ito control variate on."""
+        import torch
+
+        from bench.api import LogLikelihood
+        from bench.science.sde import sde_log_likelihood
+
+        p = self.params
+        if (self.score is None or not p.sde_likelihood
+                or p.eps <= 0 or self.dequantization != "none"):
+            return {}
+        cfg, solver = self._sde_config(), self.ctx.solver
+        div = solver.divergence_for(self.dim)
+        gen = torch.Generator().manual_seed(self.ctx.seed + 7919)
+        vals = [sde_log_likelihood(self.velocity_field(), self.score, xc, self.base_log_prob,
+                                   cfg, gen, divergence=div).values
+                for xc in torch.split(x, solver.chunk)]
+        label = (f"backward {cfg.label()} euler-maruyama, ito control variate, div={div}, "
+                 "1 path/example")
+        return {"sde": LogLikelihood(values=torch.cat(vals), kind="estimate",
+                                     estimator=label, nfe=cfg.steps)}
 
     # -- training -----------------------------------------------------------------------
     def sample_time(self, n: int) -> Tensor:
@@ -152,10 +293,12 @@ class InterFlow(FlowMethod):
             t = torch.rand(n, generator=self.gen)
         return t.to(self.ctx.device)
 
-    def loss(self, batch: Tensor, step: int = 0) -> Tensor:
+    def loss(self, batch: Tensor, step: int = 0) -> Tensor | tuple[Tensor, dict[str, float]]:
         """G(v) on a batch of data x_1 (n, *event_shape) with fresh base samples and times:
         the mean over the batch of |v|^2 - 2 dI/dt . v, summed over every non-batch
-        dimension."""
+        dimension. With the stochastic interpolant: the sum of its fields' losses."""
+        if self.stochastic is not None:
+            return self._stochastic_loss(batch)
         x_1 = batch.to(self.ctx.device)
         n = x_1.shape[0]
         x_0 = self.base_sample(n)
@@ -164,9 +307,26 @@ class InterFlow(FlowMethod):
         v, dx_t = v.reshape(n, -1), path.dx_t.reshape(n, -1)  # views: (n, D)
         return ((v * v).sum(1) - 2 * (dx_t * v).sum(1)).mean()
 
+    def _stochastic_loss(self, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The sum of the quadratic losses of the learned fields (`bench.science.stochastic`)
+        at t in [t_min, 1 - t_min], with fresh x_0, t, z."""
+        import torch
+
+        from bench.science.stochastic import interpolant_losses
+
+        x_1 = batch.to(self.ctx.device)
+        n, t_min = x_1.shape[0], self.params.t_min
+        x_0 = self.base_sample(n)
+        t = t_min + (1.0 - 2.0 * t_min) * self.sample_time(n)
+        z = torch.randn(x_1.shape, generator=self.gen).to(self.ctx.device)
+        losses = interpolant_losses(self.fields, self.stochastic, x_0, x_1, t, z,
+                                    self.params.antithetic)
+        total = sum(losses.values())
+        return total, {f"loss_{k}": float(v.detach()) for k, v in losses.items()}
+
     # -- state ----------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
-        return {"v": self.v}
+        return {"v": self.v} if self.s is None else {"v": self.v, "s": self.s}
 
     def extra_state(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state()}
