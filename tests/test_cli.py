@@ -247,6 +247,13 @@ def test_list_shows_plugins_and_unavailable_ones(cli, tmp_path):
     rows = json.loads(res.output)
     flow = next(r for r in rows if r["name"] == "interflow")
     assert flow["params"]["interpolant"] == "trig" and flow["optim"]["schedule"] == "cosine"
+    # every enumerated option with its allowed values (issue 12's options included)
+    assert flow["choices"]["sampler"] == ["ode", "sde"]
+    assert flow["choices"]["gamma"] == ["none", "sqrt", "t1mt", "sin2"]
+    assert "hidden" not in flow["choices"]  # a tuple, not an enumeration
+    res = CliRunner().invoke(main, ["list"])
+    assert "sampler=ode (ode|sde)" in res.output
+    assert "gamma=none (none|sqrt|t1mt|sin2)" in res.output
 
 
 def test_table_without_runs_is_an_error(cli):

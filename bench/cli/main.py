@@ -48,6 +48,23 @@ def main(ctx, plugins, verbose):
     ctx.obj = {"plugins": plugins}
 
 
+def _choices(params_cls: type) -> dict[str, list[str]]:
+    """Field -> its allowed values, for the fields typed ``Literal[...]`` (or an optional
+    one): what ``bench list`` shows beside each default."""
+    import types
+    import typing
+
+    from bench.harness.selection import param_fields
+
+    out = {}
+    for name, tp in param_fields(params_cls).items():
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        if typing.get_origin(tp) is typing.Literal:
+            out[name] = [str(a) for a in typing.get_args(tp)]
+    return out
+
+
 @main.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -64,6 +81,7 @@ def list_(ctx, as_json):
             if p.available:
                 row["params"] = {f.name: (f.default if f.default is not dataclasses.MISSING
                                           else None) for f in dataclasses.fields(p.cls.Params)}
+                row["choices"] = _choices(p.cls.Params)
                 row["description"] = p.cls.describe()
                 if kind == "method":
                     row["optim"] = p.cls.optim
@@ -81,7 +99,9 @@ def list_(ctx, as_json):
                 continue
             click.echo(f"  {r['name']:<14} {r['description']}")
             if r["params"]:
-                ps = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+                ps = ", ".join(f"{k}={v}" + (f" ({'|'.join(r['choices'][k])})"
+                                             if k in r["choices"] else "")
+                               for k, v in r["params"].items())
                 click.echo(f"  {'':<14} [{ps}]")
             if r.get("optim"):
                 ps = ", ".join(f"{k}={v}" for k, v in r["optim"].items())
