@@ -246,6 +246,11 @@ class InterFlow(FlowMethod):
             return self.sample_sde(n)
         return super().sample(n, t)
 
+    @property
+    def default_sampler(self) -> str:
+        """Which of `samplers` ``sample`` is (the harness scores it once)."""
+        return self.params.sampler
+
     def samplers(self) -> dict[str, Any]:
         """{"ode": n -> samples, "sde": n -> samples} of the same model (SDE: with a score)."""
         out: dict[str, Any] = {"ode": lambda n: FlowMethod.sample(self, n)}

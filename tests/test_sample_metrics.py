@@ -199,3 +199,28 @@ def test_score_samples_skips_cleanly():
     assert tags["sample_metrics.skipped"] == "cannot sample: no sampler"
     m, tags = _score(_Fake(4), _splits(image=True))
     assert m == {} and "not vector data" in tags["sample_metrics.skipped"]
+
+
+def test_a_default_sampler_among_the_named_ones_is_drawn_once():
+    calls = {"ode": 0, "sde": 0}
+
+    class _Named(_Fake):
+        default_sampler = "sde"
+
+        def samplers(self) -> dict:
+            def make(name, shift):
+                def draw(n):
+                    calls[name] += 1
+                    return _Fake(self.d, shift).sample(n)
+                return draw
+            return {"ode": make("ode", 0.0), "sde": make("sde", 1.5)}
+
+        def sample(self, n):  # never called: the named "sde" is the default
+            raise AssertionError("sample() drawn although it is the named 'sde'")
+
+    m, tags = _score(_Named(3), _splits(), n=300, seed=2)
+    assert calls == {"ode": 1, "sde": 1}
+    for name in ("mmd2", "energy", "swd"):
+        assert m[name] == m[name + ".sde"] and m[name + "_se"] == m[name + ".sde_se"]
+        assert m[name] != m[name + ".ode"]
+    assert tags["sample_metrics.default_sampler"] == "sde"

@@ -121,10 +121,14 @@ def score_samples(method: Method, splits: Splits, log_metrics: Callable,
         put("_floor", sm.two_sample_scores(train, ref[:n_floor], bandwidth, seed=seed))
         tags["sample_metrics.floor"] = (f"{n_floor} training rows vs {n_floor} reference rows "
                                         "(the same metrics, data against data)")
-    samplers: dict[str, Callable[[int], torch.Tensor]] = {"": method.sample}
     extra = getattr(method, "samplers", None)
-    if callable(extra):
-        samplers.update({f".{k}": v for k, v in extra().items()})
+    named = dict(extra()) if callable(extra) else {}
+    # a method whose default sampler is one of its named ones says which
+    # (``default_sampler``): that one is drawn and scored once, under both keys
+    default = getattr(method, "default_sampler", None)
+    samplers: dict[str, Callable[[int], torch.Tensor]] = (
+        {} if default in named else {"": method.sample})
+    samplers.update({f".{k}": v for k, v in named.items()})
     modules = list(method.modules().values())
     for module in modules:
         module.eval()
@@ -146,5 +150,12 @@ def score_samples(method: Method, splits: Splits, log_metrics: Callable,
             tags[f"sample_metrics{suffix}.skipped"] = f"{bad} of {rows} samples not finite"
             continue
         put(suffix, sm.two_sample_scores(x, ref, bandwidth, seed=seed))
+    if default in named:
+        suffix = f".{default}"
+        for key in [k for k in metrics if suffix in k]:
+            metrics[key.replace(suffix, "", 1)] = metrics[key]
+        for key in [k for k in tags if suffix in k]:
+            tags[key.replace(suffix, "", 1)] = tags[key]
+        tags["sample_metrics.default_sampler"] = default
     log.debug("sample metrics of %s: %s", type(method).__name__, metrics)
     return record()
