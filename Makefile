@@ -26,12 +26,12 @@ run: setup
 	$(BIN)/bench run --method interflow --dataset miniboone
 
 test: setup
-	$(BIN)/ruff check bench methods datasets tests benchmarks
+	$(BIN)/ruff check bench methods datasets tests benchmarks experiments
 	$(BIN)/lint-imports pyproject.toml
 	$(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check bench methods datasets tests benchmarks
+	$(BIN)/ruff check bench methods datasets tests benchmarks experiments
 	$(BIN)/lint-imports pyproject.toml
 
 clean:
