@@ -45,7 +45,13 @@ class InterFlowParams(UNetParams):
     schedule, warmup, grad_clip, ema, ...; this method's defaults are ``InterFlow.optim``).
 
     Attributes:
-        interpolant: I_t(x_0, x_1) (`bench.science.interpolants`).
+        interpolant: I_t(x_0, x_1) (`bench.science.interpolants`); learned: sine series
+            on the trig path, maximised by the paper's max-min to shorten the path
+            (`bench.science.learned_paths`; deterministic, gamma=none, objective velocity).
+        path_modes, path_lr_factor: the learned path's sine modes and relative learning rate.
+        record_path: log the path length (kinetic energy of v along the path, with its
+            standard error, and E|dI/dt|^2) at step 0, every tenth of the budget and the
+            last step (always on with interpolant=learned).
         net, hidden, activation: the velocity network of vectors (`bench.science.nets`).
         unet_ch, unet_ch_mult, unet_num_res_blocks, unet_attn_resolutions, dropout: the
             velocity U-Net of images (`bench.science.unet_config.UNetParams`).
@@ -68,7 +74,10 @@ class InterFlowParams(UNetParams):
         sde_likelihood: report the backward-SDE likelihood estimate (needs a score).
     """
 
-    interpolant: Literal["trig", "linear", "quadratic", "vp", "encdec"] = "trig"
+    interpolant: Literal["trig", "linear", "quadratic", "vp", "encdec", "learned"] = "trig"
+    path_modes: int = 4
+    path_lr_factor: float = 0.3
+    record_path: bool = False
     net: Literal["mlp", "concat", "concatsquash"] = "mlp"
     hidden: tuple[int, ...] = (512, 512, 512)
     activation: Literal["softplus", "tanh", "relu", "elu", "silu", "gelu"] = "silu"
@@ -111,6 +120,10 @@ class InterFlowParams(UNetParams):
             raise ValueError("objective=split needs gamma != none (b = v + gamma' eta)")
         if self.learned != "velocity" and self.gamma == "none" and self.base is not None:
             raise ValueError("a one-sided score (gamma=none) needs the N(0, I) base")
+        if self.interpolant == "learned" and self.stochastic:
+            raise ValueError("interpolant=learned needs gamma=none and objective=velocity")
+        if self.path_modes < 1 or not self.path_lr_factor > 0:
+            raise ValueError("need path_modes >= 1 and path_lr_factor > 0")
 
     @property
     def learned(self) -> str:
@@ -174,8 +187,16 @@ class InterFlow(FlowMethod):
         self.score: nn.Module | None = None
         if params.stochastic:
             self._build_stochastic(net)
+        elif params.interpolant == "learned":
+            from bench.science.learned_paths import FourierInterpolant
+
+            self.interpolant = FourierInterpolant(params.path_modes, params.path_lr_factor)
+            self.interpolant.to(ctx.device)
         else:
             self.interpolant = get_interpolant(params.interpolant)
+        self.record_path = (params.interpolant == "learned" or params.record_path
+                            ) and self.stochastic is None
+        self._train_rows = splits.train if self.record_path else None
         self.gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
         self.base_dataset = None
         if params.base is not None:
@@ -310,7 +331,47 @@ class InterFlow(FlowMethod):
         path = self.interpolant.sample(x_0, x_1, self.sample_time(n))
         v = self.v(path.t, path.x_t)
         v, dx_t = v.reshape(n, -1), path.dx_t.reshape(n, -1)  # views: (n, D)
-        return ((v * v).sum(1) - 2 * (dx_t * v).sum(1)).mean()
+        objective = ((v * v).sum(1) - 2 * (dx_t * v).sum(1)).mean()
+        if self.record_path and self._path_step(step):
+            return objective, self.path_metrics()
+        return objective
+
+    def _path_step(self, step: int) -> bool:
+        """Step 0, every tenth of the budget (500 steps without one) and the last step."""
+        total = self.ctx.max_steps
+        every = max(1, total // 10) if total else 500
+        return step % every == 0 or (total is not None and step == total - 1)
+
+    def path_metrics(self, n: int | None = None, n_t: int = 16) -> dict[str, float]:
+        """``path_length`` = int_0^1 E|v_t(x_t)|^2 dt of the live v along the path (Gauss-
+        Legendre in t, n draws per node, the same draws at every call), its standard error
+        ``path_length_se`` and ``path_dI2`` = E|dI/dt|^2 (`learned_paths.path_length`)."""
+        import torch
+
+        from bench.science.learned_paths import path_length
+
+        n = n or (256 if len(self.event_shape) == 3 else 2048)
+        gen = torch.Generator().manual_seed(self.ctx.seed + 104729)
+        rows = self._train_rows
+
+        def x0(k: int) -> Tensor:
+            if self.base_dataset is not None:
+                return self.base_dataset.sample(k, generator=gen).to(self.ctx.device)
+            return torch.randn(k, *self.event_shape, generator=gen).to(self.ctx.device)
+
+        def x1(k: int) -> Tensor:
+            return rows[torch.randint(0, rows.shape[0], (k,), generator=gen)].to(
+                self.ctx.device)
+
+        was_training = self.v.training
+        self.v.eval()  # no dropout; fp32 also inside a bf16 training step
+        try:
+            with torch.autocast(torch.device(self.ctx.device).type, enabled=False):
+                pl = path_length(self.v, self.interpolant, x0, x1, n=n, n_t=n_t)
+        finally:
+            self.v.train(was_training)
+        return {"path_length": pl.velocity, "path_length_se": pl.velocity_se,
+                "path_dI2": pl.interpolant}
 
     def _stochastic_loss(self, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
         """The sum of the quadratic losses of the learned fields (`bench.science.stochastic`)
@@ -331,7 +392,10 @@ class InterFlow(FlowMethod):
 
     # -- state ----------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
-        return {"v": self.v} if self.s is None else {"v": self.v, "s": self.s}
+        out = {"v": self.v} if self.s is None else {"v": self.v, "s": self.s}
+        if self.stochastic is None and self.params.interpolant == "learned":
+            out["path"] = self.interpolant  # the harness's one optimiser ascends it
+        return out
 
     def extra_state(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state()}
