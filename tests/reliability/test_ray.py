@@ -99,6 +99,7 @@ def test_grid_survives_a_killed_worker_node(tmp_path, monkeypatch):
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
     results, temp = tmp_path / "results", tempfile.mkdtemp(prefix="bray-")  # short socket paths
     uri = f"sqlite:///{results / 'mlflow.db'}"
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "include_dashboard": False, "temp_dir": temp})
     driver = None
@@ -115,7 +116,7 @@ def test_grid_survives_a_killed_worker_node(tmp_path, monkeypatch):
              "--launcher", "ray", "--address", cluster.address, "--json"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
         # the worker node's job, once it has validated and checkpointed (mid-training)
-        deadline, victim, info = time.monotonic() + 150, None, {}
+        deadline, victim, info = time.monotonic() + 300, None, {}
         while time.monotonic() < deadline and not info:
             assert driver.poll() is None, (tmp_path / "driver.err").read_text()
             victim = victim or _job_process(raylet.pid)
@@ -159,3 +160,5 @@ def test_grid_survives_a_killed_worker_node(tmp_path, monkeypatch):
             driver.wait()
         cluster.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+        for sig, handler in handlers.items():  # Ray's node installs its own in this process
+            signal.signal(sig, handler)
