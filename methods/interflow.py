@@ -297,7 +297,7 @@ class InterFlow(FlowMethod):
         gen = torch.Generator().manual_seed(self.ctx.seed + 7919)
         vals = [sde_log_likelihood(self.velocity_field(), self.score, xc, self.base_log_prob,
                                    cfg, gen, divergence=div).values
-                for xc in torch.split(x, solver.chunk)]
+                for xc in torch.split(x, solver.chunk_for(x.device))]
         label = (f"backward {cfg.label()} euler-maruyama, ito control variate, div={div}, "
                  "1 path/example")
         return {"sde": LogLikelihood(values=torch.cat(vals), kind="estimate",

@@ -175,3 +175,28 @@ def test_validation_tolerance_applies_only_inside_validating():
     plain = ODEEngine(SolverConfig(rtol=1e-7, atol=1e-7))
     with plain.validating():
         assert plain.log_likelihood(field, x, base).nfe == tight.nfe
+
+
+def test_evaluation_chunks_fitted_to_the_device_and_rows_scored_alike():
+    """chunk=None resolves per device type (CPU 1024 rows); an explicit chunk wins; the
+    per-row log-likelihoods do not depend on the chunking beyond the solver tolerance."""
+    from bench.api import SolverConfig
+    from bench.science.ode import ODEEngine
+
+    assert SolverConfig().chunk_for("cpu") == 1024
+    assert SolverConfig().chunk_for(torch.device("cuda", 1)) == 16384
+    assert SolverConfig(chunk=7).chunk_for("cpu") == 7
+    a = torch.tensor([[-0.5, 0.3], [0.2, -1.0]], dtype=torch.float64)
+
+    def field(t, x):
+        return torch.sin(3 * t) * x @ a.T
+
+    def base(z):
+        return -0.5 * (z * z).sum(1)
+
+    x = torch.randn(2500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    auto = ODEEngine(SolverConfig(rtol=1e-8, atol=1e-8)).log_likelihood(field, x, base)
+    one = ODEEngine(SolverConfig(rtol=1e-8, atol=1e-8, chunk=4096)).log_likelihood(
+        field, x, base)
+    assert auto.values.shape == (2500,)
+    torch.testing.assert_close(auto.values, one.values, rtol=0, atol=1e-6)

@@ -8,7 +8,7 @@ and the CNF is trained, by one routine, `solve`, on one right-hand side,
 
     log rho_t(x) = log rho_0(x_0) - int_0^t div v(s, x_s) ds = log rho_0(x_0) + acc(0).
 
-- `log_likelihood` (evaluation): no gradients, rows in chunks of ``cfg.chunk``, the NFE of
+- `log_likelihood` (evaluation): no gradients, rows in chunks (``cfg.chunk_for``), the NFE of
   one solve (the largest chunk's, never a sum over chunks).
 - `training_log_likelihood` (CNF training, FFJORD/RNODE): with gradients, through the
   solver's operations (``adjoint=False``) or the adjoint method (`torchdiffeq.odeint_adjoint`,
@@ -159,7 +159,7 @@ def log_likelihood(
         field: v(t, x) with x of shape (n, *shape).
         x: (n, *shape) points at time t.
         base_log_prob: log rho_0 of (n, *shape) -> (n,).
-        cfg: solver and divergence settings; rows are processed in chunks of cfg.chunk.
+        cfg: solver and divergence settings; rows are processed in chunks of ``cfg.chunk_for(x.device)``.
             ``divergence="auto"`` is resolved from the event's dimension
             (`SolverConfig.divergence_for`: exact up to 128 dimensions, Hutchinson above).
         t: the time at which the density is evaluated (1 = data).
@@ -176,7 +176,7 @@ def log_likelihood(
     gen = torch.Generator().manual_seed(seed)
     out, nfe = [], 0
     with torch.no_grad():
-        for xc in torch.split(x, cfg.chunk):
+        for xc in torch.split(x, cfg.chunk_for(x.device)):
             probes = None
             if divergence == "hutchinson":
                 probes = draw_probes(tuple(xc.shape), cfg.n_probes, cfg.probe, gen,
