@@ -25,8 +25,6 @@ Version 2 added "rng_cuda", "kind" and the resume entries; version 1 files still
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -134,17 +132,10 @@ def write_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
     """Write ``ckpt`` atomically (a temporary file in the same folder, flushed and fsync'ed,
     then os.replace): a reader sees the old file or the new one, never a partial one."""
     path = Path(path)
+    from bench.harness.runfolder import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save(ckpt, f))
     return path
 
 

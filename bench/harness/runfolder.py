@@ -21,12 +21,13 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from bench.api import ConfigError, Job
 
-__all__ = ["job_key", "RunFolder", "RunLocked", "RESUMABLE", "CHECKPOINT"]
+__all__ = ["job_key", "RunFolder", "RunLocked", "RESUMABLE", "CHECKPOINT", "write_atomic"]
 
 log = logging.getLogger(__name__)
 RESUMABLE = ("RUNNING", "KILLED")
@@ -65,11 +66,17 @@ def job_key(job: Job) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``data`` (bytes, or a function writing to the open file) to ``path`` atomically:
+    a temporary file in the same folder, flushed and fsync'ed, then os.replace, so a reader
+    sees the old file or the new one, never a partial one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -116,7 +123,7 @@ class RunFolder:
     def write_info(self, **fields: Any) -> None:
         """Update ``run.json`` atomically with ``fields``."""
         info = {**self.info(), **fields}
-        _write_atomic(self.info_path, json.dumps(info, indent=1, default=str).encode())
+        write_atomic(self.info_path, json.dumps(info, indent=1, default=str).encode())
 
     def resumable(self) -> bool:
         """A run of this job was left RUNNING or KILLED with a checkpoint."""

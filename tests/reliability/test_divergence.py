@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability import _runs
+
 SMALL_METHOD = "interflow[hidden=(16,16)]"
 SMALL_DATA = "8gaussians[n_train=2000,n_val=200,n_test=200]"
 
@@ -90,7 +92,6 @@ def test_divergence_factor_is_validated_in_the_plan():
 
 @pytest.mark.slow
 def test_cli_lr_1e3_now_fails_with_the_reason(tmp_path, tracking_uri):
-    _runs = _helpers()
 
     res = _runs.run(tmp_path / "results", tracking_uri, "--set", "lr=1e3", steps=300)
     assert res.returncode == 1, res.stderr
@@ -118,18 +119,3 @@ def test_zero_or_negative_budget_is_rejected_before_anything_runs(tmp_path, trac
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "must be" in lines[0], res.stderr
     assert not (tmp_path / "r" / "runs").exists()
-
-
-def _helpers():
-    """tests/reliability/_runs.py (the suite imports test files without their folder on
-    sys.path)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    if "_runs" not in sys.modules:
-        path = Path(__file__).resolve().parent / "_runs.py"
-        spec = importlib.util.spec_from_file_location("_runs", path)
-        sys.modules["_runs"] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["_runs"]

@@ -12,6 +12,7 @@ import torch
 
 from bench.harness.loop import BatchOrder
 from bench.harness.runfolder import RunFolder, RunLocked, job_key
+from tests.reliability import _runs
 
 SMALL_METHOD = "interflow[hidden=(16,16)]"
 SMALL_DATA = "8gaussians[n_train=2000,n_val=200,n_test=200]"
@@ -130,7 +131,6 @@ def test_sigterm_then_resume_in_process_matches_an_uninterrupted_run(
 
 
 def test_resume_without_a_checkpoint_is_a_one_line_error(tmp_path, tracking_uri):
-    _runs = _helpers()
 
     res = _runs.run(tmp_path / "results", tracking_uri, "--resume")
     assert res.returncode == 2, res.stderr
@@ -144,7 +144,6 @@ def test_sigkill_then_relaunch_continues_the_same_run(tmp_path, tracking_uri):
     """Killed outright between two checkpoints, after metrics beyond the last one reached
     the store: the relaunch continues the same run, replays from the checkpoint without
     recording those steps twice, and ends with the history of an uninterrupted run."""
-    _runs = _helpers()
 
     opts = ("--checkpoint-every", "300", "--checkpoint-minutes", "0")
     ref = _runs.run(tmp_path / "a", tracking_uri, *opts, experiment="a", steps=900)
@@ -177,18 +176,3 @@ def test_sigkill_then_relaunch_continues_the_same_run(tmp_path, tracking_uri):
                               torch.tensor([v for _, v in want.history[key]]),
                               rtol=1e-6, atol=1e-7), key
     assert got.metrics["test_nll"] == pytest.approx(want.metrics["test_nll"], rel=1e-6)
-
-
-def _helpers():
-    """tests/reliability/_runs.py (the suite imports test files without their folder on
-    sys.path)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    if "_runs" not in sys.modules:
-        path = Path(__file__).resolve().parent / "_runs.py"
-        spec = importlib.util.spec_from_file_location("_runs", path)
-        sys.modules["_runs"] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["_runs"]

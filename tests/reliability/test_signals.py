@@ -9,6 +9,7 @@ import signal
 import pytest
 
 from bench.harness.signals import RunInterrupted, catch_stops, deferred
+from tests.reliability import _runs
 
 
 def test_a_stop_waits_for_a_deferred_block_and_a_second_one_does_not():
@@ -30,7 +31,6 @@ def test_a_stop_waits_for_a_deferred_block_and_a_second_one_does_not():
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stop_signal_marks_killed_then_the_same_command_resumes(tmp_path, tracking_uri, sig):
-    _runs = _helpers()
 
     from bench.harness.checkpoint import load_checkpoint
 
@@ -58,18 +58,3 @@ def test_stop_signal_marks_killed_then_the_same_command_resumes(tmp_path, tracki
         ckpt["loop"]["step"])
     steps = [s for s, _ in run.history["loss"]]
     assert steps == list(range(1, int(run.metrics["steps_done"]) + 1))  # every step once
-
-
-def _helpers():
-    """tests/reliability/_runs.py (the suite imports test files without their folder on
-    sys.path)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    if "_runs" not in sys.modules:
-        path = Path(__file__).resolve().parent / "_runs.py"
-        spec = importlib.util.spec_from_file_location("_runs", path)
-        sys.modules["_runs"] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["_runs"]
