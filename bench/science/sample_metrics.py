@@ -12,6 +12,12 @@ Definitions (x: n model samples, y: n reference rows, both (n, d); float64 insid
   the median heuristic ON THE REFERENCE alone (median Euclidean distance between distinct
   rows of a seeded subset of at most `BANDWIDTH_ROWS` reference rows), so every model and
   every sampler scored against one reference shares one kernel and their values compare.
+  Limit, measured: the median is about the data's diameter, so structure much finer than
+  that goes unseen. On checkerboard (cells 1 wide, median 4.1, 1500 rows per side) a
+  0.3-std Gaussian blur of the data scores z = mmd2/se = 0.14 (a mean of RBF kernels at
+  1/8 ... 2 x the median: 0.10; energy and SW2 see it no better), while one kernel at
+  1/16 of the median gives z = 4.8. There the test NLL against the true NLL is the
+  sensitive figure; these metrics are for data without a closed-form density.
 - ``energy``: the energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| (Szekely and Rizzo), the same
   U-statistic with h = |x_i - y_j| + |x_j - y_i| - |x_i - x_j| - |y_i - y_j| (Euclidean).
 - ``swd``: the sliced Wasserstein-2 distance SW_2 = sqrt(E_theta W_2^2(theta.X, theta.Y)),
