@@ -159,7 +159,8 @@ def log_likelihood(
         field: v(t, x) with x of shape (n, *shape).
         x: (n, *shape) points at time t.
         base_log_prob: log rho_0 of (n, *shape) -> (n,).
-        cfg: solver and divergence settings; rows are processed in chunks of ``cfg.chunk_for(x.device)``.
+        cfg: solver and divergence settings; rows are processed in chunks of
+            ``cfg.chunk_for(x.device)``.
             ``divergence="auto"`` is resolved from the event's dimension
             (`SolverConfig.divergence_for`: exact up to 128 dimensions, Hutchinson above).
         t: the time at which the density is evaluated (1 = data).
