@@ -4,6 +4,7 @@ global batch and stop together when one fails, and ``torchrun -m bench run`` end
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
@@ -235,33 +236,117 @@ def test_two_ranks_take_the_step_of_one_process_on_the_global_batch(tmp_path, mo
 
 
 # -- torchrun end to end ------------------------------------------------------------------
+def _process_tree(pid: int) -> list[int]:
+    out = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in (children.read_text().split() if children.exists() else []):
+        out += _process_tree(int(child))
+    return out
+
+
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside python")
-def test_torchrun_two_processes_end_to_end(tmp_path, tracking_uri):
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc")
+def test_torchrun_killed_mid_run_resumes_as_if_uninterrupted(tmp_path, _mlflow_template):
+    """``torchrun -m bench run`` with two ranks end to end; then the same launch with every
+    process SIGKILLed after the checkpoint of step 60 (a pre-empted
+    node), then the same command again: the run continues from that checkpoint, into the
+    same tracking run, and its metrics are those of an uninterrupted launch, step for step
+    and value for value (each rank's own random streams come back)."""
+    import json
+    import signal
+
     from bench.record.mlflow_sink import load_records
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "BENCH_DIST_DEBUG_DIR": str(tmp_path / "digests"), "BENCH_DIST_TIMEOUT": "120"}
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "bench", "run",
-           "-m", "interflow[hidden=(16,16),batch_size=32]",
-           "-d", "8gaussians[n_train=2000,n_val=200,n_test=200]", "--steps", "20",
-           "--eval-every", "10", "--n-samples", "200", "--tracking-uri", tracking_uri,
-           "--results-dir", str(tmp_path / "results"), "-q"]
+           "BENCH_DIST_TIMEOUT": "120"}
+
+    for tag in ("full", "cut"):
+        shutil.copy(_mlflow_template, tmp_path / f"{tag}.db")
+
+    def cmd(tag: str) -> list[str]:
+        return [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "bench", "run",
+                "-m", "interflow[hidden=(16,16),batch_size=32]",
+                "-d", "8gaussians[n_train=2000,n_val=200,n_test=200]", "--steps", "120",
+                "--eval-every", "30", "--checkpoint-every", "20", "--n-samples", "0",
+                "--tracking-uri", f"sqlite:///{tmp_path / tag}.db",
+                "--results-dir", str(tmp_path / tag), "-q"]
+
     t0 = time.monotonic()
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=180)
+    full = subprocess.run(cmd("full"), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240, env={**env, "BENCH_DIST_DEBUG_DIR": str(tmp_path / "dg")})
     seconds = time.monotonic() - t0
-    assert out.returncode == 0, out.stderr[-3000:]
-    (rec,) = load_records(tracking_uri, history=("val_nll", "loss"))
-    assert rec.status == "FINISHED", rec.failure
+    assert full.returncode == 0, full.stderr[-3000:]
+    # the uninterrupted launch, end to end: rank 0's record of the data-parallel run
+    (a,) = load_records(f"sqlite:///{tmp_path / 'full'}.db", history=("val_nll", "loss"))
+    assert a.status == "FINISHED", a.failure
     want = {"world_size": "2", "nodes": "1", "dist_backend": "gloo",
             "batch_size_per_rank": "32", "effective_batch_size": "64"}
-    assert {k: rec.tags[k] for k in want} == want
-    assert math.isfinite(rec.metrics["test_nll"]) and rec.metrics["steps_done"] == 20
-    assert [s for s, _ in rec.history["val_nll"]] == [10, 20]
-    assert len(rec.history["loss"]) == 20
-    digests = sorted((tmp_path / "digests").glob("*.sha256"))
+    assert {k: a.tags[k] for k in want} == want
+    assert math.isfinite(a.metrics["test_nll"]) and a.metrics["steps_done"] == 120
+    assert [s for s, _ in a.history["val_nll"]] == [30, 60, 90, 120]
+    assert [s for s, _ in a.history["loss"]] == list(range(1, 121))
+    digests = sorted((tmp_path / "dg").glob("*.sha256"))
     assert [p.name for p in digests] == [f"interflow-8gaussians-s0.rank{r}.sha256"
                                          for r in (0, 1)]
     assert digests[0].read_text() == digests[1].read_text()  # the final replicas are equal
     print(f"torchrun end to end: {seconds:.1f} s")
-    shutil.rmtree(tmp_path / "results", ignore_errors=True)
+    proc = subprocess.Popen(cmd("cut"), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    info = {}
+    while info.get("step", 0) < 60:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint at step 60 within 180 s"
+        time.sleep(0.1)
+        found = list((tmp_path / "cut" / "runs").glob("*/run.json"))
+        info = json.loads(found[0].read_text() or "{}") if found else {}
+    for pid in _process_tree(proc.pid):  # torchrun's workers are not in its process group
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    assert info["status"] == "RUNNING"
+    again = subprocess.run(cmd("cut"), cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (b,) = load_records(f"sqlite:///{tmp_path / 'cut'}.db", history=("val_nll", "loss"))
+    assert a.status == b.status == "FINISHED" and b.run_id == info["run_id"]
+    assert 60 <= int(b.tags["resumed_at_step"]) < 120
+    assert [s for s, _ in b.history["loss"]] == list(range(1, 121))
+    assert b.history["loss"] == a.history["loss"]
+    assert b.history["val_nll"] == a.history["val_nll"]
+    assert b.metrics["test_nll"] == a.metrics["test_nll"]
+    shutil.rmtree(tmp_path / "full", ignore_errors=True)
+    shutil.rmtree(tmp_path / "cut", ignore_errors=True)
+
+
+def test_a_checkpoint_of_another_launch_size_is_not_resumed(tmp_path):
+    """A data-parallel launch does not continue a single process's checkpoint (nor the
+    reverse): their batch orders and random streams differ."""
+    from bench.harness.checkpoint import write_checkpoint
+    from bench.harness.resume import resume_point
+    from bench.harness.runfolder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.write_info(status="KILLED", run_id="r1")
+    state = {"rng": torch.get_rng_state(), "extra": {}, "rng_cuda": None}
+    write_checkpoint(folder.checkpoint, {"kind": "resume", "run_id": "r1", "loop": {},
+                                         "ranks": [state, state]})
+
+    class Reopens:
+        def reopen(self, run_id):
+            return {}
+
+    @dataclass
+    class J:
+        resume: str = "auto"
+        label: str = "j"
+        name: str = "j"
+
+    assert resume_point(J(), folder, Reopens(), ranks=2)["run_id"] == "r1"
+    assert resume_point(J(), folder, Reopens(), ranks=1) is None
+    with pytest.raises(ConfigError, match="written by a launch of 2 process"):
+        resume_point(J(resume="require"), folder, Reopens(), ranks=1)
+    write_checkpoint(folder.checkpoint, {"kind": "resume", "run_id": "r1", "loop": {}})
+    assert resume_point(J(), folder, Reopens(), ranks=1)["run_id"] == "r1"
+    assert resume_point(J(), folder, Reopens(), ranks=4) is None

@@ -17,7 +17,8 @@ Layout (``format = "bench-checkpoint/2"``)::
              timers, divergence reference, "data": the batch order's generator state at the
              start of the epoch, epoch and position in it),
      "best": the best `snapshot` so far | None,
-     "run_id": the tracking run continued on resume, "job_key"}
+     "run_id": the tracking run continued on resume, "job_key",
+     "ranks": [per-rank `rank_state`] | absent  # torchrun: each rank's own random streams}
 
 Version 2 added "rng_cuda", "kind" and the resume entries; version 1 files still load.
 """
@@ -25,6 +26,7 @@ Version 2 added "rng_cuda", "kind" and the resume entries; version 1 files still
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,8 @@ from bench.api import Job, Method
 from bench.harness.optim import Trainer
 
 __all__ = ["FORMAT", "snapshot", "restore", "load_into", "make_checkpoint",
-           "save_checkpoint", "write_checkpoint", "load_checkpoint", "restore_training"]
+           "save_checkpoint", "write_checkpoint", "load_checkpoint", "restore_training",
+           "rank_state", "pack", "unpack"]
 
 FORMAT = "bench-checkpoint/2"
 
@@ -96,7 +99,8 @@ def _asdict(params: Any) -> dict[str, Any]:
 def make_checkpoint(job: Job, trainer: Trainer, step: int,
                     state: dict[str, Any] | None = None, *,
                     loop: dict[str, Any] | None = None, best: dict[str, Any] | None = None,
-                    run_id: str | None = None, job_key: str = "") -> dict[str, Any]:
+                    run_id: str | None = None, job_key: str = "",
+                    ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The checkpoint dictionary of ``job`` at ``step``.
 
     Args:
@@ -104,12 +108,14 @@ def make_checkpoint(job: Job, trainer: Trainer, step: int,
             the trainer's current state.
         loop, best, run_id, job_key: given ``loop`` (the loop's state), a "resume"
             checkpoint with these entries (see the module docstring); else a "final" one.
+        ranks: data parallel: every rank's `rank_state`, in rank order (the weights,
+            optimiser and loop state are the same on every rank; the random streams not).
     """
     state = state if state is not None else snapshot(trainer.method, trainer)
     resume = ({"loop": loop, "best": best, "run_id": run_id, "job_key": job_key}
               if loop is not None else {})
-    cuda = (torch.cuda.get_rng_state_all()
-            if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    if ranks is not None:
+        resume["ranks"] = ranks
     return {
         "format": FORMAT,
         "method": job.method,
@@ -122,7 +128,7 @@ def make_checkpoint(job: Job, trainer: Trainer, step: int,
         **{k: state.get(k) for k in ("modules", "ema", "ema_updates", "optimizer",
                                      "scheduler", "extra")},
         "rng": torch.get_rng_state(),
-        "rng_cuda": cuda,
+        "rng_cuda": _cuda_rng(),
         "kind": "resume" if loop is not None else "final",
         **resume,
     }
@@ -150,11 +156,40 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(Path(path), map_location="cpu", weights_only=True)
 
 
-def restore_training(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+def _cuda_rng() -> list[torch.Tensor] | None:
+    return (torch.cuda.get_rng_state_all()
+            if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+
+
+def rank_state(method: Method) -> dict[str, Any]:
+    """This process's random streams: the method's extra state (its generators) and
+    torch's RNG states (what differs between data-parallel ranks)."""
+    return _cpu_copy({"extra": method.extra_state(), "rng": torch.get_rng_state(),
+                      "rng_cuda": _cuda_rng()})
+
+
+def pack(state: dict[str, Any]) -> bytes:
+    """``state`` (tensors and plain values) as bytes, for a collective."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    """`pack`'s inverse, with ``weights_only=True``."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def restore_training(trainer: Trainer, ckpt: dict[str, Any], rank: int = 0) -> None:
     """Put a "resume" checkpoint's training state back: weights, EMA, optimiser, schedule,
-    the method's extra state (its generators) and torch's RNG states."""
+    the method's extra state (its generators) and torch's RNG states; with per-rank states
+    (``"ranks"``, data parallel) those of ``rank``."""
     restore(trainer.method, trainer, ckpt)
-    torch.set_rng_state(ckpt["rng"])
-    cuda = ckpt.get("rng_cuda")
+    own = ckpt
+    if ckpt.get("ranks"):
+        own = ckpt["ranks"][rank]
+        trainer.method.load_extra_state(own.get("extra") or {})
+    torch.set_rng_state(own["rng"])
+    cuda = own.get("rng_cuda")
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])

@@ -21,9 +21,12 @@ What the ranks do (`bench.harness.run`, `bench.harness.loop`, `bench.harness.opt
   takes its disjoint, equal share of each global batch (DistributedSampler's padding);
   per-rank batch = the method's batch size, effective batch = per-rank batch x world size,
   an epoch is one pass over the global data.
-- Rank 0 alone records (the others get a `NullSink`), validates, evaluates and writes the
-  checkpoint. What must agree (divergence, early stop, time budget) is decided on rank 0
-  and broadcast each step (`World.decide`), so all ranks stop at the same step. A failure
+- Rank 0 alone records (the others get a `NullSink`), validates, evaluates, holds the run
+  folder's lock and writes the checkpoint. What must agree (divergence, early stop, time
+  budget, a periodic checkpoint now: `SAVE`) is decided on rank 0 and broadcast each step
+  (`World.decide`), so all ranks stop, and checkpoint, at the same step. A checkpoint
+  gathers every rank's random streams (`World.gather_bytes`) so a resumed launch (rank 0
+  chooses, `bench.harness.run`) continues each rank's streams where they were. A failure
   stops every rank at the same point: a training step that raises on any rank (flags in
   the all-reduce), rank 0 failing in validation (`decide`) or while building the method
   (the vote in `replicate`), and in the end every rank returns rank 0's record
@@ -77,11 +80,12 @@ from bench.api import BenchError, ConfigError, RunRecord, Sink
 
 __all__ = ["World", "NullSink", "GradientSync", "PeerFailure", "setup", "current",
            "launch_env", "rank_seed", "batch_sizes", "main_rank_sinks", "CONTINUE", "STOP",
-           "EARLY_STOP", "DIVERGED"]
+           "EARLY_STOP", "DIVERGED", "SAVE"]
 
 log = logging.getLogger(__name__)
 
 CONTINUE, STOP, EARLY_STOP, DIVERGED, _FAILED = 0, 1, 2, 3, 4
+SAVE = 8  # or-ed into a decision: every rank takes part in writing the checkpoint now
 DEFAULT_TIMEOUT_S = 6 * 3600
 
 _world: World | None = None
@@ -167,17 +171,40 @@ class World:
         return GradientSync(self) if self.enabled else None
 
     # -- collectives (no-ops in a single process) ------------------------------------------
-    def _gather_text(self, text: str) -> list[str]:
-        data = torch.tensor(list(text.encode()), dtype=torch.uint8, device=self.comm_device)
-        size = torch.tensor([data.numel()], device=self.comm_device)
+    def gather_bytes(self, data: bytes) -> list[bytes]:
+        """Every rank's ``data``, in rank order, on every rank (one process: ``[data]``)."""
+        if not self.enabled:
+            return [data]
+        t = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else \
+            torch.zeros(0, dtype=torch.uint8)
+        t = t.to(self.comm_device)
+        size = torch.tensor([t.numel()], device=self.comm_device)
         sizes = [torch.zeros_like(size) for _ in range(self.size)]
         dist.all_gather(sizes, size)
-        longest = int(max(int(s) for s in sizes))
+        longest = max(1, int(max(int(s) for s in sizes)))
         padded = torch.zeros(longest, dtype=torch.uint8, device=self.comm_device)
-        padded[:data.numel()] = data
+        padded[:t.numel()] = t
         out = [torch.zeros_like(padded) for _ in range(self.size)]
         dist.all_gather(out, padded)
-        return [bytes(o[:int(s)].tolist()).decode() for o, s in zip(out, sizes, strict=True)]
+        return [o[:int(s)].cpu().numpy().tobytes() for o, s in zip(out, sizes, strict=True)]
+
+    def _gather_text(self, text: str) -> list[str]:
+        return [b.decode() for b in self.gather_bytes(text.encode())]
+
+    def broadcast_text(self, text: str) -> str:
+        """Rank 0's ``text`` on every rank (the others' argument is ignored)."""
+        if not self.enabled:
+            return text
+        data = text.encode() if self.is_main else b""
+        size = torch.tensor([len(data)], device=self.comm_device)
+        dist.broadcast(size, src=0)
+        if int(size) == 0:
+            return text if self.is_main else ""
+        buf = torch.zeros(int(size), dtype=torch.uint8, device=self.comm_device)
+        if self.is_main and data:
+            buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        dist.broadcast(buf, src=0)
+        return text if self.is_main else buf.cpu().numpy().tobytes().decode()
 
     def vote(self, failure: str | None, what: str) -> None:
         """Every rank says whether it failed ``what``; raise `PeerFailure` on the others."""
@@ -236,15 +263,10 @@ class World:
             self.vote(failure, "while loading the data or building the method")
         _voted = False
         text = json.dumps(dataclasses.asdict(record), default=str) if self.is_main else ""
-        sizes = torch.tensor([len(text.encode())], device=self.comm_device)
-        dist.broadcast(sizes, src=0)
-        data = torch.zeros(int(sizes), dtype=torch.uint8, device=self.comm_device)
-        if self.is_main:
-            data.copy_(torch.tensor(list(text.encode()), dtype=torch.uint8))
-        dist.broadcast(data, src=0)
+        text = self.broadcast_text(text)
         if self.is_main:
             return record
-        fields = json.loads(bytes(data.tolist()).decode())
+        fields = json.loads(text)
         fields["history"] = {k: [(int(s), float(v)) for s, v in pairs]
                              for k, pairs in fields["history"].items()}
         return RunRecord(**fields)

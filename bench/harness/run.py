@@ -19,129 +19,18 @@ import logging
 import math
 import platform
 import shutil
-import subprocess
 import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError, ConfigError, Job, RunRecord, Sink, TrainingDiverged
+from bench.harness.recorder import Recorder, git_commit, job_params, one_line
+from bench.harness.resume import agree_start, resume_point
 
 __all__ = ["run_job", "load_model", "job_params", "git_commit", "Recorder"]
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def git_commit() -> str:
-    """The source commit (``-dirty`` with local changes), or "" outside a git checkout."""
-    if not (PROJECT_ROOT / ".git").exists():
-        return ""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, text=True,
-                             capture_output=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_ROOT, text=True,
-                               capture_output=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _flat(prefix: str, obj: Any) -> dict[str, Any]:
-    return {f"{prefix}{k}": v for k, v in dataclasses.asdict(obj).items()}
-
-
-def job_params(job: Job) -> dict[str, Any]:
-    """The flat parameters recorded with a run (and compared by `bench table`)."""
-    b = job.budget
-    return {"method": job.method, "dataset": job.dataset, "seed": job.seed,
-            **_flat("p_method_", job.method_params), **_flat("p_dataset_", job.dataset_params),
-            **_flat("optim_", job.optim), "steps": b.steps, "max_seconds": b.max_seconds,
-            "eval_every": b.eval_every, "patience": b.patience, "device": job.device,
-            "val_rows": b.val_rows, "test_rows": b.test_rows,
-            "divergence_factor": b.divergence_factor,
-            **_flat("solver_", job.solver), **_flat("samples_", job.sample_eval),
-            **_flat("exec_", job.execution)}
-
-
-class Recorder:
-    """Writes to the run's record and to its sink at once.
-
-    Args:
-        recorded: on a resumed run, the highest step already recorded for each metric key
-            (the sink's ``reopen``): those steps (and final values already there) are not
-            sent to the sink again, so its history holds every step once.
-    """
-
-    def __init__(self, record: RunRecord, sink: Sink,
-                 recorded: dict[str, int] | None = None) -> None:
-        self.record, self.sink = record, sink
-        self.recorded = dict(recorded or {})
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        clean = {k: float(v) for k, v in metrics.items()}
-        if step is None:
-            self.record.metrics.update(clean)
-        else:
-            for k, v in clean.items():
-                self.record.history.setdefault(k, []).append((int(step), v))
-        if self.recorded:
-            clean = {k: v for k, v in clean.items() if k not in self.recorded
-                     or (step is not None and int(step) > self.recorded[k])}
-            if not clean:
-                return
-        self.sink.log_metrics(clean, step)
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        clean = {k: str(v) for k, v in tags.items()}
-        self.record.tags.update(clean)
-        self.sink.set_tags(clean)
-
-    def log_artifact(self, path: Path) -> None:
-        self.record.artifacts[path.name] = str(self.sink.log_artifact(path) or path)
-
-    def flush(self) -> None:
-        """Write what the sink buffers now (sinks without ``flush`` write at once)."""
-        flush = getattr(self.sink, "flush", None)
-        if flush is not None:
-            flush()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    msg = text[0] if text else ""
-    if not isinstance(exc, BenchError):
-        msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-    return msg[:500]
-
-
-def _resume_point(job: Job, folder: Any, sink: Sink) -> dict[str, Any] | None:
-    """The checkpoint this job continues from (per ``job.resume``), or None to start afresh.
-
-    Raises:
-        ConfigError: ``resume="require"`` and there is nothing to resume.
-    """
-    from bench.harness.checkpoint import load_checkpoint
-
-    if job.resume == "never":
-        return None
-    why = None
-    if not folder.resumable():
-        why = folder.describe()
-    elif not callable(getattr(sink, "reopen", None)):
-        why = f"the sink {type(sink).__name__} cannot reopen a run"
-    else:
-        try:
-            ckpt = load_checkpoint(folder.checkpoint)
-        except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint is not resumed
-            why = f"its checkpoint {folder.checkpoint} cannot be read ({_one_line(exc)})"
-        else:
-            if ckpt.get("kind") == "resume" and ckpt.get("run_id"):
-                return ckpt
-            why = f"{folder.checkpoint} is not a resumable checkpoint"
-    if job.resume == "require":
-        raise ConfigError(f"cannot resume {job.label or job.name}: {why} ({folder.path})")
-    return None
 
 
 def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
@@ -151,7 +40,9 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
     the folder's lock, writes the resumable checkpoint per ``job.checkpoint_every`` /
     ``checkpoint_minutes``, and per ``job.resume`` continues a run of the same job left
     KILLED or RUNNING (a killed process) into the same tracking run (``sink.reopen``).
-    Without one it runs in a temporary folder and never resumes.
+    Without one it runs in a temporary folder and never resumes. Under torchrun rank 0
+    holds the folder and decides; every rank restores the checkpoint
+    (`bench.harness.resume.agree_start`).
 
     Args:
         job: a validated job from `bench.harness.plan.plan_jobs`.
@@ -172,8 +63,8 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
     from bench.harness.runfolder import RunFolder, job_key
 
     world, device = distributed.setup(job.device)
-    if world.enabled:  # torchrun: this rank's device; rank 0 alone records; no run folder
-        job = dataclasses.replace(job, device=device, work_dir=None)
+    if world.enabled:  # torchrun: this rank's device; rank 0 alone records, holds the run
+        job = dataclasses.replace(job, device=device)  # folder and writes its checkpoint
         sink = sink if world.is_main else distributed.NullSink()
     tags = {"git_commit": git_commit(), "device": job.device, "torch": torch.__version__,
             "host": f"{platform.node()} {platform.processor() or platform.machine()}",
@@ -181,16 +72,18 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
             "job": job.label, **{f"source.{k}": v for k, v in job.sources.items()},
             **world.tags()}
     record = RunRecord(None, job.name, params=job_params(job), tags=tags)
-    folder = RunFolder(job.work_dir) if job.work_dir is not None else None
+    folder = (RunFolder(job.work_dir) if job.work_dir is not None and world.is_main
+              else None)
     key = job_key(job)
-    if folder is not None:
+    if not world.enabled and folder is not None:
         folder.lock(job.label or job.name)
     opened = False
     try:
-        resume = _resume_point(job, folder, sink) if folder is not None else None
+        resume = (agree_start(job, world, folder, sink) if world.enabled
+                  else resume_point(job, folder, sink) if folder is not None else None)
         if resume is not None:
             record.run_id = resume["run_id"]
-            recorded = sink.reopen(record.run_id)
+            recorded = sink.reopen(record.run_id) if world.is_main else {}
             opened = True
             rec = Recorder(record, sink, recorded)
             rec.set_tags({"resumed_at_step": resume["loop"]["step"]})
@@ -249,7 +142,7 @@ def _run_guarded(job: Job, rec: Recorder, work: Path, progress: Any, folder: Any
         raise
     except Exception as exc:  # noqa: BLE001 - a job's failure never stops the grid
         record.status = "FAILED"
-        rec.set_tags({"failure.reason": _one_line(exc), "failure.type": type(exc).__name__})
+        rec.set_tags({"failure.reason": one_line(exc), "failure.type": type(exc).__name__})
         tb = work / "traceback.txt"
         tb.write_text("".join(traceback.format_exception(exc)))
         rec.log_artifact(tb)
@@ -286,8 +179,11 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
     from bench.harness import distributed
     from bench.harness.checkpoint import (
         make_checkpoint,
+        pack,
+        rank_state,
         restore_training,
         save_checkpoint,
+        unpack,
         write_checkpoint,
     )
     from bench.harness.context import make_context
@@ -317,14 +213,20 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
     n_par = sum(p.numel() for m in method.modules().values() for p in m.parameters())
     rec.log_metrics({"n_parameters": float(n_par)})
     if resume is not None:
-        restore_training(trainer, resume)
+        restore_training(trainer, resume, world.rank)
     checkpoints = None
-    if folder is not None:
+    if job.work_dir is not None:  # data parallel: every rank takes part, rank 0 writes
         def save(step: int, loop: dict[str, Any], best: dict[str, Any] | None) -> None:
+            ranks = None
+            if world.enabled:  # each rank's random streams (a collective)
+                packed = world.gather_bytes(pack(rank_state(method)))
+                ranks = [unpack(b) for b in packed] if world.is_main else None
+            if folder is None:
+                return
             rec.flush()  # metrics up to here are stored before the checkpoint says so
             write_checkpoint(folder.checkpoint, make_checkpoint(
                 job, trainer, step, loop=loop, best=best, run_id=rec.record.run_id,
-                job_key=key))
+                job_key=key, ranks=ranks))
             folder.write_info(step=step)
 
         checkpoints = Checkpoints(save, job.checkpoint_every, job.checkpoint_minutes)
