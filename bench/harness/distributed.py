@@ -26,7 +26,7 @@ What the ranks do (`bench.harness.run`, `bench.harness.loop`, `bench.harness.opt
   budget, a periodic checkpoint now: `SAVE`) is decided on rank 0 and broadcast each step
   (`World.decide`), so all ranks stop, and checkpoint, at the same step. A checkpoint
   gathers every rank's random streams (`World.gather_bytes`) so a resumed launch (rank 0
-  chooses, `bench.harness.run`) continues each rank's streams where they were. A failure
+  chooses, `bench.harness.resume`) continues each rank's streams where they were. A failure
   stops every rank at the same point: a training step that raises on any rank (flags in
   the all-reduce), rank 0 failing in validation (`decide`) or while building the method
   (the vote in `replicate`), and in the end every rank returns rank 0's record
