@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.api import BenchError, ConfigError, Job, Sink
+from bench.api import ConfigError, Job, Sink
 from bench.harness.recorder import one_line
 
 __all__ = ["resume_point", "agree_start"]
@@ -50,8 +50,8 @@ def resume_point(job: Job, folder: Any, sink: Sink, ranks: int = 1) -> dict[str,
 def agree_start(job: Job, world: Any, folder: Any, sink: Sink) -> dict[str, Any] | None:
     """Data parallel: rank 0 locks the run folder and chooses the resume point; every rank
     learns the outcome at the same collective and the others read the same checkpoint (the
-    folder must be on a file system every node sees). A refusal on rank 0 (locked, nothing
-    to resume) is raised there and as `PeerFailure` on the others."""
+    folder must be on a file system every node sees). Any failure there (locked, nothing to
+    resume, an unwritable folder) is raised on rank 0 and as `PeerFailure` on the others."""
     import json
 
     from bench.harness.checkpoint import load_checkpoint
@@ -63,7 +63,7 @@ def agree_start(job: Job, world: Any, folder: Any, sink: Sink) -> dict[str, Any]
         try:
             folder.lock(job.label or job.name)
             resume = resume_point(job, folder, sink, world.size)
-        except BenchError as exc:
+        except Exception as exc:  # noqa: BLE001 - told to the other ranks, then re-raised
             error = exc
     said = json.loads(world.broadcast_text(json.dumps(
         {"resume": resume is not None, "error": None if error is None else str(error)})))
