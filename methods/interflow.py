@@ -68,7 +68,9 @@ class InterFlowParams(UNetParams):
         sampler, eps, eps_schedule, sde_steps, sde_method: ``sample(n)`` by the ODE or the
             forward SDE with eps(t) = eps * (1 | 4 t (1 - t)), fixed steps, Euler-Maruyama
             or Heun.
-        antithetic: each loss averaged over +z and -z.
+        antithetic: each loss averaged over a draw and its antithetic partner with the same
+            (x_1, t): z -> -z with a latent (gamma != none), else x_0 -> -x_0 (the N(0, I)
+            base is the Gaussian part; needs ``base=none``).
         t_min: with a latent or a score, training times and the fields' times lie in
             [t_min, 1 - t_min] (gamma' and 1/gamma are singular at the ends).
         sde_likelihood: report the backward-SDE likelihood estimate (needs a score).
@@ -120,6 +122,9 @@ class InterFlowParams(UNetParams):
             raise ValueError("objective=split needs gamma != none (b = v + gamma' eta)")
         if self.learned != "velocity" and self.gamma == "none" and self.base is not None:
             raise ValueError("a one-sided score (gamma=none) needs the N(0, I) base")
+        if self.antithetic and self.gamma == "none" and self.base is not None:
+            raise ValueError("antithetic=true with gamma=none pairs x_0 with -x_0, which "
+                             "needs the symmetric N(0, I) base (base=none)")
         if self.interpolant == "learned" and self.stochastic:
             raise ValueError("interpolant=learned needs gamma=none and objective=velocity")
         if self.path_modes < 1 or not self.path_lr_factor > 0:
@@ -326,9 +331,13 @@ class InterFlow(FlowMethod):
         if self.stochastic is not None:
             return self._stochastic_loss(batch)
         x_1 = batch.to(self.ctx.device)
+        x_0, t = self.base_sample(x_1.shape[0]), self.sample_time(x_1.shape[0])
+        if self.params.antithetic:  # each (x_1, t) with x_0 and -x_0, in one forward pass
+            import torch
+
+            x_0, x_1, t = torch.cat([x_0, -x_0]), torch.cat([x_1, x_1]), torch.cat([t, t])
         n = x_1.shape[0]
-        x_0 = self.base_sample(n)
-        path = self.interpolant.sample(x_0, x_1, self.sample_time(n))
+        path = self.interpolant.sample(x_0, x_1, t)
         v = self.v(path.t, path.x_t)
         v, dx_t = v.reshape(n, -1), path.dx_t.reshape(n, -1)  # views: (n, D)
         objective = ((v * v).sum(1) - 2 * (dx_t * v).sum(1)).mean()

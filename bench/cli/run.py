@@ -129,8 +129,6 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
             click.echo(tabulate(rows, headers="keys", tablefmt="github"))
             click.echo(f"{len(jobs)} job(s) planned; nothing was run", err=True)
         return
-    if launcher != "ray" and not (tracking_uri or "").startswith(("http:", "https:")):
-        _prefetch("mlflow.store.tracking.sqlalchemy_store")  # beside torch's import
     if address and launcher != "ray":
         raise ConfigError("--address needs --launcher ray")
     if launcher == "ray":
@@ -181,22 +179,6 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
                    err=True)
     if failed:
         sys.exit(1)
-
-
-def _prefetch(module: str) -> None:
-    """Import ``module`` in a background thread: MLflow's SQLite store costs 2-5 s to import,
-    which then overlaps torch's import and the data loading instead of adding to them (the
-    main thread's own import of it waits for this one to finish)."""
-    import importlib
-    import threading
-
-    def load() -> None:
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - the main thread's import reports any problem
-            pass
-
-    threading.Thread(target=load, name=f"prefetch {module}", daemon=True).start()
 
 
 def _with_run_folders(jobs, results: Path, resume: str, checkpoint_every,

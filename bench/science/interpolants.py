@@ -380,6 +380,10 @@ class StochasticInterpolant:
         there dI/dt carries the latent x_0 and b = v)."""
         return self.gamma.g_dg(t)
 
+    def antithetic(self, x_0: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The antithetic partner of a draw (x_0, z): the Gaussian part flipped (here z)."""
+        return x_0, -z
+
     def clamp_time(self, t: Tensor) -> Tensor:
         """t on [t_min, 1 - t_min] (unchanged when t_min = 0)."""
         return t.clamp(self.t_min, 1.0 - self.t_min) if self.t_min > 0 else t
@@ -411,6 +415,10 @@ class OneSided(StochasticInterpolant):
 
     def noise_scale(self, t):
         return self.path.a(t)
+
+    def antithetic(self, x_0, z):
+        """z does not enter x_t: the Gaussian part is x_0 ~ N(0, I), paired with -x_0."""
+        return -x_0, z
 
 
 class Mirror(StochasticInterpolant):

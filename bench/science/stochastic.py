@@ -17,7 +17,9 @@ quadratic loss E[|f(x_t)|^2 - 2 target . f(x_t)] (= E|f - E[target | x_t]|^2 + c
     target(b) = dI/dt + gamma' z,  target(v) = dI/dt,  target(eta) = z,  target(s) = -z/gamma.
 
 Losses are summed over the non-batch dimensions and averaged over the batch; with
-``antithetic`` each term is the average at x_t(+z) and x_t(-z) (the same (x_0, x_1, t)).
+``antithetic`` each term is the average over a draw and its antithetic partner, the same
+(x_1, t) with the Gaussian part flipped: z -> -z, or x_0 -> -x_0 for `OneSided`, where x_0
+is the latent and z does not enter x_t (`StochasticInterpolant.antithetic`).
 """
 
 from __future__ import annotations
@@ -107,17 +109,18 @@ def interpolant_losses(fields: dict[str, Field], it: StochasticInterpolant, x_0:
     Args:
         fields: name -> f(t, x) with t (n,) and x (n, *shape); evaluated at clamped times.
         it: the interpolant; x_0, x_1, z: (n, *shape); t: (n,) in [t_min, 1 - t_min].
-        antithetic: average each loss over +z and -z.
+        antithetic: average each loss over the draw and its antithetic partner
+            (`StochasticInterpolant.antithetic`: -z, or -x_0 when one-sided).
     Returns:
         name -> scalar loss.
     """
-    signs = (1.0, -1.0) if antithetic else (1.0,)
+    draws = [(x_0, z), it.antithetic(x_0, z)] if antithetic else [(x_0, z)]
     tc = it.clamp_time(t)
     out = {k: t.new_zeros(()) for k in fields}
-    for sign in signs:
-        p = it.sample(x_0, x_1, t, sign * z)
+    for x_0d, zd in draws:
+        p = it.sample(x_0d, x_1, t, zd)
         for k, f in fields.items():
-            out[k] = out[k] + quadratic_loss(f(tc, p.x_t), TARGETS[k](p)) / len(signs)
+            out[k] = out[k] + quadratic_loss(f(tc, p.x_t), TARGETS[k](p)) / len(draws)
     return out
 
 
