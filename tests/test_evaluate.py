@@ -159,3 +159,25 @@ def test_true_nll_and_gap_on_real_valued_data() -> None:
     metrics, _ = evaluate(worse, ds, splits)
     assert metrics["test_nll_gap"] == pytest.approx(0.5, rel=1e-9)
     assert torch.equal(worse.seen, splits.test)  # real-valued data: no noise added
+
+
+def test_gap_has_a_paired_standard_error_over_test_rows() -> None:
+    """model = truth - 0.5 on every row: the per-row gap is the constant 0.5, so its paired
+    SE is 0 (up to double rounding: values O(10) times eps 2.2e-16, a few ulps, bound 1e-12)
+    while the NLL's own SE (the spread of the rows) is not; a Gaussian of scale s against
+    N(0, I): gap_i = (1/(2 s^2) - 1/2) |x_i|^2 + d log s, whose SE is |1/(2 s^2) - 1/2| times
+    the SE of |x_i|^2 (closed form in the rows; agreement to 1e-9 relative, double sums)."""
+    ds = Gauss()
+    splits = ds.splits()
+    shifted = Density(splits, lambda y: ds.log_prob(y.double()) - 0.5)
+    metrics, _ = evaluate(shifted, ds, splits)
+    assert metrics["test_nll_gap"] == pytest.approx(0.5, rel=1e-9)
+    assert metrics["test_nll_gap_se"] < 1e-12
+    assert metrics["test_nll_se"] > 0.05  # 100 rows of a 2-D Gaussian NLL: std ~1, SE ~0.1
+    s = 1.5
+    wide = Density(splits, lambda y: torch.distributions.Normal(0.0, s).log_prob(
+        y.double()).sum(1))
+    metrics, _ = evaluate(wide, ds, splits)
+    r2 = splits.test.double().pow(2).sum(1)
+    expected = abs(1 / (2 * s**2) - 0.5) * float(r2.std(unbiased=True)) / math.sqrt(len(r2))
+    assert metrics["test_nll_gap_se"] == pytest.approx(expected, rel=1e-9)

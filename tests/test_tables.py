@@ -115,7 +115,7 @@ def test_gap_seconds_and_any_scalar_metric_work():
     assert tab.loc["interflow [elbo] (bound)", "8gaussians"] == "1.000 (1)"
     assert "truth (closed form)" not in tab.index and tab.index.name.startswith("test_nll_gap")
     tab, _ = comparison_table(recs, "train_seconds")
-    assert list(tab.index) == ["interflow"] and tab.index.name == "train_seconds (s)"
+    assert list(tab.index) == ["interflow"] and tab.index.name == "train_seconds (seconds)"
     assert tab.loc["interflow", "8gaussians"] == "27.000 ± 2.828 (2)"
     tab, _ = comparison_table(recs, "best_val_nll")
     assert tab.loc["interflow (exact)", "8gaussians"] == "2.500 ± 0.141 (2)"
@@ -231,3 +231,58 @@ def test_mlflow_sink_flushes_by_size_by_time_and_on_end(tracking_uri, monkeypatc
     assert rec.history["loss"][-1] == (6, 6.0) and rec.status == "FINISHED"
     assert rec.artifacts == {"checkpoint.pt": uri}
     assert ms.find_checkpoint(tracking_uri, rec.run_id).read_bytes() == b"weights"
+
+
+def test_each_metric_is_labelled_with_its_own_unit():
+    """An NFE figure is a count of evaluations, not nats; the one table of units decides."""
+    from bench.record.units import unit_of
+
+    expected = {"test_nll": "nats", "test_nll_se": "nats", "test_nll_gap": "nats",
+                "best_val_nll": "nats", "true_test_nll": "nats", "test_bpd": "bits/dim",
+                "test_bpd_elbo_se": "bits/dim", "test_nll_nfe": "evaluations",
+                "val_nll_nfe": "evaluations", "nfe_forward": "evaluations",
+                "train_seconds": "seconds", "step_seconds": "seconds",
+                "steps_done": "steps", "best_step": "steps", "n_parameters": "count",
+                "peak_mem_mb": "MiB", "fid": "none", "kid": "none", "mmd2": "none",
+                "loss": "none"}
+    assert {k: unit_of(k) for k in expected} == expected
+    recs = [_rec(metrics=_nll(2.5, test_nll_nfe=56.0))]
+    tab, _ = comparison_table(recs, "test_nll_nfe")
+    assert tab.index.name == "test_nll_nfe (evaluations, test split)"
+    assert "nats" not in tab.index.name
+    assert comparison_table(recs)[0].index.name == "test_nll (nats, test split)"
+
+
+def test_reruns_of_one_configuration_and_seed_count_once_the_newest():
+    """Two runs of seed 0 (the same configuration) and one of seed 1: two seeds, the newer
+    seed-0 run's value (records come oldest first), and a note."""
+    recs = [_rec(seed=0, metrics=_nll(4.0), run_id="old"),
+            _rec(seed=0, metrics=_nll(6.0), run_id="new"),
+            _rec(seed=1, metrics=_nll(8.0), run_id="other")]
+    tab, notes = comparison_table(recs)
+    assert tab.loc["interflow (exact)", "8gaussians"] == "7.000 ± 1.414 (2)"
+    assert "1 rerun of the same configuration and seed superseded by the newest" in notes
+    long, _ = long_results(recs)
+    assert sorted(long["run_id"]) == ["new", "other"]
+    # the same seed in another configuration or on other data is not a rerun
+    recs = [_rec(seed=0, metrics=_nll(4.0)), _rec(seed=0, optim={"lr": 5e-3}, metrics=_nll(6.0)),
+            _rec(seed=0, dp={"n_train": 99}, metrics=_nll(5.0))]
+    tab, notes = comparison_table(recs)
+    assert not any("rerun" in n for n in notes)
+    assert (tab.map(lambda c: c.endswith("(1)") if c else True)).all().all()
+    # a failed rerun does not supersede the finished run
+    recs = [_rec(seed=0, metrics=_nll(4.0)),
+            _rec(seed=0, status="FAILED", metrics=_nll(9.0), tags={"failure.reason": "x"})]
+    tab, notes = comparison_table(recs)
+    assert tab.loc["interflow (exact)", "8gaussians"] == "4.000 (1)"
+    assert not any("rerun" in n for n in notes)
+
+
+def test_gap_cells_show_the_paired_standard_error_of_one_seed():
+    recs = [_rec(metrics=_nll(2.5, truth=2.0, test_nll_gap_se=0.0014))]
+    tab, _ = comparison_table(recs, "test_nll_gap")
+    assert tab.loc["interflow (exact)", "8gaussians"] == "0.500 ± 0.001 (1)"
+    assert "paired se" in tab.index.name and tab.index.name.startswith("test_nll_gap (nats")
+    recs.append(_rec(seed=1, metrics=_nll(2.7, truth=2.0, test_nll_gap_se=0.0014)))
+    tab, _ = comparison_table(recs, "test_nll_gap")  # two seeds: std over seeds
+    assert tab.loc["interflow (exact)", "8gaussians"] == "0.600 ± 0.141 (2)"

@@ -28,7 +28,7 @@ from bench.science.metrics import (
     true_nll,
 )
 
-__all__ = ["evaluate", "data_log_likelihood", "plot_samples", "DEQUANT_SEED"]
+__all__ = ["evaluate", "data_log_likelihood", "plot_samples", "paired_se", "DEQUANT_SEED"]
 
 #: seed of the dequantization noise: the same noise for every method, run and seed
 DEQUANT_SEED = 0
@@ -66,7 +66,8 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
     Returns:
         (metrics, tags). Metrics: ``test_nll``/``_se``/``_nfe`` and ``test_nll_<name>`` for
         each extra likelihood; on 8-bit data ``test_bpd``/``_se`` and ``test_bpd_<name>``;
-        with a closed-form dataset ``true_test_nll``/``_se`` and ``test_nll_gap``;
+        with a closed-form dataset ``true_test_nll``/``_se`` and ``test_nll_gap`` with
+        ``test_nll_gap_se``, the paired standard error over test rows (`paired_se`);
         ``eval_seconds``. Tags: ``<metric>.kind`` and ``.estimator`` of every likelihood,
         ``<bpd metric>.dequantization``, ``test_split``.
     """
@@ -77,6 +78,7 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
         test = test[:test_rows]
         tags["test_split"] += f", first {test_rows} of {splits.test.shape[0]} rows"
     results: dict[str, NLLSummary] = {}
+    model_ll: torch.Tensor | None = None  # per-row log-likelihood of the test NLL
     x = test.to(device)
     for module in method.modules().values():
         module.eval()
@@ -87,6 +89,7 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
         with averaged, torch.no_grad():
             ll = data_log_likelihood(method, x, splits.dequantization, dequant_seed)
             results["test_nll"] = summarize(_checked(ll, x.shape[0], "log_prob(x)"))
+            model_ll = ll.values.detach().double().cpu()
             for key, extra in method.extra_likelihoods(x).items():
                 what = f"extra_likelihoods(x)[{key!r}]"
                 results[f"test_nll_{key}"] = summarize(_checked(extra, x.shape[0], what))
@@ -104,11 +107,26 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
             tags[f"{bpd}.dequantization"] = (DEQUANTIZATION_LABEL if name == "test_nll"
                                              else DISCRETE_LABEL)
     if dataset is not None and dataset.has_log_prob:
+        true_ll = dataset.log_prob(test.double()).detach().double().cpu()
         t = true_nll(dataset, test)
         metrics.update({"true_test_nll": t.mean, "true_test_nll_se": t.se})
         if "test_nll" in metrics:
             metrics["test_nll_gap"] = metrics["test_nll"] - t.mean
+            if model_ll is not None:
+                metrics["test_nll_gap_se"] = paired_se(true_ll - model_ll)
     return metrics, tags
+
+
+def paired_se(diff: torch.Tensor) -> float:
+    """Standard error of a mean over test rows of paired per-row differences, e.g. model
+    NLL_i - true NLL_i for ``test_nll_gap``: both NLLs are scored on the same rows, so the
+    row-to-row spread they share cancels (the gap is known far better than either NLL).
+
+    Args:
+        diff: (n,) per-row differences. Returns NaN for fewer than two rows.
+    """
+    n = diff.numel()
+    return float(diff.double().std(unbiased=True) / n ** 0.5) if n > 1 else float("nan")
 
 
 def _checked(ll: LogLikelihood, n: int, what: str) -> LogLikelihood:

@@ -14,7 +14,13 @@ Sample metrics (``mmd2``, ``energy``, ``swd``, `bench.harness.sample_scores`): e
 sampler's ``<metric>.<sampler>`` is its own column beside the default sampler's, e.g.
 ``checkerboard [ode]`` next to ``checkerboard [sde]``; the floor row (``<metric>_floor``:
 training rows against the test rows) plays the truth row's part; a one-seed cell shows the
-estimate's own standard error, ``v ± se (1)``.
+estimate's own standard error, ``v ± se (1)``; so does a gap to the truth (``test_nll_gap``,
+its paired standard error over test rows).
+
+Seeds are distinct: a rerun of one configuration and seed on one dataset configuration
+supersedes the earlier runs (the newest counts: records come oldest first, as
+`bench.record.mlflow_read.load_records` gives them), and the notes say how many were
+superseded. The header names the metric's unit (`bench.record.units`).
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from typing import Any
 import pandas as pd
 
 from bench.api import ConfigError, RunRecord
+from bench.record.units import unit_of
 
-__all__ = ["long_results", "comparison_table", "render", "export"]
+__all__ = ["long_results", "comparison_table", "render", "export", "config_labels",
+           "newest_per_seed"]
 
 SUFFIXES = ("_se", "_nfe", "_gap")
 TRUTH = "truth (closed form)"
@@ -156,20 +164,39 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def config_labels(records: Sequence[RunRecord]) -> dict[str | None, str]:
+    """Run id -> the short label of its method configuration among ``records``
+    (``interflow[interpolant=linear]``: the method and the settings that differ)."""
+    labels = _labels({_method_config(r) for r in records})
+    return {r.run_id: labels[_method_config(r)] for r in records}
+
+
+def newest_per_seed(runs: Sequence[RunRecord]) -> tuple[list[RunRecord], int]:
+    """The newest run (the last in ``runs``, oldest first) of each (method configuration,
+    dataset configuration, seed), in the order given, and how many earlier reruns it
+    superseded."""
+    newest = {(_method_config(r), _dataset_config(r), r.seed): i for i, r in enumerate(runs)}
+    keep = sorted(newest.values())
+    return [runs[i] for i in keep], len(runs) - len(keep)
+
+
 def long_results(records: Sequence[RunRecord], metric: str = "test_nll"
                  ) -> tuple[pd.DataFrame, list[str]]:
     """One row per (finished run, likelihood): ``row`` and ``dataset`` labels, method,
-    seed, run id, kind, value (truth rows have method "truth"); and the notes."""
+    seed, run id, kind, value (truth rows have method "truth"); and the notes. Of reruns of
+    one configuration and seed only the newest counts (`newest_per_seed`)."""
     runs = [r for r in records if r.method and r.dataset]
     notes = []
     left = Counter(r.status for r in runs if r.status != "FINISHED")
     if left:
         notes.append(f"{_plural(sum(left.values()), 'run')} left out: "
                      + ", ".join(f"{n} {s}" for s, n in sorted(left.items())))
+    finished, superseded = newest_per_seed([r for r in runs if r.status == "FINISHED"])
+    if superseded:
+        notes.append(f"{_plural(superseded, 'rerun')} of the same configuration and seed "
+                     f"superseded by the newest")
     entries, missing = [], []
-    for r in runs:
-        if r.status != "FINISHED":
-            continue
+    for r in finished:
         found = False
         for key, lik, extra in _family(r, metric):
             value = r.metrics[key]
@@ -255,18 +282,21 @@ def _truth_cell(values: pd.Series) -> str:
     return _cell(values)
 
 
+def _with_se(metric: str) -> bool:
+    """Whether a one-seed cell shows the run's own standard error: sample metrics and
+    gaps to the truth (paired over test rows)."""
+    return _sampled(metric) or metric.endswith("_gap")
+
+
 def _unit(metric: str) -> str:
-    parts = []
-    if "bpd" in metric:
-        parts.append("bits/dim")
-    elif "nll" in metric:
-        parts.append("nats")
-    elif metric.endswith("seconds"):
-        parts.append("s")
+    unit = unit_of(metric)
+    parts = [unit] if unit != "none" else []
     if metric.startswith("test_"):
         parts.append("test split")
     if _sampled(metric.removesuffix("_se")):
         parts.append("samples vs test split; ± se for one seed, std over seeds else")
+    elif metric.endswith("_gap"):
+        parts.append("± paired se over test rows for one seed, std over seeds else")
     return f"{metric} ({', '.join(parts)})" if parts else metric
 
 
@@ -289,6 +319,9 @@ def comparison_table(records: Sequence[RunRecord], metric: str = "test_nll"
     truth = long["row"].isin((TRUTH, FLOOR))
     if _sampled(metric):
         tab = _se_cells(long)  # the floor is an estimate too: its se, std over runs
+    elif _with_se(metric):
+        tab = long[~truth].groupby(["row", "dataset"]).apply(
+            lambda g: _cell(g["value"], g["se"]), include_groups=False)
     else:
         tab = long[~truth].groupby(["row", "dataset"])["value"].apply(_cell)
         if truth.any():
