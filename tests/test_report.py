@@ -89,8 +89,8 @@ def test_curves_are_the_recorded_series(store):
     assert len(curves) == 3 and set(val) == {"interflow", "ddpm", "gaussian_mle"}
     rec = by_method["interflow"]
     secs = dict(rec.history["train_seconds_at_eval"])
-    assert val["interflow"].label == "interflow (exact)"
-    assert val["ddpm"].label == f"ddpm ({by_method['ddpm'].tags['val_nll.kind']})"
+    assert val["interflow"].label == "interflow seed 0 (exact)"  # no hash: configuration, seed
+    assert val["ddpm"].label == f"ddpm seed 0 ({by_method['ddpm'].tags['val_nll.kind']})"
     np.testing.assert_allclose(val["interflow"].y, [v for _, v in rec.history["val_nll"]])
     np.testing.assert_allclose(val["interflow"].x, [secs[s] for s, _ in
                                                     rec.history["val_nll"]])
@@ -159,16 +159,60 @@ def test_local_artifacts_resolve_and_remote_ones_do_not(tmp_path):
     assert report.local_artifact(str(tmp_path / "missing.png")) is None
 
 
-def _rec(run_id: str, dataset: str, seed: int) -> RunRecord:
-    return RunRecord(run_id, run_id, params={"method": "cnf", "dataset": dataset, "seed": seed},
+def _rec(run_id: str, dataset: str, seed: int, hidden: str = "(8,8)",
+         val: tuple[float, float] = (2.0, 1.5)) -> RunRecord:
+    return RunRecord(run_id, run_id, params={"method": "cnf", "dataset": dataset, "seed": seed,
+                                             "p_method_hidden": hidden},
                      tags={"val_nll.kind": "exact"}, status="FINISHED",
-                     history={"val_nll": [(10, 2.0), (20, 1.5)],
+                     history={"val_nll": [(10, val[0]), (20, val[1])],
                               "train_seconds_at_eval": [(10, 1.0), (20, 2.0)]})
 
 
-def test_labels_are_unique_within_a_dataset_only():
+def test_curves_are_named_by_configuration_and_seed_within_a_dataset():
     curves = report.val_curves([_rec("aaaaaaa1", "moons", 0), _rec("bbbbbbb2", "rings", 0),
-                                _rec("ccccccc3", "rings", 1), _rec("ddddddd4", "rings", 1)])
-    assert [c.label for c in curves["moons"]] == ["cnf (exact)"]
-    assert [c.label for c in curves["rings"]] == ["cnf (exact) s0", "cnf (exact) s1 cccccc",
-                                                  "cnf (exact) s1 dddddd"]
+                                _rec("ccccccc3", "rings", 1), _rec("ddddddd4", "rings", 1),
+                                _rec("eeeeeee5", "rings", 1, hidden="(16,16)")])
+    assert [c.label for c in curves["moons"]] == ["cnf seed 0 (exact)"]
+    assert [c.label for c in curves["rings"]] == [
+        "cnf[hidden=(8,8)] seed 0 (exact)", "cnf[hidden=(8,8)] seed 1 (exact)",
+        "cnf[hidden=(8,8)] seed 1 rerun 2 (exact)", "cnf[hidden=(16,16)] seed 1 (exact)"]
+    assert not any(r in c.label for c in curves["rings"] for r in ("ccc", "ddd", "eee"))
+
+
+def test_robust_ylim_clips_a_diverged_run_not_the_others():
+    """Three converging runs (18.x + 8 exp(-t/2) over 15 evaluations) and one that diverged
+    (its last 4 evaluations 1e3-1e6): the axis holds every value of the converged part of
+    each run and none of the diverged ones, which are counted; a reference line (37.8)
+    stays inside; only the first evaluations far above the bulk are clipped otherwise."""
+    t = np.arange(15.0)
+    good = [18.0 + 8.0 * np.exp(-t / 2) + 0.3 * k for k in range(3)]
+    bad = np.concatenate([good[0][:11], [1e3, 1e4, 1e5, 1e6]])
+    yr = report.robust_ylim(good + [bad], keep=[37.8])
+    allgood = np.concatenate(good + [bad[:11]])
+    assert yr.lo <= allgood.min() and yr.hi >= max(allgood.max(), 37.8)  # 37.8: all inside
+    assert yr.hi < 1e3 and yr.clipped == 4 and yr.extreme == 1e6
+    assert "4 values" in yr.note() and "1e+06" in yr.note()
+    assert report.robust_ylim(good, keep=[37.8]).clipped == 0
+    clean = report.robust_ylim(good)
+    late = np.concatenate([g[5:] for g in good])
+    assert clean.lo < late.min() and clean.hi > late.max()
+    early = np.concatenate(good)[np.concatenate(good) > clean.hi]
+    assert clean.clipped == len(early) and early.min() > 24.0  # first evaluations only
+    assert clean.hi - clean.lo < 26.6 - 18.0  # the bulk fills the axis
+    flat = report.robust_ylim([np.full(10, 5.0), np.array([5.01, np.inf, np.nan])])
+    assert flat.clipped == 0 and flat.lo < 5.0 < 5.01 < flat.hi  # non-finite ignored
+    assert report.robust_ylim([np.array([np.nan])]) is None
+
+
+def test_val_plot_with_a_diverged_run_keeps_the_other_curves_visible(tmp_path):
+    """The diverged run's huge values no longer flatten the others: the other curve's
+    colour covers about as many pixels as it does alone."""
+    blue, orange = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)
+    x = np.geomspace(1, 30, 12)
+    ok = report.Curve("a seed 0 (exact)", "a", x, 4 - np.log(x) / 3)
+    bad = report.Curve("b seed 0 (exact)", "b", x, np.concatenate([4.3 - np.log(x[:9]) / 3,
+                                                                  [1e2, 1e4, 1e6]]))
+    colors = {"a": "C0", "b": "C1"}
+    alone = _pixels(report.plot_val([ok], "t", tmp_path / "alone.png", colors), blue)
+    both = report.plot_val([ok, bad], "t", tmp_path / "both.png", colors)
+    assert _pixels(both, blue) > 0.5 * alone and _pixels(both, orange) > 100

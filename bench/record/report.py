@@ -26,21 +26,25 @@ from bench.api import ConfigError, DataError, RunRecord
 from bench.record import speedup
 from bench.record.report_plots import (
     Curve,
+    YRange,
     colors_of,
     cost_curves,
     finished_runs,
     plot_cost,
     plot_val,
+    robust_ylim,
     rolling_median,
+    run_labels,
     studies,
     val_curves,
 )
 from bench.record.tables import comparison_table, render
+from bench.record.units import unit_of
 
 __all__ = ["HISTORY", "METRICS", "load", "local_artifact", "write_report",
            # the series and figures, from bench.record.report_plots
            "Curve", "studies", "val_curves", "cost_curves", "rolling_median", "plot_val",
-           "plot_cost"]
+           "plot_cost", "YRange", "robust_ylim", "run_labels"]
 
 log = logging.getLogger(__name__)
 #: per-step series the report draws (with those of the speed-up study)
@@ -153,7 +157,7 @@ def _run_rows(records: Sequence[RunRecord]) -> list[str]:
                                                           else ""),
                      "steps": int(m["steps_done"]) if "steps_done" in m else "",
                      "train s": f"{m['train_seconds']:.1f}" if "train_seconds" in m else "",
-                     "test_nll (nats)": nll,
+                     f"test_nll ({unit_of('test_nll')})": nll,
                      "kind": r.tags.get("test_nll.kind", ""),
                      "estimator": r.tags.get("test_nll.estimator", ""),
                      "test split": r.tags.get("test_split", ""),
@@ -192,9 +196,12 @@ def _plots(records: Sequence[RunRecord], out_dir: Path, colors: dict[str, str]) 
     if vals:
         out += ["## Validation NLL against training wall-clock", "",
                 "Every method on one axis per dataset; x: seconds of training when the "
-                "evaluation ran (log scale), y: validation NLL in nats, each curve with its "
-                "kind in the legend (a bound, e.g. DDPM's estimate of its ELBO, is not "
-                "directly comparable with an exact NLL).", ""]
+                f"evaluation ran (log scale), y: validation NLL in {unit_of('val_nll')}, each "
+                "curve named by its configuration and seed, with its kind in the legend (a "
+                "bound, e.g. DDPM's estimate of its ELBO, is not directly comparable with an "
+                "exact NLL). The y-axis shows the bulk of the curves (Tukey's far-out fences "
+                "over their values); what falls outside, such as a diverged run, is counted "
+                "on the plot.", ""]
         for ds, curves in vals.items():
             png = plot_val(curves, f"{ds}: validation NLL vs training time",
                            out_dir / "plots" / f"val_nll-{_slug(ds)}.png", colors,
@@ -234,7 +241,7 @@ def _samples(records: Sequence[RunRecord], out_dir: Path) -> list[str]:
             dst = out_dir / "samples" / f"{_slug(ds)}-{_slug(r.method)}-s{r.seed}-" \
                 f"{str(r.run_id)[:6]}.png"
             shutil.copyfile(src, dst)
-            nll = (f"<br>test NLL {r.metrics['test_nll']:.3f} nats "
+            nll = (f"<br>test NLL {r.metrics['test_nll']:.3f} {unit_of('test_nll')} "
                    f"({r.tags.get('test_nll.kind', '')})" if "test_nll" in r.metrics else "")
             shown.append(f"| **{r.method}**<br>seed {r.seed}{nll} "
                          f"| ![{r.method} samples on {ds}]({_link(dst, out_dir)}) |")

@@ -1,7 +1,9 @@
 """The report's series and figures (`bench.record.report`): finished runs grouped by
 dataset, validation NLL against training wall-clock and cost per iteration against
 iteration, every method on one axis per dataset, one colour per method in every figure.
-matplotlib (Agg) loads only to draw."""
+Curves are named by configuration and seed (``interflow[interpolant=linear] seed 0``), and
+the validation axis is clipped robustly (`robust_ylim`), so one diverged run does not
+flatten every other curve. matplotlib (Agg) loads only to draw."""
 
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.api import RunRecord
+from bench.record.tables import config_labels
+from bench.record.units import unit_of
 
 __all__ = ["Curve", "studies", "finished_runs", "val_curves", "rolling_median",
-           "cost_curves", "colors_of", "plot_val", "plot_cost"]
+           "cost_curves", "colors_of", "plot_val", "plot_cost", "YRange", "robust_ylim",
+           "run_labels"]
 
 
 @dataclass
@@ -55,26 +60,31 @@ def finished_runs(records: Sequence[RunRecord]) -> list[RunRecord]:
             and r.run_id not in study_kids]
 
 
-def _labels(runs: list[RunRecord], base: dict[str, str]) -> dict[str, str]:
-    """``base`` label per run id, made unique among the runs of its dataset with the
-    seed, then the run id."""
-    count = Counter((r.dataset, base[r.run_id]) for r in runs)
-    out = {r.run_id: base[r.run_id] + (f" s{r.seed}" if count[r.dataset, base[r.run_id]] > 1
-                                       else "") for r in runs}
-    count = Counter((r.dataset, out[r.run_id]) for r in runs)
-    return {r.run_id: out[r.run_id] + (f" {str(r.run_id)[:6]}"
-                                       if count[r.dataset, out[r.run_id]] > 1 else "")
-            for r in runs}
+def run_labels(runs: Sequence[RunRecord]) -> dict[str | None, str]:
+    """Run id -> ``configuration seed s`` (the configuration as the tables label it among
+    the runs of its dataset: the method and the settings that differ), then " rerun k" for
+    the k-th run (oldest first) of one configuration and seed."""
+    out: dict[str | None, str] = {}
+    for ds in {r.dataset for r in runs}:
+        mine = [r for r in runs if r.dataset == ds]
+        config = config_labels(mine)
+        seen: Counter = Counter()
+        for r in mine:
+            label = f"{config[r.run_id]} seed {r.seed}"
+            seen[label] += 1
+            out[r.run_id] = label + (f" rerun {seen[label]}" if seen[label] > 1 else "")
+    return out
 
 
 def val_curves(records: Sequence[RunRecord]) -> dict[str, list[Curve]]:
     """Per dataset: (training seconds at each evaluation, validation NLL) of each finished
-    run, labelled ``method (kind)`` from the run's ``val_nll.kind`` tag."""
+    run, labelled ``configuration seed s (kind)`` (`run_labels`, the kind from the run's
+    ``val_nll.kind`` tag)."""
     by_ds: dict[str, list[Curve]] = defaultdict(list)
     runs = [r for r in finished_runs(records) if r.history.get("val_nll")]
-    base = {r.run_id: f"{r.method} ({r.tags.get('val_nll.kind', 'kind unrecorded')})"
-            for r in runs}
-    labels = _labels(runs, base)
+    names = run_labels(runs)
+    labels = {r.run_id: f"{names[r.run_id]} ({r.tags.get('val_nll.kind', 'kind unrecorded')})"
+              for r in runs}
     for r in runs:
         secs = dict(r.history.get("train_seconds_at_eval", []))
         pts = sorted((secs[s], v) for s, v in r.history["val_nll"]
@@ -105,7 +115,7 @@ def cost_curves(records: Sequence[RunRecord]) -> dict[str, list[Curve]]:
     its `rolling_median`."""
     by_ds: dict[str, list[Curve]] = defaultdict(list)
     runs = [r for r in finished_runs(records) if r.history.get("step_seconds")]
-    labels = _labels(runs, {r.run_id: r.method for r in runs})
+    labels = run_labels(runs)
     for r in runs:
         steps, secs = (np.array(a, dtype=float)
                        for a in zip(*sorted(r.history["step_seconds"]), strict=True))
@@ -113,6 +123,54 @@ def cost_curves(records: Sequence[RunRecord]) -> dict[str, list[Curve]]:
         by_ds[r.dataset].append(Curve(labels[r.run_id], r.method, steps, secs, steps[at],
                                       med, r.run_id))
     return dict(sorted(by_ds.items()))
+
+
+@dataclass(frozen=True)
+class YRange:
+    """A plot's y-limits and what they leave out: ``clipped`` finite values outside
+    [lo, hi], the farthest of them ``extreme`` (None when nothing is clipped)."""
+
+    lo: float
+    hi: float
+    clipped: int = 0
+    extreme: float | None = None
+
+    def note(self) -> str:
+        """One line for the plot saying what was clipped ("" when nothing)."""
+        if not self.clipped:
+            return ""
+        what = "value" if self.clipped == 1 else "values"
+        return (f"y-axis clipped: {self.clipped} {what} outside it (the farthest "
+                f"{self.extreme:.4g}) not shown")
+
+
+def robust_ylim(series: Sequence[np.ndarray], keep: Sequence[float] = (),
+                fence: float = 3.0, pad: float = 0.08) -> YRange | None:
+    """Y-limits that show the bulk of every curve and not the outliers of one: the finite
+    values of all ``series`` pooled, Tukey's far-out fences (quartiles -/+ ``fence`` x the
+    interquartile range, which is floored at 1% of the median's magnitude so that a flat
+    curve does not make every other value an outlier), the range of the values inside
+    them and of ``keep`` (reference lines always shown), widened by ``pad`` of itself on
+    each side. A diverged run's huge (or early evaluations' high) values fall outside and
+    are counted in ``clipped``. None when there are no finite values.
+    """
+    vals = np.concatenate([np.asarray(v, dtype=float).ravel() for v in series] or [[]])
+    vals = vals[np.isfinite(vals)]
+    ref = np.asarray([v for v in keep if v is not None and math.isfinite(v)], dtype=float)
+    if vals.size == 0 and ref.size == 0:
+        return None
+    inside = ref
+    if vals.size:
+        q1, med, q3 = np.quantile(vals, [0.25, 0.5, 0.75])
+        iqr = max(q3 - q1, 0.01 * max(abs(med), 1e-12))
+        inside = np.concatenate([vals[(vals >= q1 - fence * iqr) & (vals <= q3 + fence * iqr)],
+                                 ref])
+    lo, hi = float(inside.min()), float(inside.max())
+    margin = pad * (hi - lo) if hi > lo else max(0.5, 0.01 * abs(hi))
+    lo, hi = lo - margin, hi + margin
+    out = vals[(vals < lo) | (vals > hi)]
+    extreme = float(out[np.argmax(np.abs(out - (lo + hi) / 2))]) if out.size else None
+    return YRange(lo, hi, int(out.size), extreme)
 
 
 def colors_of(methods: Sequence[str]) -> dict[str, str]:
@@ -147,8 +205,10 @@ def _plain_ticks(ax, axes: str) -> None:
 def plot_val(curves: list[Curve], title: str, path: Path, colors: dict[str, str],
              truth: float | None = None) -> Path:
     """Validation NLL (nats) against training seconds, log x; a run evaluated only before
-    training (a closed-form fit) is a dashed horizontal line; the y range follows the
-    second half of each curve, so first evaluations far above do not flatten the rest."""
+    training (a closed-form fit) is a dashed horizontal line; the y range is
+    `robust_ylim` of every curve's values (reference lines always inside), so neither a
+    diverged run nor the first evaluations far above flatten the rest: what it clips, the
+    plot says."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     timed = [c for c in curves if (c.x > 0).any()]
@@ -162,19 +222,15 @@ def plot_val(curves: list[Curve], title: str, path: Path, colors: dict[str, str]
                        label=f"{c.label}, closed-form fit {c.y[-1]:.3f}")
     if truth is not None:
         ax.axhline(truth, ls=":", color="black", lw=1.2, label=f"true test NLL {truth:.3f}")
-    late = [v for c in timed for v in c.y[c.x > 0][len(c.y[c.x > 0]) // 2:]]
     flat = [c.y[-1] for c in curves if c not in timed] + ([truth] if truth is not None else [])
-    if late:
-        lo, hi = min(late + flat), max(late + flat)
-        pad = 0.08 * (hi - lo) if hi > lo else 0.5
-        ax.set_ylim(lo - pad, hi + 3 * pad)
-        top = max(v for c in timed for v in c.y)
-        if top > hi + 3 * pad:
-            ax.text(0.99, 0.01, f"early evaluations up to {top:.3g} are above the axis",
-                    transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
-                    color="gray")
+    yr = robust_ylim([c.y[c.x > 0] for c in timed], flat)
+    if yr is not None and timed:
+        ax.set_ylim(yr.lo, yr.hi)
+        if yr.note():
+            ax.text(0.99, 0.01, yr.note(), transform=ax.transAxes, ha="right", va="bottom",
+                    fontsize=8, color="gray")
     ax.set(xscale="log", xlabel="training wall-clock (s, evaluation time excluded)",
-           ylabel="validation NLL (nats)", title=title)
+           ylabel=f"validation NLL ({unit_of('val_nll')})", title=title)
     _plain_ticks(ax, "x")
     return _finish(plt, fig, ax, path)
 
