@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.api import ConfigError, FlowMethod, LogLikelihood, Method, RunRecord, Sink
+from bench.api import ConfigError, FlowMethod, Job, LogLikelihood, Method, RunRecord, Sink
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from bench.api import SolverConfig
     from bench.harness.registry import Registry
 
-__all__ = ["run", "load", "Model"]
+__all__ = ["run", "plan", "load", "Model"]
 
 CHECKPOINT = "checkpoint.pt"
 _GRID = ("registry", "methods", "datasets", "seeds", "sets")
@@ -49,11 +49,38 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def plan(method: str, dataset: str, *, seed: int = 0, steps: int | None = None,
+         max_seconds: float | None = None, data_dir: str | Path | None = None,
+         device: str = "cpu", registry: Registry | None = None, **settings: Any) -> Job:
+    """The validated `Job` `run` would run (arguments as for `run`): the job ``bench run``
+    plans for the same selection (both read `bench.harness.defaults.DEFAULTS`; the same
+    ``bench.harness.runfolder.job_key``), without a run folder.
+
+    Raises:
+        ConfigError: a bad selection or setting (one line).
+    """
+    from bench.harness.plan import plan_jobs
+
+    registry = registry if registry is not None else _default_registry()
+    known = set(inspect.signature(plan_jobs).parameters) - set(_GRID)
+    plan_kw = {k: v for k, v in settings.items() if k in known}
+    sets = [(k.replace("__", ".", 1), _text(v)) for k, v in settings.items() if k not in known]
+    jobs = plan_jobs(registry, [method], [dataset], [seed], sets, steps=steps,
+                     max_seconds=max_seconds, device=device,
+                     data_dir=Path(data_dir) if data_dir is not None else None, **plan_kw)
+    if len(jobs) != 1:
+        raise ConfigError(f"expected one job for {method} on {dataset}, planned {len(jobs)}")
+    return jobs[0]
+
+
 def run(method: str, dataset: str, *, seed: int = 0, steps: int | None = None,
         max_seconds: float | None = None, sink: Sink | None = None,
         data_dir: str | Path | None = None, device: str = "cpu",
         registry: Registry | None = None, **settings: Any) -> RunRecord:
     """Plan, train and evaluate one (method, dataset, seed) and return its record.
+
+    Every setting not given takes the command line's default (`plan`): ``lab.run`` and
+    ``bench run`` behave the same.
 
     Args:
         method, dataset: selections as on the command line, e.g. ``"interflow[hidden=(64,64)]"``
@@ -72,22 +99,14 @@ def run(method: str, dataset: str, *, seed: int = 0, steps: int | None = None,
     Returns:
         The run's `RunRecord` (status FINISHED, or FAILED with ``record.failure``).
     """
-    from bench.harness.plan import plan_jobs
     from bench.harness.run import run_job
     from bench.record.memory import MemorySink
 
-    registry = registry if registry is not None else _default_registry()
-    known = set(inspect.signature(plan_jobs).parameters) - set(_GRID)
-    plan_kw = {k: v for k, v in settings.items() if k in known}
-    sets = [(k.replace("__", ".", 1), _text(v)) for k, v in settings.items() if k not in known]
-    jobs = plan_jobs(registry, [method], [dataset], [seed], sets, steps=steps,
-                     max_seconds=max_seconds, device=device,
-                     data_dir=Path(data_dir) if data_dir is not None else None, **plan_kw)
-    if len(jobs) != 1:
-        raise ConfigError(f"expected one job for {method} on {dataset}, planned {len(jobs)}")
+    job = plan(method, dataset, seed=seed, steps=steps, max_seconds=max_seconds,
+               data_dir=data_dir, device=device, registry=registry, **settings)
     if sink is None:
         sink = MemorySink(artifact_dir=tempfile.mkdtemp(prefix="bench-run-"))
-    return run_job(jobs[0], sink)
+    return run_job(job, sink)
 
 
 @dataclass

@@ -78,10 +78,6 @@ class _Files(Dataset):
     kind: ClassVar[str] = "image"
     folder: ClassVar[str]
     url: ClassVar[str]
-    # a validation of an image model is an ODE solve over the split: less often than on
-    # vectors (--val-rows N shortens each one)
-    default_budget: ClassVar[dict[str, int]] = {"steps": 5000, "eval_every": 1000}
-
     @property
     def _files(self) -> files.PinnedFolder:
         if "_pinned" not in self.__dict__:

@@ -41,7 +41,6 @@ class Toy(Dataset):
     Params = ToyParams
     synthetic = True
     test_params = {"n_train": 2000, "n_val": 300, "n_test": 300}
-    default_budget = {"steps": 15000, "eval_every": 1000}
     event_shape: tuple[int, ...] = (2,)
 
     @abstractmethod

@@ -44,8 +44,9 @@ class Dataset(ABC):
     test_params: ClassVar[dict[str, Any]] = {}
     has_log_prob: ClassVar[bool] = False
     synthetic: ClassVar[bool] = False
-    #: the harness's default budget for this dataset (``--steps``/``--eval-every`` override)
-    default_budget: ClassVar[dict[str, int]] = {"steps": 5000, "eval_every": 250}
+    #: this dataset's own default budget ``{"steps": N, "eval_every": M}``; None: the
+    #: default of its ``kind`` (`bench.harness.defaults`); ``--steps``/``--eval-every`` override
+    default_budget: ClassVar[dict[str, int] | None] = None
 
     def __init__(self, params: Any | None = None, data_dir: Path | None = None) -> None:
         self.params = params if params is not None else self.Params()

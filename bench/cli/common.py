@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from bench.harness.defaults import DEFAULTS
+
 __all__ = ["registry_of", "solver_options", "store_options", "make_solver", "sink_factory",
            "progress_factory"]
 
@@ -21,14 +23,17 @@ def registry_of(ctx):
 def solver_options(f):
     """The evaluation solver options shared by run and speedup."""
     for opt in reversed([
-        click.option("--solver", default="dopri5", show_default=True, help="Eval ODE solver."),
-        click.option("--rtol", type=float, default=1e-5, show_default=True, help="Eval ODE rtol."),
-        click.option("--atol", type=float, default=1e-5, show_default=True, help="Eval ODE atol."),
+        click.option("--solver", default=DEFAULTS.solver, show_default=True,
+                     help="Eval ODE solver."),
+        click.option("--rtol", type=float, default=DEFAULTS.rtol, show_default=True,
+                     help="Eval ODE rtol."),
+        click.option("--atol", type=float, default=DEFAULTS.atol, show_default=True,
+                     help="Eval ODE atol."),
         click.option("--divergence", type=click.Choice(["auto", "exact", "hutchinson"]),
-                     default="auto", show_default=True,
+                     default=DEFAULTS.divergence, show_default=True,
                      help="Eval divergence; auto: exact up to 128 dimensions, Hutchinson "
                           "above (labelled an estimate)."),
-        click.option("--probes", type=int, default=1, show_default=True,
+        click.option("--probes", type=int, default=DEFAULTS.probes, show_default=True,
                      help="Hutchinson probes per solve."),
     ]):
         f = opt(f)

@@ -16,6 +16,7 @@ from bench.cli.common import (
     solver_options,
     store_options,
 )
+from bench.harness.defaults import DEFAULTS
 
 __all__ = ["run"]
 
@@ -31,14 +32,15 @@ __all__ = ["run"]
                    "dataset. to disambiguate.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
 @click.option("--steps", type=int, default=None,
-              help="Training steps [default: the dataset's, 5000 tabular, 15000 2-D].")
+              help="Training steps [default: the dataset's kind's, "
+                   f"{DEFAULTS.budget_help('steps')}].")
 @click.option("--max-seconds", type=float, default=None, help="Training wall-clock budget.")
 @click.option("--eval-every", type=int, default=None,
-              help="Validation NLL every N steps [default: the dataset's, 250 tabular, "
-                   "1000 2-D].")
-@click.option("--patience", type=int, default=4, show_default=True,
+              help="Validation NLL every N steps [default: the dataset's kind's, "
+                   f"{DEFAULTS.budget_help('eval_every')}].")
+@click.option("--patience", type=int, default=DEFAULTS.patience, show_default=True,
               help="Early stop after N evaluations without improvement.")
-@click.option("--n-samples", type=int, default=20000, show_default=True,
+@click.option("--n-samples", type=int, default=DEFAULTS.n_samples, show_default=True,
               help="Samples drawn for the 2-D samples PNG.")
 @click.option("--val-rows", type=int, default=None,
               help="Validate on the first N validation rows only [default: all].")
@@ -58,7 +60,7 @@ __all__ = ["run"]
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the method's modules for training.")
 @solver_options
-@click.option("--val-tol", type=float, default=1e-3, show_default=True,
+@click.option("--val-tol", type=float, default=DEFAULTS.val_tol, show_default=True,
               help="rtol = atol of the validation solves (the early-stopping signal); the "
                    "test NLL uses --rtol/--atol.")
 @store_options
@@ -71,9 +73,11 @@ __all__ = ["run"]
 @click.option("--checkpoint-every", type=int, default=None,
               help="Write the resumable checkpoint every N steps [default: at every "
                    "validation].")
-@click.option("--checkpoint-minutes", type=float, default=10.0, show_default=True,
+@click.option("--checkpoint-minutes", type=float, default=DEFAULTS.checkpoint_minutes,
+              show_default=True,
               help="Also write it every M minutes (0: off).")
-@click.option("--divergence-factor", type=float, default=1e6, show_default=True,
+@click.option("--divergence-factor", type=float, default=DEFAULTS.divergence_factor,
+              show_default=True,
               help="Stop a run as diverged when a step's |loss| exceeds this factor x "
                    "max(1, |loss| of the first step); a non-finite loss always stops it "
                    "(0: only that).")
@@ -121,7 +125,9 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
                              checkpoint_minutes, divergence_factor)
     if dry_run:
         rows = plan_table(jobs)
-        if as_json:
+        if as_json:  # with the job key: a job's identity (lab.plan gives the same one)
+            rows = [{**row, "job key": j.work_dir.name} for row, j in zip(rows, jobs,
+                                                                         strict=True)]
             click.echo(json.dumps(rows, indent=1, default=str))
         else:
             from tabulate import tabulate

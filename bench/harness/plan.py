@@ -27,6 +27,7 @@ from bench.api import (
     SampleEval,
     SolverConfig,
 )
+from bench.harness.defaults import DEFAULTS
 from bench.harness.selection import (
     build_params,
     check_param_defaults,
@@ -150,12 +151,12 @@ def resolve_refs(registry, params: Any) -> dict[str, tuple[type, Any]]:
 def _budget(dataset_cls: type, steps: int | None, max_seconds: float | None,
             eval_every: int | None, patience: int, eval_at_seconds: tuple[float, ...],
             val_rows: int | None, test_rows: int | None = None) -> Budget:
-    default = dataset_cls.default_budget
+    default = DEFAULTS.budget_for(dataset_cls)
     if steps is None and max_seconds is None:
         steps = int(default["steps"])
     return Budget(steps=steps, max_seconds=max_seconds,
                   eval_every=int(default["eval_every"]) if eval_every is None else eval_every,
-                  patience=patience,
+                  patience=patience, divergence_factor=DEFAULTS.divergence_factor,
                   eval_at_seconds=tuple(eval_at_seconds), val_rows=val_rows,
                   test_rows=test_rows)
 
@@ -163,22 +164,23 @@ def _budget(dataset_cls: type, steps: int | None, max_seconds: float | None,
 def plan_jobs(registry, methods: Sequence[str], datasets: Sequence[str],
               seeds: Sequence[int] = (0,), sets: Sequence[tuple[str, str]] = (), *,
               steps: int | None = None, max_seconds: float | None = None,
-              eval_every: int | None = None, patience: int = Budget.patience,
+              eval_every: int | None = None, patience: int = DEFAULTS.patience,
               eval_at_seconds: tuple[float, ...] = (), val_rows: int | None = None,
               solver: SolverConfig | None = None, device: str = "cpu",
               data_dir: Path | None = None, evaluate_test: bool = True,
-              n_samples: int = 20_000, test_rows: int | None = None,
+              n_samples: int = DEFAULTS.n_samples, test_rows: int | None = None,
               sample_eval: SampleEval | None = None,
               execution: Execution | None = None) -> list[Job]:
     """Every (method, dataset, seed) of the grid as a validated `Job`; ConfigError (one
-    line) on the first problem. Reads no data and opens no run."""
+    line) on the first problem. Reads no data and opens no run. What is not given comes
+    from `bench.harness.defaults.DEFAULTS` (the command line's defaults too)."""
     methods, datasets = list(methods), list(datasets)
     if not methods or not datasets or not seeds:
         raise ConfigError("select at least one method (-m), one dataset (-d) and one seed")
     if n_samples < 0:
         raise ConfigError(f"--n-samples must be >= 0, got {n_samples}")
     check_device(device)
-    solver = solver if solver is not None else SolverConfig()
+    solver = solver if solver is not None else DEFAULTS.solver_config()
     per_m, per_d = _route(registry, methods, datasets, list(sets))
     resolved_d = [resolve_dataset(registry, sel, extra)
                   for sel, extra in zip(datasets, per_d, strict=True)]
