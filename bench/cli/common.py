@@ -66,21 +66,19 @@ def make_solver(solver, rtol, atol, divergence, probes, val_tol=None):
 def sink_factory(results_dir: str, tracking_uri: str | None, experiment: str):
     """A function returning a fresh MLflow sink per run, and the store's URI.
 
-    An HTTP tracking server is checked here, in a few seconds (`check_tracking_uri`): call
-    this before reading any data, so an unreachable server stops the command at once
-    (ConfigError, exit 2). Sinks on a server fall back to ``results_dir/fallback/mlflow.db``
-    when it dies mid-run.
+    The store is checked here (`check_tracking_uri`: an HTTP server within seconds; a
+    SQLite store opened, created if new, and its folder writable): call this before reading
+    any data, so an unusable store stops the command at once (ConfigError, exit 2). Sinks
+    on a server fall back to ``results_dir/fallback/mlflow.db`` when it dies mid-run.
     """
-    from bench.record.store import check_tracking_uri, is_http
+    from bench.record.mlflow_sink import default_tracking_uri, usable_dir
+    from bench.record.store import check_tracking_uri, check_writable, is_http, make_client
 
-    results = Path(results_dir)
-    if tracking_uri is None:
-        from bench.record.mlflow_sink import default_tracking_uri
-
-        uri = default_tracking_uri(results)
-    else:
-        uri = tracking_uri
+    results = usable_dir(Path(results_dir))  # the run folders live there
+    uri = default_tracking_uri(results) if tracking_uri is None else tracking_uri
     check_tracking_uri(uri)
+    make_client(uri)  # a store that cannot be opened or written: one line, exit 2, now
+    check_writable(uri)
     fallback = results / "fallback" if is_http(uri) else None
 
     def new_sink():

@@ -35,7 +35,7 @@ from bench.record.store import (
 )
 
 __all__ = ["MlflowSink", "default_tracking_uri", "load_records", "find_checkpoint",
-           "check_tracking_uri", "DEFAULT_EXPERIMENT", "CHECKPOINT"]
+           "check_tracking_uri", "DEFAULT_EXPERIMENT", "CHECKPOINT", "usable_dir"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,8 +48,19 @@ def default_tracking_uri(results_dir: Path) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    results_dir.mkdir(parents=True, exist_ok=True)
+    usable_dir(results_dir)
     return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+
+
+def usable_dir(path: Path, option: str = "--results-dir") -> Path:
+    """``path`` as a folder (created if missing); ConfigError (one line) when it cannot be
+    one (a file, /dev/null, no permission to create it)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot be used as a folder "
+                          f"({e.strerror or e})") from None
+    return path
 
 
 _quiet = quiet

@@ -1,9 +1,14 @@
 """The tracking store's plumbing: MLflow clients that survive concurrency and faults.
 
-- A fresh embedded SQLite store is created (MLflow's migrations) under an exclusive
-  ``fcntl.flock`` on ``<store>.db.lock`` beside it, so several processes may open one new
-  store at once; it then runs in WAL mode with a busy timeout, and writes that still meet
-  "database is locked" are retried with bounded backoff (`retry_locked`).
+- A fresh embedded SQLite store is created atomically: MLflow's migrations run in a
+  temporary file beside it, under an exclusive ``fcntl.flock`` on ``<store>.db.lock``, which
+  is then renamed into place (a kill at any moment leaves no store or a complete one, and
+  several processes may open one new store at once). A store left half-built by an older
+  version is rebuilt when it holds no run, else refused in one line; a file that is not a
+  SQLite database, or an unknown URI scheme, is refused in one line (`ConfigError`).
+- An existing store is read without the lock (a read-only store can be read); it runs in
+  WAL mode with a busy timeout, and writes that still meet "database is locked" are retried
+  with bounded backoff (`retry_locked`).
 - An HTTP tracking server is asked for ``/health`` with a short timeout before anything
   runs (`check_tracking_uri`); MLflow's own HTTP retries are bounded to seconds, and
   `is_unreachable` tells a dead server from a request the server refused.
@@ -32,7 +37,8 @@ from urllib.parse import urlparse
 from bench.api import ConfigError
 
 __all__ = ["IO_LOCK", "quiet", "make_client", "store_lock", "sqlite_path", "retry_locked",
-           "is_locked", "is_unreachable", "is_http", "check_tracking_uri", "HTTP_ENV"]
+           "is_locked", "is_unreachable", "is_http", "check_tracking_uri", "HTTP_ENV",
+           "check_writable"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,13 +74,27 @@ def store_lock(uri: str) -> Iterator[None]:
         return
     import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
+    lock = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise ConfigError(f"cannot write beside the tracking store {path} ({lock}: "
+                          f"{e.strerror or e}); pass a writable --results-dir or "
+                          "--tracking-uri") from None
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def check_writable(uri: str) -> None:
+    """ConfigError (one line) unless a SQLite store's folder can take its lock (what every
+    write needs); other stores are not checked."""
+    with store_lock(uri):
+        pass
 
 
 def _tune_sqlite(engine) -> None:
@@ -90,32 +110,53 @@ def _tune_sqlite(engine) -> None:
         dbapi_conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     engine.dispose()  # pooled connections predate the listener
-    with engine.connect() as conn:
-        mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+    try:
+        with engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+    except Exception as e:  # noqa: BLE001 - e.g. a read-only store: read it as it is
+        mode = f"unchanged ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     if str(mode).lower() != "wal":
         log.info("SQLite store kept journal mode %s", mode)
     engine._bench_tuned = True
 
 
 def make_client(uri: str):
-    """An `MlflowClient` for ``uri``; a new SQLite store is created (migrated) under
-    `store_lock`, so concurrent first uses are safe."""
+    """An `MlflowClient` for ``uri``. A new SQLite store is created atomically under
+    `store_lock` (see the module docstring); an existing one is opened without the lock.
+
+    Raises:
+        ConfigError: an unknown URI scheme, a file that is not a SQLite database, a store
+            whose schema is incomplete and holds runs, or a store MLflow cannot open.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if is_http(uri):
         for k, v in HTTP_ENV.items():
             os.environ.setdefault(k, v)
-    with quiet(), store_lock(uri):
+    path = sqlite_path(uri)
+    with quiet():
         from mlflow.tracking import MlflowClient
 
         for name in ("alembic", "mlflow"):  # after the import, which sets mlflow's level
             logging.getLogger(name).setLevel(logging.WARNING)
-        client = MlflowClient(tracking_uri=uri)
-        if sqlite_path(uri) is not None:
-            engine = getattr(client._tracking_client.store, "engine", None)
-            if engine is not None:
-                _tune_sqlite(engine)
+        if path is None:
+            try:
+                return MlflowClient(tracking_uri=uri)
+            except Exception as e:  # noqa: BLE001 - e.g. an unknown scheme
+                raise ConfigError(f"tracking URI {uri!r} cannot be used: {_first(e)}") from None
+        from bench.record.sqlite_store import create_if_missing, open_store
+
+        create_if_missing(uri, path)
+        client = open_store(uri, path)
+        engine = getattr(client._tracking_client.store, "engine", None)
+        if engine is not None:
+            _tune_sqlite(engine)
     return client
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def is_locked(exc: BaseException) -> bool:
@@ -158,14 +199,15 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast (a few seconds at most) when an HTTP tracking server does not answer.
 
     Asks ``<uri>/health``: MLflow answers 200 (401/403 behind an authenticating proxy also
-    count as reachable). Other stores are not checked here (a SQLite file is created on
-    first use).
+    count as reachable). Other stores are only checked for a scheme MLflow knows (a SQLite
+    file is created on first use).
 
     Raises:
-        ConfigError: the server refused the connection, timed out, or answered anything else
-            (5xx, or 404 from something that is not an MLflow server).
+        ConfigError: an unknown scheme; the server refused the connection, timed out, or
+            answered anything else (5xx, or 404 from something that is not an MLflow server).
     """
     if not is_http(uri):
+        _check_scheme(uri)
         return
     url = uri.rstrip("/") + "/health"
     try:
@@ -180,3 +222,22 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     if status not in (200, 401, 403):
         raise ConfigError(f"tracking server {uri} is not a healthy MLflow server (GET /health "
                           f"answered {status})")
+
+
+#: the tracking store schemes MLflow itself serves (a dialect may add "+driver")
+KNOWN_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https",
+                 "databricks", "databricks-uc", "uc")
+
+
+def _check_scheme(uri: str) -> None:
+    """ConfigError unless ``uri``'s scheme is MLflow's or a tracking-store plug-in's."""
+    scheme = urlparse(uri).scheme.split("+", 1)[0]
+    if scheme in KNOWN_SCHEMES or uri in KNOWN_SCHEMES or len(scheme) == 1:  # C:\ paths
+        return
+    from importlib.metadata import entry_points
+
+    plugins = {e.name for e in entry_points(group="mlflow.tracking_store")}
+    if scheme not in plugins:
+        known = ", ".join(f"{s}://" for s in (*KNOWN_SCHEMES[1:], *sorted(plugins)))
+        raise ConfigError(f"tracking URI {uri!r}: unknown scheme {scheme + '://'!r}; use a "
+                          f"path, {known}")
