@@ -98,6 +98,11 @@ def test_grid_survives_a_killed_worker_node(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
     results, temp = tmp_path / "results", tempfile.mkdtemp(prefix="bray-")  # short socket paths
+    # Ray writes the cluster's address to <RAY_TMPDIR>/ray/ray_current_cluster (outside the
+    # node's temp_dir) and fails when that folder was never made: keep it in ours too, so
+    # nothing left on the machine by earlier Ray runs decides whether this test passes.
+    monkeypatch.setenv("RAY_TMPDIR", temp)
+    os.makedirs(os.path.join(temp, "ray"), exist_ok=True)
     uri = f"sqlite:///{results / 'mlflow.db'}"
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     cluster = Cluster(initialize_head=True, head_node_args={
