@@ -14,10 +14,26 @@ from urllib.parse import unquote, urlparse
 from bench.api import ConfigError, DataError, RunRecord
 from bench.record.store import make_client, quiet, retry_locked
 
-__all__ = ["load_records", "find_checkpoint", "DEFAULT_EXPERIMENT", "CHECKPOINT"]
+__all__ = ["load_records", "find_checkpoint", "artifact_repository", "DEFAULT_EXPERIMENT",
+           "CHECKPOINT", "ARTIFACT_TAG"]
 
 DEFAULT_EXPERIMENT = "bench"
 CHECKPOINT = "checkpoint.pt"
+#: a run's own artifact location when it differs from its experiment's (a run recorded with
+#: another --results-dir than the experiment's first: see `bench.record.mlflow_sink`)
+ARTIFACT_TAG = "bench.artifact_uri"
+
+
+def artifact_repository(uri: str):
+    """MLflow's artifact repository at ``uri`` (a run's artifact folder)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(uri)
+
+
+def _artifact_root(run) -> str:
+    """Where a run's artifacts are: its ``bench.artifact_uri`` tag, else its artifact URI."""
+    return run.data.tags.get(ARTIFACT_TAG) or run.info.artifact_uri
 
 
 def _value(text: str) -> Any:
@@ -29,11 +45,17 @@ def _value(text: str) -> Any:
         return text
 
 
-def _artifacts(client, run_id: str, root: str, path: str | None = None) -> dict[str, str]:
+def _artifacts(client, run, path: str | None = None) -> dict[str, str]:
+    """Artifact path -> URI of every file a run kept (under its own location when tagged)."""
+    root = _artifact_root(run)
+    if ARTIFACT_TAG in run.data.tags:
+        listed = artifact_repository(root).list_artifacts(path)
+    else:
+        listed = client.list_artifacts(run.info.run_id, path)
     out: dict[str, str] = {}
-    for f in client.list_artifacts(run_id, path):
+    for f in listed:
         if f.is_dir:
-            out.update(_artifacts(client, run_id, root, f.path))
+            out.update(_artifacts(client, run, f.path))
         else:
             out[f.path] = f"{root.rstrip('/')}/{f.path}"
     return out
@@ -73,8 +95,7 @@ def load_records(uri: str, experiment: str = DEFAULT_EXPERIMENT,
                 params={k: _value(v) for k, v in data.params.items()},
                 tags={k: v for k, v in data.tags.items() if not k.startswith("mlflow.")},
                 metrics=dict(data.metrics), status=info.status,
-                artifacts=retry_locked(functools.partial(
-                    _artifacts, client, info.run_id, info.artifact_uri)))
+                artifacts=retry_locked(functools.partial(_artifacts, client, run)))
             for key in history:
                 if key in data.metrics:
                     series = retry_locked(lambda: client.get_metric_history(info.run_id, key))  # noqa: B023
@@ -100,7 +121,7 @@ def find_checkpoint(uri: str, run_id: str) -> Path:
             run = retry_locked(lambda: client.get_run(run_id))
         except MlflowException:
             raise ConfigError(f"no run {run_id!r} in the tracking store {uri}") from None
-        root = run.info.artifact_uri
+        root = _artifact_root(run)
         parsed = urlparse(root)
         if parsed.scheme in ("", "file"):
             local = Path(unquote(parsed.path)) / CHECKPOINT
@@ -108,6 +129,8 @@ def find_checkpoint(uri: str, run_id: str) -> Path:
                 return local
         try:
             dst = tempfile.mkdtemp(prefix="bench-ckpt-")
+            if ARTIFACT_TAG in run.data.tags:
+                return Path(artifact_repository(root).download_artifacts(CHECKPOINT, dst))
             return Path(client.download_artifacts(run_id, CHECKPOINT, dst))
         except (MlflowException, OSError):
             raise DataError(f"run {run_id} ({run.info.run_name}, {run.info.status}) has no "

@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.api import ConfigError, DataError
-from bench.record.mlflow_read import CHECKPOINT, DEFAULT_EXPERIMENT, find_checkpoint, load_records
+from bench.record.mlflow_read import (
+    ARTIFACT_TAG,
+    CHECKPOINT,
+    DEFAULT_EXPERIMENT,
+    artifact_repository,
+    find_checkpoint,
+    load_records,
+)
 from bench.record.store import (
     IO_LOCK,
     check_tracking_uri,
+    is_http,
     is_unreachable,
     make_client,
     quiet,
@@ -125,8 +133,13 @@ class MlflowSink:
     Args:
         uri: tracking URI (see `default_tracking_uri`).
         experiment: experiment name (created if missing).
-        artifact_root: where a new experiment keeps artifacts (default: ``artifacts/``
-            beside a SQLite store, else the server's default).
+        artifact_root: where this run keeps its artifacts, ``<artifact_root>/<run id>/
+            artifacts/`` (the run's ``--results-dir``), and where a new experiment keeps
+            them (default: ``artifacts/`` beside a SQLite store, else the server's
+            default). An experiment's location is fixed when it is created, so a run whose
+            root differs from it is tagged ``bench.artifact_uri`` (read by
+            `load_records` and `find_checkpoint`). Ignored for artifacts on an HTTP
+            tracking server, which serves its own artifact store.
         fallback_dir: the local store for a server that dies (None: no fallback, the
             failure propagates).
     """
@@ -178,7 +191,9 @@ class MlflowSink:
         log.warning("tracking server %s is unreachable (%s); run %r continues in the local "
                     "store %s", self.primary_uri, reason, self._name or "-", self.fallback_uri)
         old_id, self.uri = self.run_id, self.fallback_uri
-        self._connect(self.fallback_uri, self._fallback_dir / "artifacts")
+        self._artifact_root = self._fallback_dir / "artifacts"
+        self._tags.pop(ARTIFACT_TAG, None)  # the server's location: not the fallback's
+        self._connect(self.fallback_uri, self._artifact_root)
         if old_id is None:  # nothing recorded yet: `start` opens the run here
             return
         c = self._client
@@ -190,9 +205,10 @@ class MlflowSink:
         _log_batches(c, self.run_id, params=[Param(k, v) for k, v in self._params.items()],
                      metrics=self._journal, tags=[RunTag(k, v) for k, v in tags.items()])
         self._buffer.clear()
+        self._pin_artifacts()
         for path in self._artifact_paths:
             if path.exists():
-                retry_locked(functools.partial(c.log_artifact, self.run_id, str(path)))
+                retry_locked(functools.partial(self._store_artifact, path))
 
     def _start_flusher(self) -> None:
         self._last_flush = time.monotonic()
@@ -225,8 +241,35 @@ class MlflowSink:
 
         with _quiet():
             self._call(create)
+            self._call(self._pin_artifacts)
         self._start_flusher()
         return self.run_id
+
+    def _pin_artifacts(self) -> None:
+        """Give the run its artifact location under this sink's ``artifact_root`` when the
+        experiment's own location (fixed at its creation) differs: the tag
+        ``bench.artifact_uri``. A run that has the tag keeps it (a resumed run's artifacts
+        stay together)."""
+        if self._artifact_root is None or is_http(self.uri) or ARTIFACT_TAG in self._tags:
+            return
+        own = (Path(self._artifact_root).resolve() / self.run_id / "artifacts").as_uri()
+        stored = self._client.get_run(self.run_id).info.artifact_uri
+        if stored.rstrip("/") != own.rstrip("/"):
+            self._tags[ARTIFACT_TAG] = own
+            self._client.set_tag(self.run_id, ARTIFACT_TAG, own)
+
+    def _artifact_uri(self) -> str:
+        """Where this run's artifacts are: the ``bench.artifact_uri`` tag, else the run's
+        own artifact URI."""
+        if ARTIFACT_TAG in self._tags:
+            return self._tags[ARTIFACT_TAG]
+        return self._client.get_run(self.run_id).info.artifact_uri
+
+    def _store_artifact(self, path: Path) -> None:
+        if ARTIFACT_TAG in self._tags:
+            artifact_repository(self._tags[ARTIFACT_TAG]).log_artifact(str(path))
+        else:
+            self._client.log_artifact(self.run_id, str(path))
 
     def reopen(self, run_id: str) -> dict[str, int]:
         """Attach to an existing run (to resume it), mark it RUNNING, and return the highest
@@ -259,6 +302,8 @@ class MlflowSink:
         steps = {k: max(int(m.step) for m in series) for k, series in hist.items() if series}
         self._max_step = max(steps.values(), default=0)
         self._last_ts = max((m.timestamp for m in self._journal), default=0)
+        with _quiet():
+            self._call(self._pin_artifacts)
         self._start_flusher()
         return steps
 
@@ -303,9 +348,8 @@ class MlflowSink:
         path = Path(path)
         self._artifact_paths.append(path)
         with _quiet():
-            self._call(lambda: self._client.log_artifact(self.run_id, str(path)),
-                       replayed=True)
-            root = self._call(lambda: self._client.get_run(self.run_id).info.artifact_uri)
+            self._call(lambda: self._store_artifact(path), replayed=True)
+            root = self._call(self._artifact_uri)
         return f"{root.rstrip('/')}/{path.name}"
 
     def end(self, status: str = "FINISHED") -> None:
