@@ -160,9 +160,11 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
                 click.echo(f"error: {job.label}: KILLED ({exc}); its checkpoint is in "
                            f"{job.work_dir}: run the same command again to resume", err=True)
                 sys.exit(exc.exit_code)
-            except BenchError as exc:  # this job could not start (locked, nothing to resume)
-                failed.append((job, None))
-                click.echo(f"error: {job.label}: {exc}", err=True)
+            except (BenchError, OSError) as exc:  # this job could not start (locked, nothing
+                failed.append((job, None))        # to resume, a full disk): the grid goes on
+                from bench.harness.recorder import one_line
+
+                click.echo(f"error: {job.label}: {one_line(exc)}", err=True)
                 continue
             records.append(record)
             if record.status != "FINISHED":

@@ -18,6 +18,7 @@ Layout (``format = "bench-checkpoint/2"``)::
              start of the epoch, epoch and position in it),
      "best": the best `snapshot` so far | None,
      "run_id": the tracking run continued on resume, "job_key",
+     "data_sha256": the fingerprint of the splits trained on ("" if unknown),
      "ranks": [per-rank `rank_state`] | absent  # torchrun: each rank's own random streams}
 
 Version 2 added "rng_cuda", "kind" and the resume entries; version 1 files still load.
@@ -100,7 +101,8 @@ def make_checkpoint(job: Job, trainer: Trainer, step: int,
                     state: dict[str, Any] | None = None, *,
                     loop: dict[str, Any] | None = None, best: dict[str, Any] | None = None,
                     run_id: str | None = None, job_key: str = "",
-                    ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                    ranks: list[dict[str, Any]] | None = None,
+                    data_sha256: str = "") -> dict[str, Any]:
     """The checkpoint dictionary of ``job`` at ``step``.
 
     Args:
@@ -110,10 +112,12 @@ def make_checkpoint(job: Job, trainer: Trainer, step: int,
             checkpoint with these entries (see the module docstring); else a "final" one.
         ranks: data parallel: every rank's `rank_state`, in rank order (the weights,
             optimiser and loop state are the same on every rank; the random streams not).
+        data_sha256: a "resume" checkpoint's `bench.harness.runfolder.data_fingerprint` of
+            the splits it was trained on (a resume on other data is refused).
     """
     state = state if state is not None else snapshot(trainer.method, trainer)
-    resume = ({"loop": loop, "best": best, "run_id": run_id, "job_key": job_key}
-              if loop is not None else {})
+    resume = ({"loop": loop, "best": best, "run_id": run_id, "job_key": job_key,
+               "data_sha256": data_sha256} if loop is not None else {})
     if ranks is not None:
         resume["ranks"] = ranks
     return {

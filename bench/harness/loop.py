@@ -3,6 +3,15 @@ per-epoch costs, periodic validation with early stopping that keeps the best sta
 
 The harness owns the loop so that every method is trained, timed and validated by the same
 code (`bench.harness.optim.Trainer` does the optimisation).
+
+The time budget is checked between steps; a step that does not return (a plug-in that
+hangs) is stopped by a watchdog (`bench.harness.signals.step_watchdog`): with
+``--max-seconds`` a SIGALRM timer in the main thread raises `StepTimeout` inside the step
+once it overruns the budget by a grace margin, so the run ends FAILED with that reason and
+keeps its last periodic checkpoint. The limit of a step is the budget left plus
+``max(STEP_GRACE_S, max_seconds)``. It cannot stop a step blocked inside native code that
+never returns to Python (a deadlocked kernel), nor a
+plug-in that swallows every exception.
 """
 
 from __future__ import annotations
@@ -31,12 +40,18 @@ from bench.harness.distributed import (
 )
 from bench.harness.loopstate import Checkpoints, LoopState, validate
 from bench.harness.optim import Trainer
-from bench.harness.signals import RunInterrupted, deferred
+from bench.harness.signals import (
+    STEP_GRACE_S,
+    RunInterrupted,
+    StepTimeout,
+    deferred,
+    step_watchdog,
+)
 
-__all__ = ["LoopResult", "train", "validate", "batches", "BatchOrder", "Checkpoints"]
+__all__ = ["LoopResult", "train", "validate", "batches", "BatchOrder", "Checkpoints",
+           "StepTimeout", "step_watchdog", "STEP_GRACE_S"]
 
 log = logging.getLogger(__name__)
-
 MetricsFn = Callable[[dict[str, float], "int | None"], None]
 
 
@@ -166,8 +181,10 @@ def _one_step(st: LoopState, train: torch.Tensor, idx: torch.Tensor, end_epoch: 
     reset_peak_memory(device)
     synchronize(device)
     t0 = time.perf_counter()
-    out = st.trainer.step(batch, st.step)
-    synchronize(device)
+    with step_watchdog(st.step + 1, (st.budget.max_seconds or 0.0) - st.train_seconds,
+                       st.budget.max_seconds):
+        out = st.trainer.step(batch, st.step)
+        synchronize(device)
     dt = time.perf_counter() - t0
     loss = float(out["loss"])
     if not world.enabled:

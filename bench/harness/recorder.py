@@ -91,8 +91,16 @@ class Recorder:
 
 
 def one_line(exc: BaseException) -> str:
+    """The failure reason of ``exc``: its first line (with its type unless bench's own); a
+    full device or quota, however wrapped, reads "no space left on device (...)"."""
+    from bench.harness.runfolder import DiskFull, is_disk_full
+
     text = str(exc).strip().splitlines()
     msg = text[0] if text else ""
+    if is_disk_full(exc) and not isinstance(exc, DiskFull):
+        where = getattr(exc, "filename", None)
+        return (f"no space left on device{f' writing {where}' if where else ''} "
+                f"({type(exc).__name__}: {msg})")[:500]
     if not isinstance(exc, BenchError):
         msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
     return msg[:500]

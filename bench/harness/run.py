@@ -113,8 +113,8 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
                 record.run_id = getattr(sink, "run_id", None) or record.run_id
         finally:
             if folder is not None:
-                if opened:
-                    folder.write_info(status=record.status, reason=record.failure or "")
+                if opened:  # never raises: a full disk must not hide the outcome
+                    folder.settle(status=record.status, reason=record.failure or "")
                 if record.status == "FINISHED":
                     folder.checkpoint.unlink(missing_ok=True)
                 folder.unlock()
@@ -124,6 +124,8 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
 def _run_guarded(job: Job, rec: Recorder, work: Path, progress: Any, folder: Any,
                  resume: dict[str, Any] | None, key: str) -> None:
     """`_train_and_evaluate`, turning every outcome into the record's status and reason."""
+    from bench.harness.loop import StepTimeout
+    from bench.harness.runfolder import is_disk_full
     from bench.harness.signals import RunInterrupted
 
     record = rec.record
@@ -143,23 +145,30 @@ def _run_guarded(job: Job, rec: Recorder, work: Path, progress: Any, folder: Any
     except Exception as exc:  # noqa: BLE001 - a job's failure never stops the grid
         record.status = "FAILED"
         rec.set_tags({"failure.reason": one_line(exc), "failure.type": type(exc).__name__})
-        tb = work / "traceback.txt"
-        tb.write_text("".join(traceback.format_exception(exc)))
-        rec.log_artifact(tb)
-        if isinstance(exc, TrainingDiverged) and folder is not None \
-                and folder.checkpoint.is_file():  # the last good state, as the run's model
-            kept = work / "checkpoint.pt"
-            shutil.copyfile(folder.checkpoint, kept)
-            rec.log_artifact(kept)
+        try:  # best effort; on a full disk the reason says it all (and run.json needs room)
+            if not is_disk_full(exc):
+                tb = work / "traceback.txt"
+                tb.write_text("".join(traceback.format_exception(exc)))
+                rec.log_artifact(tb)
+            if isinstance(exc, TrainingDiverged | StepTimeout) and folder is not None \
+                    and folder.checkpoint.is_file():  # the last good state, as the model
+                kept = work / "checkpoint.pt"
+                shutil.copyfile(folder.checkpoint, kept)
+                rec.log_artifact(kept)
+        except Exception as e:  # noqa: BLE001
+            log.error("%s: the traceback or checkpoint could not be recorded: %s",
+                      job.label or job.name, one_line(e))
         if not isinstance(exc, BenchError):
             log.debug("job %s failed", job.label, exc_info=exc)
 
 
-def _load_splits(job: Job, rec: Recorder):
+def _load_splits(job: Job, rec: Recorder, loaded: tuple | None = None):
     from bench.harness.preflight import check_dataset_instance, check_splits
 
-    dataset = job.dataset_cls(job.dataset_params, data_dir=job.data_dir)
-    splits = dataset.splits()
+    if loaded is None:  # else read (and fingerprinted) already when choosing to resume
+        dataset = job.dataset_cls(job.dataset_params, data_dir=job.data_dir)
+        loaded = dataset, dataset.splits()
+    dataset, splits = loaded
     check_dataset_instance(dataset, splits)
     rec.set_tags({"dataset_provenance": splits.provenance,
                   "dequantization": splits.dequantization,
@@ -191,8 +200,12 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
     from bench.harness.loop import Checkpoints, train
     from bench.harness.optim import Trainer
     from bench.harness.preflight import check_method_instance
+    from bench.harness.runfolder import data_fingerprint
 
-    dataset, splits, refs = _load_splits(job, rec)
+    dataset, splits, refs = _load_splits(job, rec, (resume or {}).pop("loaded", None))
+    data_sha = data_fingerprint(splits) if job.work_dir is not None else ""
+    if data_sha:  # a resume on other data is refused (bench.harness.resume)
+        rec.set_tags({"data_sha256": data_sha})
     reason = job.method_cls.supports(job.dataset_cls.kind, tuple(splits.event_shape))
     if reason:
         raise ConfigError(f"method {job.method!r} cannot model dataset {job.dataset!r}: "
@@ -226,7 +239,7 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
             rec.flush()  # metrics up to here are stored before the checkpoint says so
             write_checkpoint(folder.checkpoint, make_checkpoint(
                 job, trainer, step, loop=loop, best=best, run_id=rec.record.run_id,
-                job_key=key, ranks=ranks))
+                job_key=key, ranks=ranks, data_sha256=data_sha))
             folder.write_info(step=step)
 
         checkpoints = Checkpoints(save, job.checkpoint_every, job.checkpoint_minutes)

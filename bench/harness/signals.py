@@ -6,6 +6,10 @@ grid). Inside `deferred` blocks (a training step and its bookkeeping, a checkpoi
 stop is held until the block ends, so the training state is never left half-updated; a
 second stop while one is held raises at once. Elsewhere (validation, evaluation, data
 loading) a stop raises immediately.
+
+`step_watchdog` bounds one training step with SIGALRM (``--max-seconds``): it raises
+`StepTimeout` inside a step that hangs, also inside a `deferred` block (holding it would
+wait forever); SIGINT/SIGTERM keep their handlers meanwhile.
 """
 
 from __future__ import annotations
@@ -13,9 +17,48 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
-__all__ = ["RunInterrupted", "catch_stops", "deferred"]
+from bench.api import BenchError
+
+__all__ = ["RunInterrupted", "catch_stops", "deferred", "StepTimeout", "step_watchdog",
+           "STEP_GRACE_S"]
+
+STEP_GRACE_S = 30.0  # the least a step may overrun --max-seconds before the watchdog fires
+
+
+class StepTimeout(BenchError):
+    """A training step did not return within the time budget plus its grace margin."""
+
+
+@contextlib.contextmanager
+def step_watchdog(step: int, left: float, max_seconds: float | None) -> Iterator[None]:
+    """Raise `StepTimeout` inside the block if it runs longer than ``left`` (the budget
+    left) + ``max(STEP_GRACE_S, max_seconds)`` seconds. A no-op without a time budget, off
+    the main thread, or where SIGALRM does not exist; an alarm set by someone else is put
+    back afterwards (less the time spent here)."""
+    if (max_seconds is None or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    limit = max(left, 0.0) + max(STEP_GRACE_S, max_seconds)
+
+    def _alarm(signum, frame) -> None:
+        raise StepTimeout(f"step {step} did not return within {limit:.3g} s (--max-seconds "
+                          f"{max_seconds:g} + grace); its last checkpoint is kept")
+
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    t0 = time.monotonic()
+    other, _ = signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if other:
+            signal.setitimer(signal.ITIMER_REAL, max(other - (time.monotonic() - t0), 1e-3))
+
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -307,6 +307,27 @@ class MlflowSink:
         self._start_flusher()
         return steps
 
+    def close_stale(self, run_id: str, reason: str) -> tuple[str, str]:
+        """Mark run ``run_id``, left RUNNING by a process that died, KILLED with ``reason``
+        (tags ``failure.reason``, ``failure.type`` = ProcessDied). A run the store already
+        ended keeps its status. Returns the run's (status, reason) now.
+
+        Raises:
+            MlflowException: no such run, or the store cannot be written.
+        """
+        from mlflow.entities import RunTag
+
+        c = self._client
+        with _quiet():
+            run = retry_locked(lambda: c.get_run(run_id))
+            if run.info.status != "RUNNING":
+                return run.info.status, run.data.tags.get("failure.reason", "")
+            tags = [RunTag("failure.reason", reason[:5000]),
+                    RunTag("failure.type", "ProcessDied")]
+            retry_locked(lambda: c.log_batch(run_id, tags=tags))
+            retry_locked(lambda: c.set_terminated(run_id, status="KILLED"))
+        return "KILLED", reason
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
