@@ -112,7 +112,7 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
         metrics.update({"true_test_nll": t.mean, "true_test_nll_se": t.se})
         if "test_nll" in metrics:
             metrics["test_nll_gap"] = metrics["test_nll"] - t.mean
-            if model_ll is not None:
+            if model_ll is not None and model_ll.shape == true_ll.shape:
                 metrics["test_nll_gap_se"] = paired_se(true_ll - model_ll)
     return metrics, tags
 
@@ -120,7 +120,8 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
 def paired_se(diff: torch.Tensor) -> float:
     """Standard error of a mean over test rows of paired per-row differences, e.g. model
     NLL_i - true NLL_i for ``test_nll_gap``: both NLLs are scored on the same rows, so the
-    row-to-row spread they share cancels (the gap is known far better than either NLL).
+    row-to-row spread they share cancels: for a model close to the truth the gap is known
+    far better than either NLL, for one far from it about as well.
 
     Args:
         diff: (n,) per-row differences. Returns NaN for fewer than two rows.
