@@ -34,12 +34,17 @@ def _table(checks) -> str:
               "trainings (for GPU machines; its own baseline entry).")
 @click.option("--rebaseline", is_flag=True, help="Measure and WRITE the baseline of this mode "
               "(suite run --repeats times, quality over --seeds seeds) instead of checking.")
-@click.option("--repeats", type=int, default=3, show_default=True,
-              help="Suite runs of a rebaseline (its median ratio and spread).")
+@click.option("--repeats", type=int, default=5, show_default=True,
+              help="Suite runs of a rebaseline (each figure's median ratio, its spread and "
+                   "its factor = max(1.10, spread^3)).")
+@click.option("--busy/--no-busy", default=True, show_default=True,
+              help="Rebaseline: run every second suite run beside a CPU-bound busy-loop "
+                   "process, so that the spread includes background load.")
 @click.option("--seeds", type=int, default=3, show_default=True,
               help="Seeds of a rebaseline's quality trainings (the band's spread).")
 @click.option("--threshold", type=float, default=None,
-              help="Largest passing timing ratio now/baseline (default: the baseline's, 1.5).")
+              help="Largest passing timing ratio now/baseline for every timing figure "
+                   "(default: each figure's factor in the baseline).")
 @click.option("--only", "only", multiple=True, help="Only this figure (repeatable).")
 @click.option("--skip", type=click.Choice(["timing", "quality", "default"]), multiple=True,
               help="Skip the timing suite, the quality trainings, or the default commands "
@@ -58,10 +63,12 @@ def _table(checks) -> str:
 @click.option("--no-record", is_flag=True, help="Do not record this run in the store.")
 @click.option("--json", "as_json", is_flag=True, help="Pure JSON on stdout.")
 @click.pass_context
-def regress(ctx, full, rebaseline, repeats, seeds, threshold, only, skip, baseline_path,
-            plot_out, device, data_dir, results_dir, tracking_uri, no_record, as_json):
-    """Time the hot paths (ratios to bare references) and train short fixed-seed models;
-    exit 1 when a ratio exceeds baseline x threshold or a test NLL leaves its band.
+def regress(ctx, full, rebaseline, repeats, busy, seeds, threshold, only, skip,
+            baseline_path, plot_out, device, data_dir, results_dir, tracking_uri, no_record,
+            as_json):
+    """Time the hot paths (ratios to bare references, by CPU time and by wall clock) and
+    train short fixed-seed models; exit 1 when a ratio exceeds its baseline x its factor
+    or a test NLL leaves its band.
 
     Re-baseline deliberately with `bench regress --rebaseline` (and --full on the machine of
     the full mode), then commit results/benchmarks/baseline.json.
@@ -81,22 +88,28 @@ def regress(ctx, full, rebaseline, repeats, seeds, threshold, only, skip, baseli
     mode = "full" if full else "fast"
     data = rg.load_baseline(Path(baseline_path))
     base = data["modes"].get(mode, {})
-    threshold = threshold or base.get("threshold", rg.TIMING_THRESHOLD)
+    default_threshold = base.get("threshold", rg.TIMING_THRESHOLD)
     new_sink, uri = sink_factory(results_dir, tracking_uri, REGRESS_EXPERIMENT)
     if plot_out:
         points = load_history(load_records(uri, REGRESS_EXPERIMENT), mode)
-        out = plot_history(points, base.get("figures", {}), threshold, Path(plot_out))
+        out = plot_history(points, base.get("figures", {}), threshold or default_threshold,
+                           Path(plot_out))
         click.echo(json.dumps({"plot": str(out), "runs": len(points)}) if as_json else out)
         return
     if repeats < 1 or seeds < 1:
         raise ConfigError("--repeats and --seeds must be >= 1")
+    if threshold is not None and not threshold > 1:
+        raise ConfigError(f"--threshold must be > 1, got {threshold}")
     timing_figs = tuple(f for f in only if not f.startswith("nll_"))
     quality_figs = tuple(f for f in only if f.startswith("nll_"))
     run_timing = "timing" not in skip and (not only or timing_figs)
     run_qual = "quality" not in skip and (not only or quality_figs)
     n_runs = repeats if rebaseline else 1
-    timing_runs = [rg.run_suite(mode, timing_figs, device) for _ in range(n_runs)] \
-        if run_timing else []
+    loaded = tuple(i for i in range(n_runs) if rebaseline and busy and i % 2 == 1)
+    timing_runs = []
+    for i in range(n_runs if run_timing else 0):
+        with rg.busy_loop(1 if i in loaded else 0):
+            timing_runs.append(rg.run_suite(mode, timing_figs, device))
     quality = rg.run_quality(registry_of(ctx), mode, tuple(range(seeds if rebaseline else 1)),
                              quality_figs, Path(data_dir) if data_dir else None,
                              device) if run_qual else {}
@@ -108,7 +121,8 @@ def regress(ctx, full, rebaseline, repeats, seeds, threshold, only, skip, baseli
     machine = rg.machine_info(device)
     commit = git_commit()
     if rebaseline:
-        new = rg.make_baseline(timing_runs, quality, machine, commit, threshold, info)
+        new = rg.make_baseline(timing_runs, quality, machine, commit, default_threshold,
+                               info, loaded)
         rg.save_baseline(Path(baseline_path), data, mode, new)
         out = {"rebaselined": str(baseline_path), "mode": mode, "baseline": new}
         click.echo(json.dumps(out, indent=1) if as_json else
@@ -125,7 +139,8 @@ def regress(ctx, full, rebaseline, repeats, seeds, threshold, only, skip, baseli
                                                        and not (k.startswith("nll_default_")
                                                                 and "default" in skip))) \
         or ("-",)
-    checks = rg.compare(base["figures"], timing, quality, threshold, selected, info)
+    checks = rg.compare(base["figures"], timing, quality, threshold, selected, info,
+                        default_threshold)
     passed = not any(c.failed for c in checks)
     if not no_record:
         figures = {**{k: v["ratio"] for k, v in timing.items()},
@@ -133,6 +148,7 @@ def regress(ctx, full, rebaseline, repeats, seeds, threshold, only, skip, baseli
         record_regress(new_sink(), figures, commit, mode, passed, machine)
     if as_json:
         click.echo(json.dumps({"mode": mode, "passed": passed, "threshold": threshold,
+                               "default_threshold": default_threshold,
                                "commit": commit, "baseline_machine": base.get("machine"),
                                "checks": [c.as_dict() for c in checks],
                                "timing": timing, "quality": quality, "info": info},

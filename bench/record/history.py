@@ -57,7 +57,7 @@ def _outside(value: float, base: dict | None, threshold: float) -> bool:
     if base is None or base["kind"] == "info":
         return False
     if base["kind"] == "timing":
-        return value > base["ratio"] * threshold
+        return value > base["ratio"] * base.get("factor", threshold)
     return abs(value - base["value"]) > base["band"]
 
 
@@ -93,7 +93,7 @@ def plot_history(points: list[HistoryPoint], baseline: dict[str, dict], threshol
             ax.axhline(base["value"], color="tab:gray", lw=1, ls=":")
         elif base is not None:
             if base["kind"] == "timing":
-                ref, lo, hi = base["ratio"], 0.0, base["ratio"] * threshold
+                ref, lo, hi = base["ratio"], 0.0, base["ratio"] * base.get("factor", threshold)
             else:
                 ref, lo, hi = (base["value"], base["value"] - base["band"],
                                base["value"] + base["band"])
@@ -114,7 +114,8 @@ def plot_history(points: list[HistoryPoint], baseline: dict[str, dict], threshol
         ax.set_ylabel("seconds" if "_seconds_" in name else
                       "ratio to reference" if timing else "test NLL (nats)", fontsize=8)
         if runs and base is not None and timing:
-            ax.set_ylim(0, max(max(y for _, y in runs), base["ratio"] * threshold) * 1.15)
+            top = base["ratio"] * base.get("factor", threshold)
+            ax.set_ylim(0, max(max(y for _, y in runs), top) * 1.15)
         ax.set_xlim(-0.5, len(commits) - 0.5)
         ax.set_xticks(range(len(commits)), labels, rotation=60, fontsize=6)
         ax.tick_params(axis="y", labelsize=7)
@@ -122,7 +123,7 @@ def plot_history(points: list[HistoryPoint], baseline: dict[str, dict], threshol
         ax.set_visible(False)
     fig.suptitle(f"bench regress ({points[-1].mode}) across commits (* uncommitted changes): "
                  f"dots = runs, line = median per commit, dashed = baseline, green = passing "
-                 f"(timing ratio <= {threshold:g} x baseline; NLL within its band), "
+                 "(timing ratio <= baseline x its factor; NLL within its band), "
                  "red = outside", fontsize=8)
     fig.tight_layout()
     out = Path(out)
