@@ -25,13 +25,13 @@ file's SHA-256 (and md5 where that is the official checksum) is checked before i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 
-from bench.api import Dataset, Splits
+from bench.api import Dataset, Splits, at_least
 from bench.api.errors import ConfigError, DataError
 from bench.science import files, imagedata
 from bench.science.files import Pin
@@ -202,7 +202,7 @@ class ImageNet32Params:
     """train_rows: keep only the first N training images (None: all 1,271,167; as float32
     they take ~15.6 GB of memory, 12 KiB per image, so cap it on small machines)."""
 
-    train_rows: int | None = None
+    train_rows: int | None = field(default=None, metadata=at_least(1))
 
 
 class ImageNet32(Dataset):
@@ -254,7 +254,7 @@ class Flowers102Params:
     Lanczos filter, centre crop r x r); source: "auto" (local files only) or "full"
     (download the missing official files)."""
 
-    resolution: int = 128
+    resolution: int = field(default=128, metadata=at_least(8))
     source: Literal["auto", "full"] = "auto"
 
 
@@ -272,8 +272,6 @@ class Flowers102(_Files):
                  data_dir: Path | None = None) -> None:
         super().__init__(params, data_dir)
         r = self.params.resolution
-        if r < 8:
-            raise ConfigError(f"flowers102: resolution must be >= 8, got {r}")
         self.event_shape = (3, r, r)
 
     @classmethod

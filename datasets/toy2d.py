@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bench.api import Dataset, Splits
+from bench.api import Dataset, Splits, at_least
 
 if TYPE_CHECKING:
     import torch
@@ -24,14 +24,10 @@ __all__ = ["Checkerboard", "EightGaussians", "Spirals", "Moons", "Rings", "Corre
 
 @dataclass
 class ToyParams:
-    n_train: int = 100_000
-    n_val: int = 5_000
-    n_test: int = 10_000
+    n_train: int = field(default=100_000, metadata=at_least(1))
+    n_val: int = field(default=5_000, metadata=at_least(1))
+    n_test: int = field(default=10_000, metadata=at_least(1))
     data_seed: int = 1234
-
-    def __post_init__(self) -> None:
-        if min(self.n_train, self.n_val, self.n_test) < 1:
-            raise ValueError("n_train, n_val and n_test must be >= 1")
 
 
 class Toy(Dataset):
@@ -185,7 +181,7 @@ class Rings(Toy):
 
 @dataclass
 class GaussianParams(ToyParams):
-    dim: int = 16
+    dim: int = field(default=16, metadata=at_least(1))
     cov_seed: int = 0
 
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from bench.api import FlowMethod, RunContext, Splits
+from bench.api import FlowMethod, RunContext, Splits, at_least, non_negative, positive
 from bench.api.errors import ConfigError
 from bench.science.unet_config import UNetParams
 
@@ -67,25 +67,25 @@ class CNFParams(UNetParams):
     """
 
     net: Literal["mlp", "concat", "concatsquash"] = "concatsquash"
-    hidden: tuple[int, ...] = ()
-    hidden_mult: int = 20
-    n_hidden: int = 2
+    hidden: tuple[int, ...] = field(default=(), metadata=at_least(1))
+    hidden_mult: int = field(default=20, metadata=at_least(1))
+    n_hidden: int = field(default=2, metadata=non_negative())
     activation: Literal["softplus", "tanh", "relu", "elu", "silu", "gelu"] = "softplus"
-    batch_size: int = 1000
+    batch_size: int = field(default=1000, metadata=at_least(1))
     solver: Literal["dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler",
                     "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
                     "fixed_adams"] = "dopri5"
-    train_atol: float = 1e-8
-    train_rtol: float = 1e-6
-    step_size: float = 0.0
+    train_atol: float = field(default=1e-8, metadata=positive())
+    train_rtol: float = field(default=1e-6, metadata=positive())
+    step_size: float = field(default=0.0, metadata=non_negative())
     adjoint: bool = True
     divergence: Literal["hutchinson", "exact"] = "hutchinson"
     probe: Literal["gaussian", "rademacher"] = "gaussian"
-    n_probes: int = 1
-    kinetic_weight: float = 0.0
-    jacobian_weight: float = 0.0
+    n_probes: int = field(default=1, metadata=at_least(1))
+    kinetic_weight: float = field(default=0.0, metadata=non_negative())
+    jacobian_weight: float = field(default=0.0, metadata=non_negative())
     train_time: bool = False
-    time_length: float = 1.0
+    time_length: float = field(default=1.0, metadata=positive())
     dropout: float = 0.0  # the U-Net's: 0, the ODE's field must be deterministic
 
     def __post_init__(self) -> None:
@@ -93,14 +93,6 @@ class CNFParams(UNetParams):
         if self.dropout != 0.0:
             raise ValueError("dropout must be 0 for the CNF: a random field breaks the "
                              "adaptive ODE solve and the adjoint")
-        if self.batch_size < 1 or self.n_probes < 1:
-            raise ValueError("batch_size and n_probes must be >= 1")
-        if not self.hidden and (self.hidden_mult < 1 or self.n_hidden < 0):
-            raise ValueError("hidden_mult must be >= 1 and n_hidden >= 0")
-        if min(self.kinetic_weight, self.jacobian_weight) < 0:
-            raise ValueError("kinetic_weight and jacobian_weight must be >= 0")
-        if self.time_length <= 0:
-            raise ValueError("time_length must be > 0")
         self.train_config()  # checks solver, step size, divergence and probe
 
     def widths(self, dim: int) -> tuple[int, ...]:

@@ -29,10 +29,18 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from bench.api import LogLikelihood, Method, RunContext, Splits
+from bench.api import (
+    LogLikelihood,
+    Method,
+    RunContext,
+    Splits,
+    at_least,
+    in_range,
+    non_negative,
+)
 from bench.api.errors import ConfigError
 from bench.science.unet_config import UNetParams
 
@@ -52,21 +60,28 @@ class Params(UNetParams):
     `bench.science.unet_config.UNetParams`); the optimiser's (lr, grad_clip, warmup, ema)
     are the harness's shared settings."""
 
-    T: int = 1000  # diffusion steps (linear betas scaled by 1000/T when T != 1000)
+    # diffusion steps (linear betas scaled by 1000/T when T != 1000)
+    T: int = field(default=1000, metadata=at_least(2))
     noise_schedule: Literal["linear", "cosine"] = "linear"  # of the betas (lr: `schedule`)
     loss: Literal["simple", "vlb", "hybrid"] = "simple"
-    vlb_weight: float = 0.001  # lambda of the hybrid loss L_simple + lambda L_vlb
+    # lambda of the hybrid loss L_simple + lambda L_vlb
+    vlb_weight: float = field(default=0.001, metadata=non_negative())
     variance: Literal["fixedlarge", "fixedsmall"] = "fixedlarge"  # sigma_t^2 = beta_t | beta~_t
     sampler: Literal["ancestral", "ddim"] = "ancestral"
-    sample_steps: int = 0  # 0: all T steps; k < T: k evenly spaced steps (respaced chain)
-    hidden: tuple[int, ...] = (256, 256, 256)  # MLP (vector data)
+    # 0: all T steps; k < T: k evenly spaced steps (respaced chain)
+    sample_steps: int = field(default=0, metadata=non_negative())
+    hidden: tuple[int, ...] = field(default=(256, 256, 256), metadata=at_least(1))  # MLP
     activation: Literal["softplus", "tanh", "relu", "elu", "silu", "gelu"] = "silu"
-    time_embed_dim: int = 128
-    batch_size: int = 128
-    elbo_t_draws: int = 0  # 0: every KL term; k > 0: unbiased estimate from k draws of t
-    val_t_draws: int = 100  # draws of t in the bound estimate used for early stopping
-    ode_s_min: float | None = None  # PF-ODE density at s_min; None: 1/T
-    eval_chunk: int = 1000  # rows per batch in sampling and in the bound
+    time_embed_dim: int = field(default=128, metadata=at_least(2))  # sin and cos pairs
+    batch_size: int = field(default=128, metadata=at_least(1))
+    # 0: every KL term; k > 0: unbiased estimate from k draws of t
+    elbo_t_draws: int = field(default=0, metadata=non_negative())
+    # draws of t in the bound estimate used for early stopping (0: every KL term)
+    val_t_draws: int = field(default=100, metadata=non_negative())
+    # PF-ODE density at s_min; None: 1/T
+    ode_s_min: float | None = field(default=None, metadata=in_range(0, 1, lo_open=True,
+                                                                     hi_open=True))
+    eval_chunk: int = field(default=1000, metadata=at_least(1))  # rows per batch, eval
 
 
 def _generator(seed: int, purpose: str) -> torch.Generator:

@@ -28,12 +28,12 @@ import math
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from bench.api import FlowMethod, RunContext, Splits
+from bench.api import FlowMethod, RunContext, Splits, at_least, non_negative, positive
 from bench.api.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -116,29 +116,27 @@ class FFJORDParams:
     """
 
     net: str = "concatsquash"
-    hidden: tuple[int, ...] = ()
-    hidden_mult: int = 20
-    n_hidden: int = 2
+    hidden: tuple[int, ...] = field(default=(), metadata=at_least(1))
+    hidden_mult: int = field(default=20, metadata=at_least(1))
+    n_hidden: int = field(default=2, metadata=non_negative())
     activation: str = "softplus"
-    num_blocks: int = 1
-    time_length: float = 1.0
+    num_blocks: int = field(default=1, metadata=at_least(1))
+    time_length: float = field(default=1.0, metadata=positive())
     train_T: bool = False
     residual: bool = False
     divergence: Literal["hutchinson", "exact"] = "hutchinson"
     probe: Literal["gaussian", "rademacher"] = "gaussian"
     solver: str = "dopri5"
-    train_atol: float = 1e-8
-    train_rtol: float = 1e-6
-    step_size: float = 0.0
-    batch_size: int = 1000
+    train_atol: float = field(default=1e-8, metadata=positive())
+    train_rtol: float = field(default=1e-6, metadata=positive())
+    step_size: float = field(default=0.0, metadata=non_negative())
+    batch_size: int = field(default=1000, metadata=at_least(1))
 
     def __post_init__(self) -> None:
         if self.divergence not in ("hutchinson", "exact"):
             raise ValueError("divergence must be hutchinson or exact")
         if self.probe not in ("gaussian", "rademacher"):
             raise ValueError("probe must be gaussian or rademacher")
-        if self.num_blocks < 1 or self.batch_size < 1:
-            raise ValueError("num_blocks and batch_size must be >= 1")
 
 
 @functools.cache

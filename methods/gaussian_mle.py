@@ -7,10 +7,10 @@ validates once); `loss` is the training NLL of a batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bench.api import LogLikelihood, Method, RunContext, Splits
+from bench.api import LogLikelihood, Method, RunContext, Splits, at_least, non_negative
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -20,8 +20,8 @@ __all__ = ["GaussianMLE"]
 
 @dataclass
 class GaussianMLEParams:
-    ridge: float = 1e-6
-    batch_size: int = 1024
+    ridge: float = field(default=1e-6, metadata=non_negative())
+    batch_size: int = field(default=1024, metadata=at_least(1))
 
 
 class GaussianMLE(Method):

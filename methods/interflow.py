@@ -27,10 +27,20 @@ Albergo, Boffi and Vanden-Eijnden 2023, Table 3: lr 2e-4, EMA 0.9999 from step 1
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from bench.api import ConfigError, DatasetRef, FlowMethod, RunContext, Splits
+from bench.api import (
+    ConfigError,
+    DatasetRef,
+    FlowMethod,
+    RunContext,
+    Splits,
+    at_least,
+    in_range,
+    non_negative,
+    positive,
+)
 from bench.science.unet_config import UNetParams
 
 if TYPE_CHECKING:
@@ -77,44 +87,38 @@ class InterFlowParams(UNetParams):
     """
 
     interpolant: Literal["trig", "linear", "quadratic", "vp", "encdec", "learned"] = "trig"
-    path_modes: int = 4
-    path_lr_factor: float = 0.3
+    path_modes: int = field(default=4, metadata=at_least(1))
+    path_lr_factor: float = field(default=0.3, metadata=positive())
     record_path: bool = False
     net: Literal["mlp", "concat", "concatsquash"] = "mlp"
-    hidden: tuple[int, ...] = (512, 512, 512)
+    hidden: tuple[int, ...] = field(default=(512, 512, 512), metadata=at_least(1))
     activation: Literal["softplus", "tanh", "relu", "elu", "silu", "gelu"] = "silu"
-    batch_size: int = 512
+    batch_size: int = field(default=512, metadata=at_least(1))
     time_dist: Literal["uniform", "beta"] = "uniform"
-    beta_a: float = 1.0
-    beta_b: float = 1.0
+    beta_a: float = field(default=1.0, metadata=positive())
+    beta_b: float = field(default=1.0, metadata=positive())
     base: DatasetRef | None = None
     gamma: Literal["none", "sqrt", "t1mt", "sin2"] = "none"
-    gamma_a: float = 2.0
+    gamma_a: float = field(default=2.0, metadata=positive())
     objective: Literal["auto", "velocity", "velocity_score", "velocity_denoiser",
                        "split"] = "auto"
     sampler: Literal["ode", "sde"] = "ode"
-    eps: float = 1.0
+    eps: float = field(default=1.0, metadata=non_negative())
     eps_schedule: Literal["constant", "t1mt"] = "constant"
-    sde_steps: int = 200
+    sde_steps: int = field(default=200, metadata=at_least(1))
     sde_method: Literal["euler", "heun"] = "heun"
     antithetic: bool = False
-    t_min: float = 1e-3
+    t_min: float = field(default=1e-3, metadata=in_range(0, 0.5, hi_open=True))
     sde_likelihood: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if self.beta_a <= 0 or self.beta_b <= 0:
-            raise ValueError("beta_a and beta_b must be > 0")
-        if not self.gamma_a > 0 or (self.interpolant == "vp" and self.gamma_a >= 4):
-            raise ValueError("gamma_a must be > 0 (< 4 with interpolant=vp: gamma < 1)")
+        if self.interpolant == "vp" and self.gamma_a >= 4:
+            raise ValueError("gamma_a must be < 4 with interpolant=vp (gamma < 1)")
         if self.interpolant == "vp" and self.gamma == "sin2":
             raise ValueError("interpolant=vp needs gamma < 1: use gamma=sqrt or t1mt")
         if self.interpolant == "encdec" and self.gamma == "none":
             raise ValueError("interpolant=encdec needs a latent: gamma=sqrt|t1mt|sin2")
-        if self.eps < 0 or self.sde_steps < 1 or not 0 <= self.t_min < 0.5:
-            raise ValueError("need eps >= 0, sde_steps >= 1 and 0 <= t_min < 0.5")
         if self.sampler == "sde" and self.eps > 0 and self.learned == "velocity":
             raise ValueError("sampler=sde with eps > 0 needs a score: objective="
                              "velocity_score|velocity_denoiser|split")

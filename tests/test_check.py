@@ -154,17 +154,18 @@ def test_readme_examples_pass(tmp_path, one_thread):
 BROKEN = [
     # (file, replace, by, the FAIL line expected)
     (METHOD, "LogLikelihood(self._log_prob(x),", "LogLikelihood(self._log_prob(x)[:, None],",
-     "FAIL log_prob.shape: log_prob(x) of 16 rows returned values of shape (16, 1); "
-     "expected (16,)"),
+     "FAIL log_prob.shape: diag_gaussian.log_prob(x) returned values of shape (n, 1) for a "
+     "batch of n rows; expected (n,)"),
     (METHOD, 'return {"net": self.net}', "return {}",
-     "FAIL modules.trainable: no trainable parameters: modules() is empty"),
+     "FAIL modules.trainable: diag_gaussian has no trainable parameters: modules() is empty"),
     (METHOD, "batch_size: int = 256", 'batch_size: int = "256"',
      "FAIL params.defaults: parameter 'batch_size' is declared int but its default is "
      "'256' (str)"),
     (METHOD, "def loss(self, batch, step):", "def _no_loss(self, batch, step):",
      "FAIL import: abstract methods not implemented: loss"),
     (METHOD, "return -self._log_prob(batch).mean()", "return -self._log_prob(batch)",
-     "FAIL loss.scalar: loss(batch, step) has shape (32,); expected a scalar (shape ())"),
+     "FAIL loss.scalar: diag_gaussian.loss(batch, step) has shape (n,) for a batch of n rows; "
+     "expected a scalar (shape ())"),
     (DATASET, "x = self.sample(n, g)", "x = self.sample(n, g).double()",
      "FAIL splits.dtype: the train split is float64; Dataset.load must return float32"),
     (DATASET, "a, b = int(0.8 * n), int(0.9 * n)",

@@ -202,7 +202,9 @@ def test_one_failed_job_never_stops_the_grid(cli, tmp_path):
 @pytest.mark.parametrize("method, dataset, words", [
     ("diverging", TOY, "training diverged at step 3"),
     ("wrong_shape", TOY, "shape"),
-    ("wrong_shape_at_test", TOY, "log_prob(x) of 200 rows returned values of shape (200, 1)"),
+    # caught before training (one fixed ODE step, a few validation rows), in check's words
+    ("wrong_shape_at_test", TOY, "wrong_shape_at_test.log_prob(x) returned values of shape "
+     "(n, 1) for a batch of n rows; expected (n,)"),
     ("no_modules", TOY, "no trainable parameters"),
     ("interflow[hidden=(8,8)]", "bad_data[bad=float64]", "float64"),
     ("interflow[hidden=(8,8)]", "bad_data[bad=nan]", "3 rows of the val split are not finite"),

@@ -148,7 +148,7 @@ def test_check_method_instance():
     check_method_instance(_Tiny(None, splits, make_context()), splits)
     with pytest.raises(ContractError) as e:
         check_method_instance(_Tiny(None, splits, make_context(), modules=False), splits)
-    assert str(e.value) == "method 'tiny' has no trainable parameters: modules() is empty"
+    assert str(e.value) == "tiny has no trainable parameters: modules() is empty"
     frozen = _Tiny(None, splits, make_context())
     frozen.net.requires_grad_(False)
     with pytest.raises(ContractError, match="no parameter of modules"):
@@ -157,8 +157,8 @@ def test_check_method_instance():
     check_method_instance(frozen, splits)
     with pytest.raises(ContractError) as e:
         check_method_instance(_Tiny(None, splits, make_context(), shape="column"), splits)
-    assert str(e.value) == ("method 'tiny': log_prob(x) of 2 rows returned values of shape "
-                            "(2, 1); expected (2,)")
+    assert str(e.value) == ("tiny.log_prob(x) returned values of shape (n, 1) for a batch of "
+                            "n rows; expected (n,)")
 
 
 def test_check_dataset_instance():
@@ -168,7 +168,8 @@ def test_check_dataset_instance():
         def log_prob(self, x):
             return torch.zeros(x.shape[0], 1)
 
-    with pytest.raises(ContractError, match=r"log_prob\(x\) of 2 rows returned shape \(2, 1\)"):
+    with pytest.raises(ContractError, match=r"^d\.log_prob\(x\) returned shape \(n, 1\) for a "
+                                            r"batch of n rows; expected \(n,\)$"):
         check_dataset_instance(DS(), _splits())
 
 

@@ -211,7 +211,9 @@ def test_non_finite_objective_does_not_update() -> None:
     m = _method(scale=math.nan)
     tr = Trainer(m, OptimConfig(lr=0.1))
     before = _flat(m.net)
-    out = tr.step(_batches(1)[0], 0)
+    # step 1: at step 0 a non-finite loss is the contract's failure (tests/
+    # test_contract_properties.py), later it is left to the divergence check
+    out = tr.step(_batches(1)[0], 1)
     assert math.isnan(out["loss"]) and "mse" in out
     params = torch.cat([p.detach().double().reshape(-1) for p in m.net.parameters()])
     assert torch.equal(params, before[:params.numel()])

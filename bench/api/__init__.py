@@ -5,6 +5,15 @@ Imports nothing else of bench (enforced by import-linter, see pyproject.toml).
 
 from __future__ import annotations
 
+from bench.api.domains import (
+    Domain,
+    at_least,
+    greater_than,
+    in_range,
+    non_negative,
+    positive,
+    probability,
+)
 from bench.api.errors import (
     BenchError,
     ConfigError,
@@ -24,6 +33,7 @@ from bench.api.types import (
     SolverConfig,
     Splits,
     default_data_dir,
+    per_row_problem,
 )
 
 __all__ = [
@@ -31,4 +41,6 @@ __all__ = [
     "TrainingDiverged", "Dataset", "FlowMethod", "Method", "Budget", "Job", "OptimConfig",
     "SampleEval", "Execution", "RunRecord", "Sink", "DatasetRef", "FlowEngine",
     "LogLikelihood", "NoParams", "RunContext", "SolverConfig", "Splits", "default_data_dir",
+    "Domain", "at_least", "greater_than", "in_range", "non_negative", "positive",
+    "probability", "per_row_problem",
 ]

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Splits", "LogLikelihood", "SolverConfig", "RunContext", "FlowEngine", "NoParams",
     "DatasetRef", "default_data_dir", "ADAPTIVE_SOLVERS", "DIVERGENCES", "PROBES", "KINDS",
-    "LIKELIHOOD_KINDS",
+    "LIKELIHOOD_KINDS", "per_row_problem", "shape_text",
 ]
 
 KINDS = ("toy2d", "tabular", "image")
@@ -99,6 +99,29 @@ class LogLikelihood:
     kind: Literal["exact", "estimate", "bound"] = "exact"
     estimator: str = ""
     nfe: int = 0
+
+
+def shape_text(shape: tuple[int, ...], n: int) -> str:
+    """A shape with its leading (batch) dimension written ``n`` when it equals n: the
+    contract's messages then read the same whatever the number of rows checked."""
+    dims = [str(d) for d in shape]
+    if dims and shape[0] == n:
+        dims[0] = "n"
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def per_row_problem(values: Any, n: int, what: str, noun: str = "") -> str | None:
+    """None when ``values`` is a tensor of shape (n,): one value per row of a batch of n
+    rows. Else one sentence, e.g. ``rectflow.base_log_prob(x_0) returned shape () for a
+    batch of n rows; expected (n,)``; ``noun`` (e.g. "values of ") goes before "shape".
+    Shared by the contract checks and the evaluation path (`bench.science.ode`)."""
+    shape = getattr(values, "shape", None)
+    if shape is None or not hasattr(values, "dim"):
+        return f"{what} returned a {type(values).__name__}, not a tensor"
+    if tuple(shape) == (n,):
+        return None
+    return (f"{what} returned {noun}shape {shape_text(tuple(shape), n)} for a batch of n "
+            "rows; expected (n,)")
 
 
 def check_divergence(divergence: str, probe: str, n_probes: int) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bench.api import LogLikelihood, Method, OptimConfig, SolverConfig, Splits
+from bench.api import ContractError, FlowMethod, Method, OptimConfig, SolverConfig, Splits
 from bench.api.types import KINDS, LIKELIHOOD_KINDS
 from bench.harness.checkpoint import restore, snapshot
 from bench.harness.context import make_context
@@ -32,12 +32,26 @@ from bench.harness.preflight import (
     check_dataset_instance,
     check_method_instance,
     check_splits,
-    likelihood_problem,
     split_dtype_problem,
     split_empty_problem,
     split_finite_problem,
     split_shape_problem,
+)
+from bench.harness.properties import (
+    RUN_ROWS,
+    base_log_prob_problem,
+    base_log_prob_rows_problem,
+    batch_size_problem,
+    call,
+    dataset_log_prob_problem,
+    likelihood_problem,
+    log_prob_problem,
+    log_prob_rows_problem,
+    loss_problem,
+    name_of,
+    sample_problem,
     trainable_parameters,
+    trainable_problem,
 )
 from bench.harness.selection import build_params, check_param_defaults, param_default_problems
 
@@ -87,6 +101,8 @@ class _Checks(list):
     def run(self, name: str, fn: Callable[[], str | None]) -> bool:
         try:
             problem = fn()
+        except ContractError as exc:  # the property's sentence (a plug-in's raise included)
+            problem = str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure is the property's failure
             problem = _exc(exc)
         self.append(Check(name, problem is None, problem or ""))
@@ -156,82 +172,55 @@ def _method_checks(out: _Checks, cls: type, splits: Splits | None, registry: Any
     if not out.run("instantiate", make):
         return
     method: Method = box["m"]
+    if not out.run("batch_size", lambda: batch_size_problem(method)):
+        return
     batch = splits.train[: method.batch_size()].to(method.ctx.device)
-    if getattr(method, "trainable", True):
-        def has_params() -> str | None:
-            if trainable_parameters(method):
-                return None
-            return "no trainable parameters: " + (
-                "modules() is empty" if not method.modules()
-                else "no parameter of modules() requires gradients")
-
-        if out.run("modules.trainable", has_params):
-            out.run("loss.scalar", lambda: _loss_problem(method, batch))
-            box["updates"] = "not checked: the harness step failed"
-            out.run("step.gradients", lambda: _step_problem(method, cls, kind, batch, box))
-            out.run("step.updates", lambda: box["updates"])
+    if getattr(method, "trainable", True) and out.run(
+            "modules.trainable", lambda: trainable_problem(method)):
+        out.run("loss.scalar", lambda: loss_problem(method, call(
+            method, "loss(batch, step)", method.loss, batch, 0), batch.shape[0]))
+        box["updates"] = "not checked: the harness step failed"
+        out.run("step.gradients", lambda: _step_problem(method, cls, kind, batch, box))
+        out.run("step.updates", lambda: box["updates"])
     for module in method.modules().values():
         module.eval()
     x = splits.test[:n].to(method.ctx.device)
-
-    def sample_shape() -> str | None:
-        with torch.no_grad():
-            box["s"] = s = method.sample(n)
-        want = (n, *splits.event_shape)
-        return None if tuple(s.shape) == want else \
-            f"sample({n}) returned shape {tuple(s.shape)}; expected {want}"
-
-    if out.run("sample.shape", sample_shape):
-        out.run("sample.finite", lambda: None if bool(torch.isfinite(box["s"]).all()) else
-                f"{int((~torch.isfinite(box['s'])).sum())} sampled values are not finite")
-    if method.likelihood != "none":
-        if out.run("log_prob.shape", lambda: _log_prob_shape(method, x, box)):
-            ll = box["ll"]
-            out.run("log_prob.finite", lambda: None if bool(torch.isfinite(ll.values).all())
-                    else f"{int((~torch.isfinite(ll.values)).sum())} of {x.shape[0]} "
-                    "log-likelihoods are not finite")
-            out.run("log_prob.label", lambda: _label_problem(ll))
-        if type(method).validation_likelihood is not Method.validation_likelihood:
-            out.run("validation_likelihood", lambda: likelihood_problem(
-                _no_grad(method.validation_likelihood, x), x.shape[0],
-                "validation_likelihood(x)"))
+    _output_checks(out, method, x, box)
     out.run("state.round_trip", lambda: _round_trip(method, cls, splits, x, box, registry))
 
 
-def _log_prob_shape(method: Method, x: torch.Tensor, box: dict[str, Any]) -> str | None:
-    with torch.no_grad():
-        box["ll"] = ll = method.log_prob(x)
-    if not isinstance(ll, LogLikelihood):
-        return f"log_prob(x) returned a {type(ll).__name__}, not a bench.api.LogLikelihood"
-    shape, want = tuple(ll.values.shape), (x.shape[0],)
-    return None if shape == want else \
-        f"log_prob(x) of {want[0]} rows returned values of shape {shape}; expected {want}"
+def _output_checks(out: _Checks, method: Method, x: Any, box: dict[str, Any]) -> None:
+    """Sampling, the base density of a flow, the likelihoods and their rows' independence
+    (on `RUN_ROWS` rows, as ``bench run``)."""
+    n = x.shape[0]
+    if out.run("sample.shape", lambda: sample_problem(method, n, box)):
+        out.run("sample.finite", lambda: None if bool(torch.isfinite(box["s"]).all()) else
+                f"{int((~torch.isfinite(box['s'])).sum())} sampled values are not finite")
+    if isinstance(method, FlowMethod) and out.run(
+            "base_log_prob.shape", lambda: base_log_prob_problem(method, n)):
+        out.run("base_log_prob.rows", lambda: base_log_prob_rows_problem(method, RUN_ROWS))
+    if method.likelihood == "none":
+        return
+    if out.run("log_prob.shape", lambda: log_prob_problem(method, x, box)):
+        ll = box["ll"]
+        out.run("log_prob.finite", lambda: None if bool(torch.isfinite(ll.values).all())
+                else f"{int((~torch.isfinite(ll.values)).sum())} of {n} "
+                "log-likelihoods are not finite")
+        out.run("log_prob.label", lambda: _label_problem(method, ll))
+        out.run("log_prob.rows", lambda: log_prob_rows_problem(method, x[:RUN_ROWS]))
+    if type(method).validation_likelihood is not Method.validation_likelihood:
+        val: dict[str, Any] = {}
+        out.run("validation_likelihood", lambda: log_prob_problem(
+            method, x, val, hook="validation_likelihood") or likelihood_problem(
+            val["ll"], n, f"{name_of(method)}.validation_likelihood(x)"))
 
 
-def _label_problem(ll: LogLikelihood) -> str | None:
+def _label_problem(method: Method, ll: Any) -> str | None:
+    what = f"{name_of(method)}.log_prob(x)"
     if ll.kind not in LIKELIHOOD_KINDS:
-        return f"log_prob(x) has kind {ll.kind!r}; expected one of {LIKELIHOOD_KINDS}"
+        return f"{what} has kind {ll.kind!r}; expected one of {LIKELIHOOD_KINDS}"
     return None if ll.estimator else \
-        "log_prob(x) has an empty estimator: say how the value was obtained"
-
-
-def _no_grad(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
-    with torch.no_grad():
-        return fn(x)
-
-
-def _loss_problem(method: Method, batch: torch.Tensor) -> str | None:
-    res = method.loss(batch, 0)
-    loss = res[0] if isinstance(res, tuple) else res
-    if not isinstance(loss, torch.Tensor):
-        return f"loss(batch, step) returned a {type(loss).__name__}, not a tensor"
-    if loss.dim() != 0:
-        return f"loss(batch, step) has shape {tuple(loss.shape)}; expected a scalar (shape ())"
-    if not bool(torch.isfinite(loss)):
-        return f"loss(batch, step) is not finite ({float(loss)})"
-    if not loss.requires_grad:
-        return "loss(batch, step) has no graph: it does not depend on trainable parameters"
-    return None
+        f"{what} has an empty estimator: say how the value was obtained"
 
 
 def _step_problem(method: Method, cls: type, kind: str, batch: torch.Tensor,
@@ -330,13 +319,7 @@ def check_dataset(cls: type, data_dir: Any = None, n: int = 200) -> list[Check]:
         return list(out)
     x = splits.test[:n]
     if cls.has_log_prob:
-        def log_prob() -> str | None:
-            box["lp"] = lp = ds.log_prob(x)
-            return None if tuple(lp.shape) == (x.shape[0],) else \
-                f"log_prob(x) of {x.shape[0]} rows returned shape {tuple(lp.shape)}; " \
-                f"expected ({x.shape[0]},)"
-
-        if out.run("log_prob.shape", log_prob):
+        if out.run("log_prob.shape", lambda: dataset_log_prob_problem(ds, x, box)):
             out.run("log_prob.finite", lambda: None if bool(torch.isfinite(box["lp"]).all())
                     else f"{int((~torch.isfinite(box['lp'])).sum())} of {x.shape[0]} "
                     "log-densities of test rows are not finite")

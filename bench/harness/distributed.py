@@ -129,8 +129,9 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def batch_sizes(batch: int, n: int, world_size: int) -> tuple[int, int]:
-    """(per-rank batch, effective batch) of a method's batch size on n training rows."""
-    per_rank = max(1, min(batch, math.ceil(n / world_size)))
+    """(per-rank batch, effective batch) of a method's batch size (>= 1: the contract's
+    ``batch_size`` property, checked before training; never clamped) on n training rows."""
+    per_rank = min(batch, math.ceil(n / world_size))
     return per_rank, per_rank * world_size
 
 

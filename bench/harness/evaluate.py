@@ -88,10 +88,11 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
     if method.likelihood != "none":
         with averaged, torch.no_grad():
             ll = data_log_likelihood(method, x, splits.dequantization, dequant_seed)
-            results["test_nll"] = summarize(_checked(ll, x.shape[0], "log_prob(x)"))
+            who = getattr(method, "name", type(method).__name__)
+            results["test_nll"] = summarize(_checked(ll, x.shape[0], f"{who}.log_prob(x)"))
             model_ll = ll.values.detach().double().cpu()
             for key, extra in method.extra_likelihoods(x).items():
-                what = f"extra_likelihoods(x)[{key!r}]"
+                what = f"{who}.extra_likelihoods(x)[{key!r}]"
                 results[f"test_nll_{key}"] = summarize(_checked(extra, x.shape[0], what))
     synchronize(device)
     metrics["eval_seconds"] = time.perf_counter() - t0
@@ -131,8 +132,9 @@ def paired_se(diff: torch.Tensor) -> float:
 
 
 def _checked(ll: LogLikelihood, n: int, what: str) -> LogLikelihood:
-    """The contract at the final score: (n,) values, a valid kind, an estimator label
-    (non-finite values are recorded as they are: the mean then says so)."""
+    """The contract at the final score (`bench.harness.properties.likelihood_problem`, the
+    words of ``bench check``): (n,) values, a valid kind, an estimator label (non-finite
+    values are recorded as they are: the mean then says so)."""
     problem = likelihood_problem(ll, n, what, full=False)
     if problem is None and not ll.estimator:
         problem = f"{what} has an empty estimator label"

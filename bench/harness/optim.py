@@ -157,10 +157,23 @@ class Trainer:
                 return self._step(batch, step)
         return self._step(batch, step)
 
+    def _check_objective(self, objective: Any, step: int, n: int) -> None:
+        """The contract's loss property (`bench.harness.properties.loss_problem`, the words of
+        ``bench check``): a scalar tensor at every step (a metadata check); at step 0 also
+        finite, with a graph when trained (single process: a rank alone must not stop)."""
+        from bench.harness.properties import loss_problem
+
+        first = step == 0 and self.grad_sync is None
+        if first or not isinstance(objective, Tensor) or objective.dim() != 0:
+            problem = loss_problem(self.method, objective, n, graph=self.trainable and first)
+            if problem:
+                raise ContractError(problem)
+
     def _step(self, batch: Tensor, step: int) -> dict[str, float]:
         if not self.trainable:
             with torch.no_grad():
                 objective, metrics = _split_loss(self.method.loss(batch, step))
+            self._check_objective(objective, step, batch.shape[0])
             return {**metrics, "loss": metrics.get("loss", float(objective))}
         for module in self.modules.values():
             module.train()
@@ -169,6 +182,7 @@ class Trainer:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with self._autocast(batch):
             objective, metrics = _split_loss(self.method.loss(batch, step))
+        self._check_objective(objective, step, batch.shape[0])
         objective = objective.float()
         value = float(objective.detach())
         if not math.isfinite(value):

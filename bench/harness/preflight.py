@@ -2,7 +2,8 @@
 with the full contract checks of `bench.harness.contract`.
 
 Each raises one sentence: `ContractError` when the plug-in's code breaks the contract
-(float64 data, wrong shapes, no trainable parameters, defaults of the wrong type),
+(float64 data, wrong shapes, no trainable parameters, defaults of the wrong type; the
+methods' properties are those of `bench.harness.properties`, with ``bench check``'s words),
 `DataError` when the data itself is bad (an empty split, non-finite rows). The check of the
 parameter defaults lives in the torch-free `bench.harness.selection` (the plan runs it) and
 is re-exported here.
@@ -10,12 +11,21 @@ is re-exported here.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from bench.api import ContractError, DataError, LogLikelihood, Method, Splits
-from bench.api.types import LIKELIHOOD_KINDS
+from bench.api import ContractError, DataError, Method, Splits
+from bench.harness.properties import (
+    RUN_ROWS,
+    dataset_log_prob_problem,
+    likelihood_problem,
+    row_wise,
+    run_properties,
+    trainable_parameters,
+)
 from bench.harness.selection import check_param_defaults, param_default_problems
 
 __all__ = ["check_splits", "check_method_instance", "check_dataset_instance",
@@ -80,58 +90,42 @@ def check_splits(splits: Splits, dataset_name: str) -> None:
             raise err(f"dataset {dataset_name!r}: {problem}")
 
 
-# -- likelihoods ----------------------------------------------------------------------------
-def likelihood_problem(ll: Any, n: int, what: str, full: bool = True) -> str | None:
-    """A `LogLikelihood` of values (n,) with a valid kind (``full``: also an estimator
-    label and finite values)? ``what`` names the call in the sentence."""
-    if not isinstance(ll, LogLikelihood):
-        return f"{what} returned a {type(ll).__name__}, not a bench.api.LogLikelihood"
-    shape = tuple(ll.values.shape)
-    if shape != (n,):
-        return f"{what} of {n} rows returned values of shape {shape}; expected ({n},)"
-    if ll.kind not in LIKELIHOOD_KINDS:
-        return f"{what} has kind {ll.kind!r}; expected one of {LIKELIHOOD_KINDS}"
-    if full and not ll.estimator:
-        return f"{what} has an empty estimator label"
-    if full and not bool(torch.isfinite(ll.values).all()):
-        bad = int((~torch.isfinite(ll.values)).sum())
-        return f"{what}: {bad} of {n} values are not finite"
-    return None
+# -- methods --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _leaves_no_trace(method: Method) -> Iterator[None]:
+    """The block consumes no random number of the run: torch's generators (CPU and the
+    method's device) and the method's own (``extra_state()``) are put back after it."""
+    import copy
 
-
-def trainable_parameters(method: Method) -> list[tuple[str, torch.nn.Parameter]]:
-    """(``module.param`` name, parameter) of every parameter of ``modules()`` that
-    requires gradients."""
-    return [(f"{key}.{pname}", p) for key, m in method.modules().items()
-            for pname, p in m.named_parameters() if p.requires_grad]
+    device = torch.device(method.ctx.device) if getattr(method, "ctx", None) else None
+    cuda = [device.index or 0] if device is not None and device.type == "cuda" else []
+    state = copy.deepcopy(method.extra_state())
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            method.load_extra_state(state)
 
 
 def check_method_instance(method: Method, splits: Splits) -> None:
-    """Before training, cheaply: trainable parameters exist (unless ``trainable = False``)
-    and ``validation_likelihood`` (``log_prob`` unless overridden: a method overrides it
-    when ``log_prob`` is costly) of 2 validation rows is a labelled (2,). ContractError if
-    not."""
-    name = getattr(method, "name", type(method).__name__)
-    if getattr(method, "trainable", True) and not trainable_parameters(method):
-        why = "modules() is empty" if not method.modules() else \
-            "no parameter of modules() requires gradients"
-        raise ContractError(f"method {name!r} has no trainable parameters: {why}")
-    if method.likelihood == "none":
-        return
-    x = splits.val[:2].to(method.ctx.device)
-    what = ("validation_likelihood(x)" if type(method).validation_likelihood
-            is not Method.validation_likelihood else "log_prob(x)")
-    with torch.no_grad():
-        problem = likelihood_problem(method.validation_likelihood(x), 2, what, full=False)
-    if problem:
-        raise ContractError(f"method {name!r}: {problem}")
+    """Before training, cheaply, the properties of `bench.harness.properties.run_properties`
+    on a few validation rows (trainable parameters, an integer batch size >= 1, sample and
+    likelihood shapes, ``base_log_prob`` of a `FlowMethod`, rows independent of their
+    batch), with one fixed ODE step and no trace in the run's random streams.
+    ContractError with the sentence ``bench check`` prints for the first that fails."""
+    x = splits.val[:RUN_ROWS].to(method.ctx.device)
+    with _leaves_no_trace(method), row_wise(method):
+        for _, prop in run_properties(method, x):
+            problem = prop()
+            if problem:
+                raise ContractError(problem)
 
 
 def check_dataset_instance(dataset: Any, splits: Splits) -> None:
-    """`check_splits`, and a closed-form ``log_prob`` of 2 test rows has shape (2,)."""
+    """`check_splits`, and a closed-form ``log_prob`` of a few test rows has one value per
+    row (the property ``log_prob.shape`` of ``bench check``)."""
     check_splits(splits, dataset.name)
     if dataset.has_log_prob:
-        shape = tuple(dataset.log_prob(splits.test[:2]).shape)
-        if shape != (2,):
-            raise ContractError(f"dataset {dataset.name!r}: log_prob(x) of 2 rows returned "
-                                f"shape {shape}; expected (2,)")
+        problem = dataset_log_prob_problem(dataset, splits.test[:RUN_ROWS])
+        if problem:
+            raise ContractError(problem)

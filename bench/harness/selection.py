@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any
 
+from bench.api.domains import domain_of
 from bench.api.errors import ConfigError, ContractError
 
 __all__ = [
     "parse_selection", "split_top", "build_params", "param_fields", "closest",
-    "param_default_problems", "check_param_defaults",
+    "param_default_problems", "check_param_defaults", "domain_problem", "domain_text",
 ]
 
 
@@ -112,6 +114,8 @@ def _coerce(raw: str, tp: Any) -> Any:
         raise ValueError("must be true or false")
     if tp is int:
         f = float(raw)
+        if not math.isfinite(f):
+            raise ValueError("must be a finite integer")
         if f != int(f):
             raise ValueError("must be an integer")
         return int(f)
@@ -146,10 +150,52 @@ def build_params(params_cls: type, overrides: dict[str, Any], owner: str) -> Any
             raise ConfigError(
                 f"bad value {raw!r} for {owner} parameter {key!r} ({tname}): {e}"
             ) from None
+    by_name = {f.name: f for f in dataclasses.fields(params_cls)}
+    for key, value in kwargs.items():  # before __post_init__: the domain's sentence first
+        problem = domain_problem(by_name[key], fields[key], value)
+        if problem:
+            raise ConfigError(f"{owner}: {problem}")
     try:
         return params_cls(**kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid parameters for {owner}: {e}") from None
+
+
+# -- parameter domains (`bench.api.domains`) ----------------------------------------------
+def _is_int(tp: Any) -> bool:
+    """Whether the numbers of a field typed ``tp`` are integers (int, int | None,
+    tuple[int, ...])."""
+    if tp is int:
+        return True
+    args = [a for a in typing.get_args(tp) if a is not type(None) and a is not Ellipsis]
+    return bool(args) and all(_is_int(a) for a in args)
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return "(" + ", ".join(map(_value_text, value)) + ")"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def domain_text(field: dataclasses.Field, tp: Any) -> str | None:
+    """The words of a field's declared domain (``an integer >= 1``; ``each an integer >=
+    1`` for a tuple), or None without one."""
+    dom = domain_of(field)
+    if dom is None:
+        return None
+    tuples = [a for a in (tp, *typing.get_args(tp)) if a is tuple or typing.get_origin(a)
+              is tuple]
+    each = "each " if tuples else ""
+    return each + dom.describe(_is_int(tp))
+
+
+def domain_problem(field: dataclasses.Field, tp: Any, value: Any) -> str | None:
+    """``batch_size=0 is out of its domain (an integer >= 1)`` when ``value`` lies outside
+    the domain the field declares, else None."""
+    dom = domain_of(field)
+    if dom is None or dom.outside(value) is None:
+        return None
+    return f"{field.name}={_value_text(value)} is out of its domain ({domain_text(field, tp)})"
 
 
 # -- parameter defaults -----------------------------------------------------------------
@@ -215,6 +261,8 @@ def param_default_problems(cls: type) -> list[str]:
         if not _matches(value, tp):
             problems.append(f"parameter {f.name!r} is declared {_tname(tp)} but its default "
                             f"is {value!r} ({type(value).__name__})")
+        elif domain_problem(f, tp, value):
+            problems.append(f"the default {domain_problem(f, tp, value)}")
     return problems
 
 

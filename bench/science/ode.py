@@ -32,12 +32,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from bench.api.errors import ContractError
 from bench.api.types import (
     ADAPTIVE_SOLVERS,
     DIVERGENCES,
     LogLikelihood,
     SolverConfig,
     check_divergence,
+    per_row_problem,
 )
 from bench.science.divergence import (
     AugmentedDynamics,
@@ -128,6 +130,20 @@ def solve(
     return Solution(state=tuple(s[-1] for s in sol), dynamics=dyn, nfe_forward=dyn.nfe)
 
 
+def _base_term(base_log_prob: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
+    """``base_log_prob(z)``, which must be one value per row, (n,): a scalar or an (n, d)
+    would broadcast against the divergence integral (n,) into a wrong likelihood, so
+    ContractError instead (the sentence of the contract check ``base_log_prob.shape``)."""
+    lp = base_log_prob(z)
+    owner = getattr(getattr(base_log_prob, "__self__", None), "name", None)
+    what = (f"{owner}.{getattr(base_log_prob, '__name__', 'base_log_prob')}(x_0)" if owner
+            else f"{getattr(base_log_prob, '__name__', 'base_log_prob')}(x_0)")
+    problem = per_row_problem(lp, z.shape[0], what)
+    if problem:
+        raise ContractError(problem)
+    return lp
+
+
 # -- evaluation ---------------------------------------------------------------------------
 @dataclass
 class ODEResult:
@@ -139,19 +155,22 @@ class ODEResult:
 
 def integrate(
     field: Field, x: Tensor, t0: float, t1: float, cfg: SolverConfig, grad: bool = False,
+    one_step: bool = False,
 ) -> ODEResult:
     """Solve dx/dt = field(t, x) from t0 to t1 (with gradients through the solver if
-    ``grad``); returns x(t1) and the NFE."""
+    ``grad``; ``one_step``: one step of rk4, see `ODEEngine.one_step`); returns x(t1) and
+    the NFE."""
     if t0 == t1:
         return ODEResult(x=x, nfe=0)
     with torch.enable_grad() if grad else torch.no_grad():
-        sol = solve(field, x, t0, t1, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol)
+        sol = solve(field, x, t0, t1, method="rk4" if one_step else cfg.method,
+                    rtol=cfg.rtol, atol=cfg.atol)
     return ODEResult(x=sol.state[0], nfe=sol.nfe_forward)
 
 
 def log_likelihood(
     field: Field, x: Tensor, base_log_prob: Callable[[Tensor], Tensor], cfg: SolverConfig,
-    t: float = 1.0, seed: int = 0,
+    t: float = 1.0, seed: int = 0, one_step: bool = False,
 ) -> LogLikelihood:
     """log rho_t(x) of the flow dX/dt = field(t, X) started from rho_0 = base.
 
@@ -165,13 +184,17 @@ def log_likelihood(
             (`SolverConfig.divergence_for`: exact up to 128 dimensions, Hutchinson above).
         t: the time at which the density is evaluated (1 = data).
         seed: seed of the Hutchinson probes (drawn once per chunk, in order).
+        one_step: one step of rk4 instead of the adaptive solve (`ODEEngine.one_step`).
     Returns:
         `bench.api.LogLikelihood` with values (n,), the kind ("exact" with the exact trace,
         "estimate" with Hutchinson's unbiased estimator of it), the estimator label of the
         divergence used, and the NFE of one solve (the largest over the chunks).
+    Raises:
+        ContractError: ``base_log_prob`` did not return one value per row, (n,).
     """
     if t == 0.0:  # the flow starts at the base density
-        return LogLikelihood(values=base_log_prob(x), kind="exact", estimator="base density")
+        return LogLikelihood(values=_base_term(base_log_prob, x), kind="exact",
+                             estimator="base density")
     dim = math.prod(x.shape[1:])
     divergence = cfg.divergence_for(dim)
     gen = torch.Generator().manual_seed(seed)
@@ -182,13 +205,14 @@ def log_likelihood(
             if divergence == "hutchinson":
                 probes = draw_probes(tuple(xc.shape), cfg.n_probes, cfg.probe, gen,
                                      xc.dtype, xc.device)
-            sol = solve(field, xc, t, 0.0, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
-                        divergence=divergence, probes=probes)
+            sol = solve(field, xc, t, 0.0, method="rk4" if one_step else cfg.method,
+                        rtol=cfg.rtol, atol=cfg.atol, divergence=divergence, probes=probes)
             z, acc = sol.state
-            out.append(base_log_prob(z) + acc)
+            out.append(_base_term(base_log_prob, z) + acc)
             nfe = max(nfe, sol.nfe_forward)
     kind = "estimate" if divergence == "hutchinson" else "exact"
-    return LogLikelihood(values=torch.cat(out), kind=kind, estimator=cfg.label(dim), nfe=nfe)
+    label = cfg.label(dim) + ("; one rk4 step (contract check)" if one_step else "")
+    return LogLikelihood(values=torch.cat(out), kind=kind, estimator=label, nfe=nfe)
 
 
 class ODEEngine:
@@ -197,15 +221,30 @@ class ODEEngine:
 
     def __init__(self, cfg: SolverConfig, seed: int = 0) -> None:
         self.cfg, self.seed = cfg, seed
+        self._one_step = False
 
     def integrate(self, field: Field, x: Tensor, t0: float, t1: float) -> Tensor:
         """x(t1) (n, *shape) of dx/dt = field(t, x) from x(t0) = x, without gradients."""
-        return integrate(field, x, t0, t1, self.cfg).x
+        return integrate(field, x, t0, t1, self.cfg, one_step=self._one_step).x
 
     def log_likelihood(self, field: Field, x: Tensor, base_log_prob: Callable[[Tensor], Tensor],
                        t: float = 1.0) -> LogLikelihood:
         """log rho_t(x) (n,) of the flow started at rho_0 = base (see `log_likelihood`)."""
-        return log_likelihood(field, x, base_log_prob, self.cfg, t=t, seed=self.seed)
+        return log_likelihood(field, x, base_log_prob, self.cfg, t=t, seed=self.seed,
+                              one_step=self._one_step)
+
+    @contextlib.contextmanager
+    def one_step(self) -> Iterator[None]:
+        """Inside the block, every solve is ONE step of the classical Runge-Kutta method
+        over the whole interval: cheap, and a computation of each row on its own (an
+        adaptive solver's step sizes depend on every row of the batch). For the contract's
+        checks of shapes and row independence before training, never for a reported
+        number."""
+        saved, self._one_step = self._one_step, True
+        try:
+            yield
+        finally:
+            self._one_step = saved
 
     @contextlib.contextmanager
     def validating(self) -> Iterator[None]:
@@ -280,6 +319,6 @@ def training_log_likelihood(
     # integrating from t down to 0 accumulates minus the integrals
     kinetic = -extra.pop(0) if cfg.kinetic else None
     jacobian = -extra.pop(0) if cfg.jacobian else None
-    return TrainingLikelihood(log_prob=base_log_prob(z) + acc, z=z, kinetic=kinetic,
-                              jacobian=jacobian, nfe_forward=sol.nfe_forward,
+    return TrainingLikelihood(log_prob=_base_term(base_log_prob, z) + acc, z=z,
+                              kinetic=kinetic, jacobian=jacobian, nfe_forward=sol.nfe_forward,
                               dynamics=sol.dynamics)

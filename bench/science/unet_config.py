@@ -7,8 +7,9 @@ torch, so this module imports nothing heavy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from bench.api.domains import at_least, in_range
 from bench.api.errors import ConfigError
 
 __all__ = ["UNetParams", "default_ch_mult"]
@@ -47,20 +48,15 @@ class UNetParams:
         dropout: dropout in the residual blocks.
     """
 
-    unet_ch: int = 128
-    unet_ch_mult: tuple[int, ...] | None = None
-    unet_num_res_blocks: int = 2
-    unet_attn_resolutions: tuple[int, ...] = (16,)
-    dropout: float = 0.1
+    unet_ch: int = field(default=128, metadata=at_least(1))
+    unet_ch_mult: tuple[int, ...] | None = field(default=None, metadata=at_least(1))
+    unet_num_res_blocks: int = field(default=2, metadata=at_least(1))
+    unet_attn_resolutions: tuple[int, ...] = field(default=(16,), metadata=at_least(1))
+    dropout: float = field(default=0.1, metadata=in_range(0, 1, hi_open=True))
 
     def __post_init__(self) -> None:
-        if self.unet_ch < 1 or self.unet_num_res_blocks < 1:
-            raise ValueError("unet_ch and unet_num_res_blocks must be >= 1")
-        if self.unet_ch_mult is not None and (not self.unet_ch_mult
-                                              or min(self.unet_ch_mult) < 1):
+        if self.unet_ch_mult is not None and not self.unet_ch_mult:
             raise ValueError("unet_ch_mult must be a non-empty tuple of integers >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def unet_kwargs(self, event_shape: tuple[int, ...]) -> dict:
         """Keyword arguments of `bench.science.unet.UNet` for images of shape (C, H, W)."""
