@@ -266,6 +266,17 @@ def test_dataset_domain_and_set_are_refused(tmp_path, tracking_uri):
     assert _records(tracking_uri) == []
 
 
+def test_list_shows_the_domains():
+    res = CliRunner().invoke(main, ["list"])
+    assert "batch_size=512 (>= 1)" in res.output and "t_min=0.001 (in [0, 0.5))" in res.output
+    res = CliRunner().invoke(main, ["list", "--json"])
+    import json
+
+    flow = next(r for r in json.loads(res.output) if r["name"] == "interflow")
+    assert flow["domains"]["batch_size"] == "an integer >= 1"
+    assert flow["domains"]["hidden"] == "each an integer >= 1"
+
+
 def test_undeclared_batch_size_is_never_clamped(tmp_path, tracking_uri, one_thread):
     """A plug-in that declares no domain: batch_size=0 reaches the run, which fails before
     training with the ``batch_size`` property's sentence (it used to train with 1)."""

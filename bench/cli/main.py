@@ -72,6 +72,8 @@ def list_(ctx, as_json):
     """Show methods and datasets, their parameters, and unavailable plug-ins with reasons."""
     import dataclasses
 
+    from bench.harness.selection import domains
+
     registry = registry_of(ctx)
     rows = []
     for kind in ("method", "dataset"):
@@ -82,6 +84,7 @@ def list_(ctx, as_json):
                 row["params"] = {f.name: (f.default if f.default is not dataclasses.MISSING
                                           else None) for f in dataclasses.fields(p.cls.Params)}
                 row["choices"] = _choices(p.cls.Params)
+                row["domains"] = domains(p.cls.Params)
                 row["description"] = p.cls.describe()
                 if kind == "method":
                     row["optim"] = p.cls.optim
@@ -99,8 +102,10 @@ def list_(ctx, as_json):
                 continue
             click.echo(f"  {r['name']:<14} {r['description']}")
             if r["params"]:
+                shown = domains(registry.plugins[kind][r["name"]].cls.Params, short=True)
                 ps = ", ".join(f"{k}={v}" + (f" ({'|'.join(r['choices'][k])})"
                                              if k in r["choices"] else "")
+                               + (f" ({shown[k]})" if k in shown else "")
                                for k, v in r["params"].items())
                 click.echo(f"  {'':<14} [{ps}]")
             if r.get("optim"):

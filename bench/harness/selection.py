@@ -22,7 +22,7 @@ from bench.api.errors import ConfigError, ContractError
 
 __all__ = [
     "parse_selection", "split_top", "build_params", "param_fields", "closest",
-    "param_default_problems", "check_param_defaults", "domain_problem", "domain_text",
+    "param_default_problems", "check_param_defaults", "domain_problem", "domain_text", "domains",
 ]
 
 
@@ -162,6 +162,14 @@ def build_params(params_cls: type, overrides: dict[str, Any], owner: str) -> Any
 
 
 # -- parameter domains (`bench.api.domains`) ----------------------------------------------
+def domains(params_cls: type, short: bool = False) -> dict[str, str]:
+    """Field -> the words of its declared domain, for the fields that declare one (what
+    ``bench list`` shows)."""
+    hints = param_fields(params_cls)
+    return {f.name: domain_text(f, hints[f.name], short) for f in dataclasses.fields(params_cls)
+            if domain_of(f) is not None}
+
+
 def _is_int(tp: Any) -> bool:
     """Whether the numbers of a field typed ``tp`` are integers (int, int | None,
     tuple[int, ...])."""
@@ -177,12 +185,15 @@ def _value_text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def domain_text(field: dataclasses.Field, tp: Any) -> str | None:
+def domain_text(field: dataclasses.Field, tp: Any, short: bool = False) -> str | None:
     """The words of a field's declared domain (``an integer >= 1``; ``each an integer >=
-    1`` for a tuple), or None without one."""
+    1`` for a tuple; ``short``: ``>= 1``, ``each >= 1``), or None without one."""
     dom = domain_of(field)
     if dom is None:
         return None
+    if short:
+        text = dom.describe().removeprefix("a number ")
+        return f"each {text}" if domain_text(field, tp).startswith("each") else text
     tuples = [a for a in (tp, *typing.get_args(tp)) if a is tuple or typing.get_origin(a)
               is tuple]
     each = "each " if tuples else ""
