@@ -59,10 +59,11 @@ TIMING_THRESHOLD = 1.5  # the factor of a baseline without per-figure factors
 WALL = "_wall"  # suffix of a wall-clock figure
 #: A timing figure's factor = max(FACTOR_FLOOR, spread ** SPREAD_POWER). In log terms the
 #: limit lies 3 ranges of the rebaseline's runs above their median: for normal noise the
-#: range of 5 runs is ~2.3 sd (and exceeds 1.0 sd with probability ~0.95), so the limit sits
-#: ~7 sd (at least ~3 sd) above the median. The floor guards a spread that comes out small
-#: by chance: the smallest measured over 4 runs was 1.006 (interflow_step_wall), against
-#: 1.04 over 7 runs; 1.10 still catches one extra forward pass per InterFlow step (~1.3x).
+#: range of 5 runs is 2.3 sd on average (above 0.85 sd with probability 0.95), so the
+#: limit sits ~7 sd above the median (more than ~2.5 sd with probability 0.95). The floor
+#: guards a spread that comes out small by chance (1.006 was measured over 4 runs of
+#: interflow_step_wall, 1.04 over 7) and still catches one extra forward pass per InterFlow
+#: training step (~1.3x; results/benchmarks/README.md).
 SPREAD_POWER = 3.0
 FACTOR_FLOOR = 1.10
 BAND_SIGMAS = 3.0
