@@ -293,6 +293,25 @@ def test_undeclared_batch_size_is_never_clamped(tmp_path, tracking_uri, one_thre
         "parameter's domain: field(metadata=at_least(1)))")
 
 
+def test_params_built_by_hand_are_held_to_their_domains(registry, toy_splits):
+    """The plan refuses out-of-domain values; a ``Params`` built by hand (lab users, tests)
+    meets the same domains when the plug-in is constructed."""
+    import dataclasses
+
+    from bench.api import ConfigError
+    from bench.harness import make_context
+
+    cls = registry.get("method", "interflow")
+    bad = dataclasses.replace(cls.Params(), batch_size=0)
+    with pytest.raises(ConfigError, match=r"batch_size=0 is out of its domain \(an integer"):
+        cls(bad, toy_splits, make_context())
+    ds = registry.get("dataset", "8gaussians")
+    fields = {f.name for f in dataclasses.fields(ds.Params)}
+    assert "n_train" in fields
+    with pytest.raises(ConfigError, match="n_train=-3 is out of its domain"):
+        ds(dataclasses.replace(ds.Params(), n_train=-3))
+
+
 # -- the evaluation path, the first step, no trace ----------------------------------------
 def test_evaluation_refuses_a_wrong_per_row_shape():
     """The engine that scores every flow checks base_log_prob's shape per chunk: a scalar

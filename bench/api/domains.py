@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Domain", "at_least", "greater_than", "positive", "non_negative", "in_range",
-           "probability", "domain_of", "DOMAIN_KEY"]
+__all__ = ["Domain", "domain_violation", "at_least", "greater_than", "positive",
+           "non_negative", "in_range", "probability", "domain_of", "DOMAIN_KEY"]
 
 #: the key of field metadata that holds a `Domain`
 DOMAIN_KEY = "bench.domain"
@@ -122,3 +122,21 @@ def domain_of(field: dataclasses.Field) -> Domain | None:
     """The `Domain` a ``Params`` field declares, or None."""
     dom = field.metadata.get(DOMAIN_KEY) if field.metadata else None
     return dom if isinstance(dom, Domain) else None
+
+
+def domain_violation(params: Any) -> str | None:
+    """The first field of a ``Params`` instance outside its declared domain, as a sentence
+    (``batch_size=0 is out of its domain (an integer >= 1)``), or None. The plan refuses
+    such values before anything runs; the plug-in base classes ask again at construction,
+    so a ``Params`` built by hand is held to the same domains."""
+    if not dataclasses.is_dataclass(params):
+        return None
+    for f in dataclasses.fields(params):
+        dom, value = domain_of(f), getattr(params, f.name, None)
+        if dom is None or (bad := dom.outside(value)) is None:
+            continue
+        items = value if isinstance(value, tuple | list) else (value,)
+        integer = all(isinstance(v, int) for v in items)
+        shown = bad if not isinstance(value, tuple | list) else f"{value!r} ({bad})"
+        return f"{f.name}={shown} is out of its domain ({dom.describe(integer)})"
+    return None

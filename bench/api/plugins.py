@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from bench.api.domains import domain_violation
 from bench.api.errors import ConfigError
 from bench.api.types import LogLikelihood, NoParams, RunContext, Splits, default_data_dir
 
@@ -50,6 +51,8 @@ class Dataset(ABC):
 
     def __init__(self, params: Any | None = None, data_dir: Path | None = None) -> None:
         self.params = params if params is not None else self.Params()
+        if problem := domain_violation(self.params):
+            raise ConfigError(f"dataset {self.name!r}: {problem}")
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self._splits: Splits | None = None
 
@@ -125,6 +128,8 @@ class Method(ABC):
 
     def __init__(self, params: Any, splits: Splits, ctx: RunContext) -> None:
         self.params = params
+        if problem := domain_violation(params):
+            raise ConfigError(f"method {self.name!r}: {problem}")
         self.event_shape = tuple(splits.event_shape)
         self.ctx = ctx
 
