@@ -36,7 +36,8 @@ TIMEOUT = 300
 #: tiny budgets appended to every `bench run` (a user's full run takes minutes)
 TINY_RUN = ["--steps", "4", "--eval-every", "2", "--patience", "1", "--val-rows", "32",
             "--test-rows", "32", "--n-samples", "64", "--fid-samples", "8",
-            "--fid-ref-rows", "16", "--rtol", "1e-3", "--atol", "1e-3", "--val-tol", "1e-2"]
+            "--fid-ref-rows", "16", "--rtol", "1e-3", "--atol", "1e-3", "--val-tol", "1e-2",
+            "--set", "batch_size=16"]
 TINY_SPEEDUP = ["--budget", "4", "--evals", "2", "--val-rows", "32", "--rtol", "1e-3",
                 "--atol", "1e-3", "--no-test"]
 #: what makes a `bench run` a plan-only journey here, and why
