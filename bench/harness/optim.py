@@ -161,10 +161,10 @@ class Trainer:
         """The contract's loss property (`bench.harness.properties.loss_problem`, the words of
         ``bench check``): a scalar tensor at every step (a metadata check); at step 0 also
         finite, with a graph when trained (single process: a rank alone must not stop)."""
-        from bench.harness.properties import loss_problem
-
         first = step == 0 and self.grad_sync is None
         if first or not isinstance(objective, Tensor) or objective.dim() != 0:
+            from bench.harness.properties import loss_problem  # only then: a hot path
+
             problem = loss_problem(self.method, objective, n, graph=self.trainable and first)
             if problem:
                 raise ContractError(problem)
