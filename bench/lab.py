@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from bench.api import SolverConfig
-    from bench.harness.registry import Registry
+    from bench.harness.planning.registry import Registry
 
 __all__ = ["run", "plan", "load", "Model"]
 
@@ -37,7 +37,7 @@ _GRID = ("registry", "methods", "datasets", "seeds", "sets")
 
 @functools.lru_cache(maxsize=1)
 def _default_registry() -> Registry:
-    from bench.harness.registry import Registry
+    from bench.harness.planning.registry import Registry
 
     return Registry()
 
@@ -53,13 +53,13 @@ def plan(method: str, dataset: str, *, seed: int = 0, steps: int | None = None,
          max_seconds: float | None = None, data_dir: str | Path | None = None,
          device: str = "cpu", registry: Registry | None = None, **settings: Any) -> Job:
     """The validated `Job` `run` would run (arguments as for `run`): the job ``bench run``
-    plans for the same selection (both read `bench.harness.defaults.DEFAULTS`; the same
-    ``bench.harness.runfolder.job_key``), without a run folder.
+    plans for the same selection (both read `bench.harness.planning.defaults.DEFAULTS`; the same
+    ``bench.harness.training.runfolder.job_key``), without a run folder.
 
     Raises:
         ConfigError: a bad selection or setting (one line).
     """
-    from bench.harness.plan import plan_jobs
+    from bench.harness.planning.plan import plan_jobs
 
     registry = registry if registry is not None else _default_registry()
     known = set(inspect.signature(plan_jobs).parameters) - set(_GRID)
@@ -99,7 +99,7 @@ def run(method: str, dataset: str, *, seed: int = 0, steps: int | None = None,
     Returns:
         The run's `RunRecord` (status FINISHED, or FAILED with ``record.failure``).
     """
-    from bench.harness.run import run_job
+    from bench.harness.running.run import run_job
     from bench.record.memory import MemorySink
 
     job = plan(method, dataset, seed=seed, steps=steps, max_seconds=max_seconds,
@@ -201,8 +201,8 @@ def load(run_id_or_checkpoint_path: str | Path | RunRecord, *,
         data_dir: data root (the method is rebuilt on its dataset's training split).
         registry: the plug-ins (default: the built-in ones and installed entry points).
     """
-    from bench.harness.checkpoint import load_checkpoint
-    from bench.harness.run import load_model
+    from bench.harness.running.run import load_model
+    from bench.harness.training.checkpoint import load_checkpoint
 
     path = _local_checkpoint(run_id_or_checkpoint_path, tracking_uri)
     ckpt = load_checkpoint(path)  # weights_only=True: tensors and plain values only

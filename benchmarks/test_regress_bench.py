@@ -171,9 +171,9 @@ def _data(n: int, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
 def _method(name: str, shape: tuple[int, ...], overrides: dict):
     from bench.api import OptimConfig, Splits
     from bench.harness import make_context
-    from bench.harness.optim import Trainer
-    from bench.harness.registry import Registry
-    from bench.harness.selection import build_params, param_fields
+    from bench.harness.planning.registry import Registry
+    from bench.harness.planning.selection import build_params, param_fields
+    from bench.harness.training.optim import Trainer
 
     cls = Registry().get("method", name)
     fields = param_fields(cls.Params)

@@ -4,7 +4,7 @@ Run with ``pytest benchmarks -p no:xdist --benchmark-only -s``. Both methods tra
 velocity network (``net``/``hidden``/``activation`` below) on the same fixed batch; each
 keeps its own defaults otherwise (the CNF: dopri5 with FFJORD's training tolerances
 atol 1e-8 / rtol 1e-6, adjoint, one Gaussian Hutchinson probe), including its default
-optimiser settings; the step is the harness's (`bench.harness.optim.Trainer.step`). At the
+optimiser settings; the step is the harness's (`bench.harness.training.optim.Trainer.step`). At the
 end the ratio of median step times (CNF / InterFlow) is printed, and that of the minima.
 ``BENCH_DEVICE=cuda`` runs it on a GPU.
 """
@@ -20,10 +20,10 @@ import torch
 from bench.api import OptimConfig, Splits
 from bench.api.errors import ConfigError, PluginUnavailable
 from bench.harness import make_context
-from bench.harness.cost import peak_memory_bytes, reset_peak_memory, synchronize
-from bench.harness.optim import Trainer
-from bench.harness.registry import Registry
-from bench.harness.selection import build_params, param_fields
+from bench.harness.planning.registry import Registry
+from bench.harness.planning.selection import build_params, param_fields
+from bench.harness.scoring.cost import peak_memory_bytes, reset_peak_memory, synchronize
+from bench.harness.training.optim import Trainer
 from bench.science.nets import count_parameters
 
 DIM, BATCH = 8, 256

@@ -4,8 +4,8 @@ Model scale (Ho et al.'s DDPM convention): ``x = 2 v / 255 - 1`` for a uint8 val
 NCHW. The splits stay on this grid and are labelled ``dequantization = "uniform-8bit"``: the
 harness, not the dataset or the method, dequantizes the test images uniformly within their
 bins of width 2/255 and reports log-probabilities of the 8-bit images and bits/dim
-(`bench.science.metrics`). Readers: `bench.science.imagedata`; checks, downloads and the
-restricted unpickler: `bench.science.files`.
+(`bench.science.metrics`). Readers: `bench.data.imagedata`; checks, downloads and the
+restricted unpickler: `bench.data.files`.
 
 Files under the data root (``BENCH_DATA_DIR`` or the user cache folder):
 ``cifar10/cifar-10-python.tar.gz`` (train = first 45000 training images, val = last 5000,
@@ -33,9 +33,9 @@ import numpy as np
 
 from bench.api import Dataset, Splits, at_least
 from bench.api.errors import ConfigError, DataError
-from bench.science import files, imagedata
-from bench.science.files import Pin
-from bench.science.imagedata import read_cifar_archive, read_idx_images, to_model_scale
+from bench.data import files, imagedata
+from bench.data.files import Pin
+from bench.data.imagedata import read_cifar_archive, read_idx_images, to_model_scale
 
 __all__ = ["CIFAR10", "MNIST", "ImageNet32", "Flowers102", "PINS", "to_model_scale",
            "read_idx_images", "read_cifar_archive", "DEQUANTIZATION"]

@@ -1,7 +1,7 @@
 """The MAF tabular density-estimation benchmarks: POWER, GAS, HEPMASS, MINIBOONE, BSDS300.
 
 Preprocessed and split exactly as in Papamakarios et al. 2017 (github.com/gpapamak/maf),
-the version FFJORD, NSF and InterFlow report on; the science lives in `bench.science.maf`.
+the version FFJORD, NSF and InterFlow report on; the science lives in `bench.data.maf`.
 
 Data is looked up under the data root (``BENCH_DATA_DIR`` or the user cache folder):
 
@@ -15,7 +15,7 @@ Data is looked up under the data root (``BENCH_DATA_DIR`` or the user cache fold
 GAS is the exception: its raw file is a pandas pickle, which is never opened loose. It is
 converted once, from the md5-verified archive (``<root>/maf/data.tar.gz``, downloaded if
 absent), to ``<root>/gas/ethylene_CO-<sha256 prefix>.npy`` with a ``.sha256`` sidecar checked
-at every load (`bench.science.mafgas`); a hand-placed ``ethylene_CO.pickle`` is refused.
+at every load (`bench.data.mafgas`); a hand-placed ``ethylene_CO.pickle`` is refused.
 
 ``source=presplit`` or ``source=raw`` forces one of the two; the provenance of the splits
 says which was used and whether the row counts are those of the standard MAF splits.
@@ -32,7 +32,7 @@ import numpy as np
 
 from bench.api import Dataset, Splits
 from bench.api.errors import DataError
-from bench.science import maf  # torch-free: file formats, preprocessing, sizes
+from bench.data import maf  # torch-free: file formats, preprocessing, sizes
 
 log = logging.getLogger(__name__)
 

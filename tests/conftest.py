@@ -24,7 +24,7 @@ def data_dir() -> Path | None:
 
 @pytest.fixture(scope="session")
 def registry():
-    from bench.harness.registry import Registry
+    from bench.harness.planning.registry import Registry
 
     return Registry()
 

@@ -9,7 +9,7 @@ import torch
 
 from bench.api import ConfigError, SolverConfig
 from bench.harness import make_context
-from bench.harness.selection import build_params
+from bench.harness.planning.selection import build_params
 from bench.science.interpolants import build_stochastic_interpolant
 from bench.science.stochastic import TARGETS, GaussianMixturePath, interpolant_losses
 

@@ -140,7 +140,7 @@ def test_run_then_table(cli, tmp_path):
     png = list((tmp_path / "results" / "artifacts").rglob("samples.png"))
     ckpt = list((tmp_path / "results" / "artifacts").rglob("checkpoint.pt"))
     assert len(png) == 2 and len(ckpt) == 2
-    from bench.harness.checkpoint import load_checkpoint
+    from bench.harness.training.checkpoint import load_checkpoint
 
     state = load_checkpoint(ckpt[0])
     assert state["method"] == "interflow" and tuple(state["method_params"]["hidden"]) == (16, 16)
@@ -228,9 +228,9 @@ def test_contract_faults_fail_the_run_with_one_sentence(cli, tmp_path, method, d
 
 
 def test_missing_data_is_a_one_line_error(cli, tmp_path, monkeypatch):
-    import bench.science.maf
+    import bench.data.maf
 
-    monkeypatch.setattr(bench.science.maf, "MAF_ARCHIVE_URL", "file:///nonexistent/data.tar.gz")
+    monkeypatch.setattr(bench.data.maf, "MAF_ARCHIVE_URL", "file:///nonexistent/data.tar.gz")
     res = cli("run", "-m", "interflow", "-d", "power", "--data-dir", str(tmp_path / "empty"),
               *TINY, ok=False)
     assert res.exit_code == 1

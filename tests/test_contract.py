@@ -1,4 +1,4 @@
-"""The plug-in contract (`bench.harness.contract`), checked for every method and dataset the
+"""The plug-in contract (`bench.harness.running.check`), checked for every method and dataset the
 registry finds (built-in, BENCH_PLUGINS, entry points), and the run-time checks `bench run`
 makes before training."""
 
@@ -13,7 +13,8 @@ import torch
 
 from bench.api import ContractError, DataError, DatasetRef, LogLikelihood, Method, Splits
 from bench.harness import make_context
-from bench.harness.contract import (
+from bench.harness.planning.registry import Registry
+from bench.harness.running.check import (
     check_dataset,
     check_dataset_instance,
     check_method,
@@ -22,7 +23,6 @@ from bench.harness.contract import (
     check_splits,
     param_default_problems,
 )
-from bench.harness.registry import Registry
 
 _REG = Registry()
 PLUGINS = [(kind, name) for kind in ("method", "dataset") for name in _REG.names(kind)]

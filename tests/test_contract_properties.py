@@ -335,7 +335,7 @@ def test_evaluation_refuses_a_wrong_per_row_shape():
 def test_first_step_loss_must_be_finite():
     from bench.api import ContractError, OptimConfig, Splits
     from bench.harness import make_context
-    from bench.harness.optim import Trainer
+    from bench.harness.training.optim import Trainer
 
     ns: dict = {}
     exec(compile(DIAG, "diag", "exec"), ns)  # noqa: S102 - the plug-in text above
@@ -360,11 +360,11 @@ def test_preflight_leaves_no_trace_in_the_random_streams(one_thread):
     and the method's own, ``extra_state``) are as before them."""
     from bench.api import Splits
     from bench.harness import make_context
-    from bench.harness.preflight import check_method_instance
-    from bench.harness.registry import Registry
+    from bench.harness.planning.preflight import check_method_instance
+    from bench.harness.planning.registry import Registry
 
     cls = Registry().get("method", "interflow")
-    from bench.harness.selection import build_params
+    from bench.harness.planning.selection import build_params
 
     x = torch.randn(60, 2, generator=torch.Generator().manual_seed(0))
     splits = Splits(x[:40], x[40:50], x[50:], (2,), "rows")
@@ -381,7 +381,7 @@ def test_row_tolerance_is_float_rounding():
     rounding); a coupling of 1e-3 of the batch mean (about 1e-3 of each value, over ten
     times the tolerance of 2^10 unit roundoffs x (1 + |value|) ~ 6e-5 x (1 + |value|))
     fails."""
-    from bench.harness.properties import rows_problem
+    from bench.harness.planning.properties import rows_problem
 
     g = torch.Generator().manual_seed(0)
     w1, w2 = torch.randn(8, 256, generator=g) / 3, torch.randn(256, 8, generator=g) / 16

@@ -15,10 +15,10 @@ from torch import Tensor, nn
 
 from bench.api import OptimConfig, RunContext, SolverConfig, Splits
 from bench.harness import make_context
-from bench.harness.checkpoint import restore, snapshot
-from bench.harness.optim import Trainer
-from bench.harness.registry import Registry
-from bench.harness.selection import build_params
+from bench.harness.planning.registry import Registry
+from bench.harness.planning.selection import build_params
+from bench.harness.training.checkpoint import restore, snapshot
+from bench.harness.training.optim import Trainer
 from bench.science.diffusion import (
     DiffusionSchedule,
     VPProbabilityFlow,

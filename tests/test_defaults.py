@@ -1,4 +1,4 @@
-"""One source of run defaults (`bench.harness.defaults`): budgets follow the dataset's
+"""One source of run defaults (`bench.harness.planning.defaults`): budgets follow the dataset's
 declared kind (a plug-in's too), and `bench.lab` plans exactly the job `bench run` plans."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from bench import lab
 from bench.cli.main import main
-from bench.harness.defaults import BUDGETS, DEFAULTS
-from bench.harness.plan import plan_table
-from bench.harness.registry import Registry
-from bench.harness.runfolder import job_key
+from bench.harness.planning.defaults import BUDGETS, DEFAULTS
+from bench.harness.planning.plan import plan_table
+from bench.harness.planning.registry import Registry
+from bench.harness.training.runfolder import job_key
 
 PLUGIN = '''
 from dataclasses import dataclass

@@ -1,5 +1,5 @@
-"""Data parallel training (`bench.harness.distributed`): the sharding of batches, the records
-of a single process, two gloo ranks that give exactly the update of one process on the
+"""Data parallel training (`bench.harness.training.distributed`): the sharding of batches,
+the records of a single process, two gloo ranks that give exactly the update of one process on the
 global batch and stop together when one fails, and ``torchrun -m bench run`` end to end."""
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from bench.api import Budget, ConfigError, LogLikelihood, Method, OptimConfig, RunRecord, Splits
-from bench.harness import distributed, make_context
-from bench.harness.loop import batches, train
-from bench.harness.optim import Trainer
+from bench.harness import make_context
+from bench.harness.training import distributed
+from bench.harness.training.loop import batches, train
+from bench.harness.training.optim import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,8 +87,8 @@ def test_batch_sizes_and_launch_environment(monkeypatch):
 
 
 def test_single_process_run_records_the_world(registry):
-    from bench.harness.plan import plan_jobs
-    from bench.harness.run import run_job
+    from bench.harness.planning.plan import plan_jobs
+    from bench.harness.running.run import run_job
     from bench.record.memory import MemorySink
 
     (job,) = plan_jobs(registry, ["gaussian_mle"], ["gaussian[dim=2,n_train=300,n_val=50,"
@@ -322,9 +323,9 @@ def test_torchrun_killed_mid_run_resumes_as_if_uninterrupted(tmp_path, _mlflow_t
 def test_a_checkpoint_of_another_launch_size_is_not_resumed(tmp_path):
     """A data-parallel launch does not continue a single process's checkpoint (nor the
     reverse): their batch orders and random streams differ."""
-    from bench.harness.checkpoint import write_checkpoint
-    from bench.harness.resume import resume_point
-    from bench.harness.runfolder import RunFolder
+    from bench.harness.training.checkpoint import write_checkpoint
+    from bench.harness.training.resume import resume_point
+    from bench.harness.training.runfolder import RunFolder
 
     folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()

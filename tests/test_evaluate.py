@@ -1,4 +1,4 @@
-"""Harness-owned scoring (bench/harness/evaluate.py, bench/science/metrics.py): the 8-bit
+"""Harness-owned scoring (bench/harness/scoring/likelihood.py, bench/science/metrics.py): the 8-bit
 dequantization and bits/dim against closed forms, extra likelihoods on the grid, the true
 NLL and the gap."""
 
@@ -12,7 +12,7 @@ import torch
 
 from bench.api import Dataset, LogLikelihood, Method, Splits
 from bench.harness import make_context
-from bench.harness.evaluate import evaluate
+from bench.harness.scoring.likelihood import evaluate
 from bench.science.metrics import (
     DEQUANTIZATION_LABEL,
     UNIFORM_8BIT,

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from bench.api.errors import ConfigError, DataError
 from bench.cli.fid import fid as fid_command
+from bench.data.imageset import write_grid_png
 from bench.science import fid, fid_tfidelity
-from bench.science.imageset import write_grid_png
 
 N_HALF = 12  # images per half of the proxy set in the real-feature tests
 

@@ -1,4 +1,4 @@
-"""Tests of bench.science.files: SHA-256 checks, verified downloads from a real local HTTP
+"""Tests of bench.data.files: SHA-256 checks, verified downloads from a real local HTTP
 server, and the restricted unpickler (a malicious pickle never runs)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from bench.api.errors import DataError
-from bench.science import files
+from bench.data import files
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # ~1 MiB: more than one read block
 

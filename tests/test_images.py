@@ -1,5 +1,5 @@
 """Tests of the DDPM U-Net (bench/unet.py), the image datasets (datasets/images.py and the
-readers in bench/science/imagedata.py, on small files written in each archive's real format),
+readers in bench/data/imagedata.py, on small files written in each archive's real format),
 bits/dim on data with a known density, and a tiny image DDPM's bound in bits/dim. Tests that
 need the offline images skip without them."""
 
@@ -28,12 +28,12 @@ import torch
 
 from bench.api import LogLikelihood, Method, OptimConfig, SolverConfig, Splits
 from bench.api.errors import ConfigError, DataError
+from bench.data import imagedata
 from bench.harness import make_context
-from bench.harness.evaluate import data_log_likelihood, evaluate
-from bench.harness.optim import Trainer
-from bench.harness.registry import Registry
-from bench.harness.selection import build_params
-from bench.science import imagedata
+from bench.harness.planning.registry import Registry
+from bench.harness.planning.selection import build_params
+from bench.harness.scoring.likelihood import data_log_likelihood, evaluate
+from bench.harness.training.optim import Trainer
 from bench.science.metrics import DEQUANTIZATION_LABEL, bits_per_dim
 from bench.science.nets import count_parameters
 from bench.science.unet import UNet

@@ -1,4 +1,4 @@
-"""Image sets (bench/science/imageset.py): the uint8 <-> model-scale round trip, reading
+"""Image sets (bench/data/imageset.py): the uint8 <-> model-scale round trip, reading
 .npz/.npy/PNG folders in either layout, the refusals, and the sample grid PNG."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from bench.api.errors import DataError
-from bench.science.imageset import read_image_set, to_uint8, write_grid_png
+from bench.data.imageset import read_image_set, to_uint8, write_grid_png
 
 
 def _images(n: int = 5, c: int = 3, h: int = 6, w: int = 7, seed: int = 0) -> np.ndarray:

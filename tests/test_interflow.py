@@ -10,8 +10,8 @@ import torch
 
 from bench.api import DatasetRef, OptimConfig, SolverConfig, Splits
 from bench.harness import make_context
-from bench.harness.optim import Trainer
-from bench.harness.selection import build_params
+from bench.harness.planning.selection import build_params
+from bench.harness.training.optim import Trainer
 from bench.science.gaussian import GaussianPath
 from bench.science.interpolants import get_interpolant
 

@@ -9,7 +9,7 @@ import torch
 
 from bench.api import SolverConfig, Splits
 from bench.harness import make_context
-from bench.harness.selection import build_params
+from bench.harness.planning.selection import build_params
 from bench.science.interpolants import get_interpolant
 
 

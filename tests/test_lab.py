@@ -19,7 +19,7 @@ RUN = dict(steps=30, eval_every=10, n_samples=0, solver=SOLVER)
 
 
 def _test_split(registry) -> torch.Tensor:
-    from bench.harness.plan import resolve_dataset
+    from bench.harness.planning.plan import resolve_dataset
 
     cls, params = resolve_dataset(registry, TOY)
     return cls(params).splits().test

@@ -40,9 +40,11 @@ def test_contracts_hold(copy):
 
 @pytest.mark.parametrize("module, bad", [
     ("bench/api/types.py", "import bench.science.ode"),           # the contract is a leaf
-    ("bench/science/nets.py", "import bench.harness.registry"),   # science knows no harness
-    ("bench/harness/cost.py", "import bench.record.tables"),      # harness reaches no record
+    ("bench/science/nets.py", "import bench.harness.planning.registry"),  # knows no harness
+    ("bench/harness/scoring/cost.py", "import bench.record.tables"),  # reaches no record
     ("bench/record/tables.py", "import mlflow"),                  # only the sink uses mlflow
+    ("bench/data/maf.py", "import bench.science.ode"),            # the data layer is a leaf
+    ("bench/harness/planning/plan.py", "import bench.harness.training.loop"),  # floors
 ])
 def test_a_violating_import_fails(copy, tmp_path, module, bad):
     root = tmp_path / "tree"

@@ -203,7 +203,7 @@ def test_max_min_shortens_the_path_towards_optimal_transport():
 def _interflow(registry, **over):
     from bench.api import SolverConfig, Splits
     from bench.harness import make_context
-    from bench.harness.selection import build_params
+    from bench.harness.planning.selection import build_params
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(800, 2, generator=g) * 0.5 + torch.tensor([3.0, 0.0])
@@ -217,7 +217,7 @@ def _interflow(registry, **over):
 
 def test_interflow_learned_path_is_trained_recorded_and_checkpointed(registry):
     from bench.api import OptimConfig
-    from bench.harness.optim import Trainer
+    from bench.harness.training.optim import Trainer
 
     method, splits = _interflow(registry, interpolant="learned", path_modes=3,
                                 path_lr_factor=0.5)
@@ -240,7 +240,7 @@ def test_interflow_learned_path_is_trained_recorded_and_checkpointed(registry):
 
 
 def test_interflow_learned_path_refuses_a_latent(registry):
-    from bench.harness.selection import build_params
+    from bench.harness.planning.selection import build_params
 
     cls = registry.get("method", "interflow")
     with pytest.raises(Exception, match="interpolant=learned needs gamma=none"):

@@ -13,7 +13,7 @@ from torch import nn
 
 from bench.api import ContractError, Job, LogLikelihood, Method, OptimConfig, Splits
 from bench.harness import make_context
-from bench.harness.checkpoint import (
+from bench.harness.training.checkpoint import (
     FORMAT,
     load_checkpoint,
     load_into,
@@ -21,7 +21,7 @@ from bench.harness.checkpoint import (
     save_checkpoint,
     snapshot,
 )
-from bench.harness.optim import Trainer, lr_factor
+from bench.harness.training.optim import Trainer, lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -252,7 +252,7 @@ def test_no_trainable_parameters_is_a_contract_error() -> None:
 
 # -- every registered method leaves optimisation to the harness -----------------------
 def _methods():
-    from bench.harness.registry import Registry
+    from bench.harness.planning.registry import Registry
 
     reg = Registry()
     return [reg.plugins["method"][n].cls for n in reg.names("method")

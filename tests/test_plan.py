@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from bench.api import ConfigError, Dataset
 from bench.cli.main import main
-from bench.harness.plan import plan_jobs
+from bench.harness.planning.plan import plan_jobs
 
 TOY = "8gaussians[n_train=500,n_val=100,n_test=200]"
 
@@ -157,8 +157,8 @@ def test_a_params_default_of_the_wrong_type_stops_the_plan(tmp_path, no_data, tr
 PLAN_WITHOUT_TORCH = """
 import contextlib, io, json, sys
 from bench.cli.main import main
-from bench.harness.plan import plan_jobs, plan_table
-from bench.harness.registry import Registry
+from bench.harness.planning.plan import plan_jobs, plan_table
+from bench.harness.planning.registry import Registry
 
 out = {}
 with contextlib.redirect_stderr(io.StringIO()) as err:

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from bench.harness import progress
-from bench.harness.progress import Progress, format_duration, make_progress
+from bench.harness.training import progress
+from bench.harness.training.progress import Progress, format_duration, make_progress
 
 
 class FakeClock:

@@ -11,9 +11,9 @@ import torch
 
 from bench.api import OptimConfig
 from bench.harness import make_context
-from bench.harness.optim import Trainer
-from bench.harness.registry import Registry
-from bench.harness.selection import build_params
+from bench.harness.planning.registry import Registry
+from bench.harness.planning.selection import build_params
+from bench.harness.training.optim import Trainer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.api.errors import ConfigError, PluginUnavailable
-from bench.harness.registry import Registry, builtin_root, checkout_root
+from bench.harness.planning.registry import Registry, builtin_root, checkout_root
 
 METHOD = '''
 from dataclasses import dataclass
@@ -102,20 +102,20 @@ def _bench_imports(path: Path) -> list[str]:
     return [m for m in found if m == "bench" or m.startswith("bench.")]
 
 
-def test_plugins_import_only_the_contract_and_the_science(tmp_path):
+def test_plugins_import_only_the_contract_the_science_and_the_data(tmp_path):
     """Plug-ins are not a package, so import-linter cannot see them: parse their imports."""
     root = builtin_root()
     files = sorted(root.glob("methods/*.py")) + sorted(root.glob("datasets/*.py"))
     assert len(files) >= 5
-    allowed = ("bench.api", "bench.science")
+    allowed = ("bench.api", "bench.science", "bench.data")
     bad = [f"{f.name}: {m}" for f in files for m in _bench_imports(f)
            if not any(m == a or m.startswith(a + ".") for a in allowed)]
-    assert not bad, f"plug-ins may import only bench.api and bench.science: {bad}"
+    assert not bad, f"plug-ins may import only bench.api, bench.science and bench.data: {bad}"
     probe = tmp_path / "p.py"
-    probe.write_text("import bench.harness.optim\nfrom bench import record\n"
+    probe.write_text("import bench.harness.training.optim\nfrom bench import record\n"
                      "from bench.science import nets\ndef f():\n    from bench.cli import main\n")
-    assert _bench_imports(probe) == ["bench.harness.optim", "bench.record", "bench.science",
-                                     "bench.cli"]
+    assert _bench_imports(probe) == ["bench.harness.training.optim", "bench.record",
+                                     "bench.science", "bench.cli"]
 
 
 def test_plugins_folder_and_env(tmp_path, monkeypatch):
@@ -180,7 +180,7 @@ def test_plugin_folders_do_not_shadow_installed_datasets_package(tmp_path):
     (fake / "__init__.py").write_text("MARKER = 'the installed datasets package'\n")
     code = (
         "import sys; sys.path.insert(0, {!r})\n"
-        "from bench.harness.registry import Registry; Registry()\n"
+        "from bench.harness.planning.registry import Registry; Registry()\n"
         "assert 'datasets' not in sys.modules\n"
         "import datasets; print(datasets.MARKER)\n".format(str(tmp_path / "site"))
     )

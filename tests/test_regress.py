@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.api import ConfigError, DataError
-from bench.harness import regress as rg
+from bench.harness.running import regress as rg
 
 COMMITTED = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "baseline.json"
 
@@ -171,8 +171,8 @@ import time
 
 import torch
 
-from bench.harness.optim import Trainer
-from bench.harness.registry import Registry
+from bench.harness.training.optim import Trainer
+from bench.harness.planning.registry import Registry
 
 KIND = {kind!r}
 _get, _step = Registry.get, Trainer.step
@@ -286,7 +286,7 @@ def test_busy_loop_burns_cpu_and_stops(monkeypatch):
         assert all(p.poll() is None for p in started)
     assert all(p.returncode is not None for p in started)  # killed and reaped
 def test_broken_loss_fails_the_quality_check(monkeypatch):
-    from bench.harness.registry import Registry
+    from bench.harness.planning.registry import Registry
 
     base = rg.load_baseline(COMMITTED)["modes"]["fast"]["figures"]
     fig = ("nll_interflow_8gaussians",)

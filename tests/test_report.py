@@ -24,9 +24,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, _mlflow_template, one_thread):
     """A store of three finished runs and one speed-up study over two of them."""
-    from bench.harness.plan import plan_jobs
-    from bench.harness.registry import Registry
-    from bench.harness.run import run_job
+    from bench.harness.planning.plan import plan_jobs
+    from bench.harness.planning.registry import Registry
+    from bench.harness.running.run import run_job
     from bench.record.mlflow_sink import MlflowSink
 
     root = tmp_path_factory.mktemp("report_store")

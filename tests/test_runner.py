@@ -13,9 +13,9 @@ from torch import nn
 
 from bench.api import Budget, LogLikelihood, Method, OptimConfig, TrainingDiverged
 from bench.harness import make_context
-from bench.harness.checkpoint import restore
-from bench.harness.loop import train
-from bench.harness.optim import Trainer
+from bench.harness.training.checkpoint import restore
+from bench.harness.training.loop import train
+from bench.harness.training.optim import Trainer
 
 VAL = [5.0, 4.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
 
@@ -171,7 +171,7 @@ def test_non_trainable_method_gets_one_validation_and_no_step(toy_splits):
 
 def test_validation_on_8bit_data_is_dequantized_unless_the_method_has_its_own(toy_splits):
     from bench.api import Splits
-    from bench.harness.loop import validate
+    from bench.harness.training.loop import validate
 
     grid = torch.randint(0, 256, (20, 1, 2, 2), generator=torch.Generator().manual_seed(0))
     x = grid.float() / 127.5 - 1

@@ -1,5 +1,5 @@
 """Sample-based metrics: closed forms, the null within its standard error, calibrated standard
-errors, chunking, and the harness's recording (`bench.harness.sample_scores`)."""
+errors, chunking, and the harness's recording (`bench.harness.scoring.vector_samples`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.api import DataError, Splits
-from bench.harness.sample_scores import score_samples
+from bench.harness.scoring.vector_samples import score_samples
 from bench.record.tables import comparison_table
 from bench.science.sample_metrics import (
     energy_distance,
@@ -181,7 +181,7 @@ def test_score_samples_records_every_sampler_against_the_test_split():
 
 
 def test_gaussian_mle_samples_score_near_zero(registry):
-    from bench.harness.context import make_context
+    from bench.harness.running.context import make_context
 
     cls = registry.get("method", "gaussian_mle")
     splits = _splits(d=4, n=1000)

@@ -7,7 +7,7 @@ import pytest
 
 from bench.api import at_least, in_range, non_negative, positive, probability
 from bench.api.errors import ConfigError
-from bench.harness.selection import (
+from bench.harness.planning.selection import (
     build_params,
     domains,
     param_default_problems,

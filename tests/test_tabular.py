@@ -1,4 +1,4 @@
-"""The MAF tabular datasets (datasets/tabular.py, bench/science/maf.py): splits and preprocessing
+"""The MAF tabular datasets (datasets/tabular.py, bench/data/maf.py): splits and preprocessing
 checked against independent recomputations on the shared data and on small synthetic
 files in the raw MAF formats; error paths; the download path through a local file URL."""
 
@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from bench.api.errors import DataError
-from bench.harness.registry import Registry
-from bench.science import maf
+from bench.data import maf
+from bench.harness.planning.registry import Registry
 
 SHARED = os.environ.get("BENCH_DATA_DIR")
 SHARED_MINIBOONE = Path(SHARED) / "miniboone" if SHARED else None

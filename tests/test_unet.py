@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.api import SolverConfig
-from bench.harness.registry import Registry
+from bench.harness.planning.registry import Registry
 from bench.science.nets import count_parameters
 from bench.science.ode import log_likelihood, standard_normal_log_prob
 from bench.science.unet import UNet, VelocityUNet, build_unet
@@ -161,7 +161,7 @@ def test_image_path_passes_the_plugin_contract(name):
     round trip compares log-likelihoods of instances with different run seeds, hence other
     Hutchinson probes, so it cannot hold for an "estimate" (the lead's contract check needs
     the same probe seed for that)."""
-    from bench.harness.contract import check_method, synthetic_splits
+    from bench.harness.running.check import check_method, synthetic_splits
 
     reg = Registry()
     checks = check_method(reg.get("method", name), splits=synthetic_splits("image", (3, 8, 8)),

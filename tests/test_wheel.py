@@ -21,7 +21,7 @@ BUILTIN = {"method": {"interflow", "cnf", "ddpm", "gaussian_mle", "ffjord"},
 
 LIST = """
 import json, sys
-from bench.harness.registry import Registry
+from bench.harness.planning.registry import Registry
 reg = Registry(entry_points=False)
 scanned = 'datasets' in sys.modules
 import bench, datasets

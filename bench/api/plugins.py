@@ -46,7 +46,8 @@ class Dataset(ABC):
     has_log_prob: ClassVar[bool] = False
     synthetic: ClassVar[bool] = False
     #: this dataset's own default budget ``{"steps": N, "eval_every": M}``; None: the
-    #: default of its ``kind`` (`bench.harness.defaults`); ``--steps``/``--eval-every`` override
+    #: default of its ``kind`` (`bench.harness.planning.defaults`); ``--steps``/``--eval-every``
+    #: override
     default_budget: ClassVar[dict[str, int] | None] = None
 
     def __init__(self, params: Any | None = None, data_dir: Path | None = None) -> None:

@@ -179,7 +179,7 @@ class Job:
         sources: plug-in name -> "path (version)" of the file or entry point.
         label: the selection as the user wrote it (with its overrides).
         work_dir: the run's own folder (checkpoints, lock, outputs; see
-            `bench.harness.runfolder`); None: a temporary folder and no resuming.
+            `bench.harness.training.runfolder`); None: a temporary folder and no resuming.
         checkpoint_every: write the resumable checkpoint every N steps (None: at every
             validation). checkpoint_minutes: and every M minutes of wall-clock (0: off).
         resume: with a ``work_dir``: "auto" continues a run of this job left KILLED or

@@ -20,7 +20,7 @@ __all__ = ["check", "check_target"]
 def _targets(target: str, extra_dirs: list[str]) -> list:
     """The `Plugin` records to check: those defined in a file, or the registered ones named
     ``target`` (a method and a dataset may share a name)."""
-    from bench.harness.registry import Plugin, Registry, load_plugin_file
+    from bench.harness.planning.registry import Plugin, Registry, load_plugin_file
 
     path = Path(target)
     if path.suffix == ".py" or path.is_file():
@@ -33,7 +33,7 @@ def _targets(target: str, extra_dirs: list[str]) -> list:
     found = [registry.plugins[kind][target] for kind in ("method", "dataset")
              if target in registry.plugins[kind]]
     if not found:
-        from bench.harness.selection import closest
+        from bench.harness.planning.selection import closest
 
         names = registry.names("method") + registry.names("dataset")
         raise ConfigError(f"no plug-in file or registered name {target!r}"
@@ -47,7 +47,7 @@ def check_target(target: str, extra_dirs: list[str] | None = None,
                  data_dir: Path | None = None) -> list[dict]:
     """Run the contract checks on a file or registered name: one entry per plug-in with
     ``name``, ``kind``, ``source``, ``version``, ``ok`` and ``checks`` (name, ok, detail)."""
-    from bench.harness.contract import Check, check_dataset, check_method
+    from bench.harness.running.check import Check, check_dataset, check_method
 
     reports = []
     for plugin in _targets(target, list(extra_dirs or [])):

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from bench.harness.defaults import DEFAULTS
+from bench.harness.planning.defaults import DEFAULTS
 
 __all__ = ["registry_of", "solver_options", "store_options", "make_solver", "sink_factory",
            "progress_factory"]
 
 
 def registry_of(ctx):
-    from bench.harness.registry import Registry
+    from bench.harness.planning.registry import Registry
 
     root = ctx.find_root()
     return Registry(extra_dirs=list((root.obj or {}).get("plugins", ())))
@@ -94,6 +94,6 @@ def sink_factory(results_dir: str, tracking_uri: str | None, experiment: str):
 def progress_factory(quiet: bool):
     if quiet:
         return None
-    from bench.harness.progress import make_progress
+    from bench.harness.training.progress import make_progress
 
     return lambda total, desc: make_progress(total, desc)

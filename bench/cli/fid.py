@@ -54,8 +54,8 @@ def fid(set_a, set_b, inception, data_dir, batch_size, device, kid_subsets, kid_
     _positive("--batch-size", batch_size)
     _positive("--kid-subsets", kid_subsets)
     _positive("--kid-subset-size", kid_subset_size, 2)
+    from bench.data.imageset import read_image_set
     from bench.science import fid as science
-    from bench.science.imageset import read_image_set
 
     a, b = read_image_set(set_a), read_image_set(set_b)
     if a.shape[2:] != b.shape[2:]:

@@ -54,7 +54,7 @@ def _choices(params_cls: type) -> dict[str, list[str]]:
     import types
     import typing
 
-    from bench.harness.selection import param_fields
+    from bench.harness.planning.selection import param_fields
 
     out = {}
     for name, tp in param_fields(params_cls).items():
@@ -72,7 +72,7 @@ def list_(ctx, as_json):
     """Show methods and datasets, their parameters, and unavailable plug-ins with reasons."""
     import dataclasses
 
-    from bench.harness.selection import domains
+    from bench.harness.planning.selection import domains
 
     registry = registry_of(ctx)
     rows = []
@@ -111,7 +111,7 @@ def list_(ctx, as_json):
             if r.get("optim"):
                 ps = ", ".join(f"{k}={v}" for k, v in r["optim"].items())
                 click.echo(f"  {'':<14} optimisation defaults: {ps}")
-    from bench.harness.plan import OPTIM_FIELDS
+    from bench.harness.planning.plan import OPTIM_FIELDS
 
     click.echo(f"shared optimisation settings (every method): {', '.join(OPTIM_FIELDS)}")
 

@@ -1,5 +1,5 @@
 """``bench regress``: the performance and quality regression check against the committed
-baseline (logic: `bench.harness.regress`; history and plot: `bench.record.history`)."""
+baseline (logic: `bench.harness.running.regress`; history and plot: `bench.record.history`)."""
 
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ def regress(ctx, full, rebaseline, repeats, busy, seeds, threshold, only, skip,
     """
     from bench.api.errors import ConfigError
     from bench.cli.common import sink_factory
-    from bench.harness import regress as rg
-    from bench.harness.run import git_commit
+    from bench.harness.running import regress as rg
+    from bench.harness.running.run import git_commit
     from bench.record.history import (
         REGRESS_EXPERIMENT,
         load_history,

@@ -16,7 +16,7 @@ from bench.cli.common import (
     solver_options,
     store_options,
 )
-from bench.harness.defaults import DEFAULTS
+from bench.harness.planning.defaults import DEFAULTS
 
 __all__ = ["run"]
 
@@ -108,7 +108,7 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
     SIGTERM checkpoints the running job, marks it KILLED and exits 130 / 143.
     """
     from bench.api import ConfigError, Execution, SampleEval
-    from bench.harness.plan import parse_seeds, parse_sets, plan_jobs, plan_table
+    from bench.harness.planning.plan import parse_seeds, parse_sets, plan_jobs, plan_table
 
     registry = registry_of(ctx)
     sample_eval = SampleEval(samples=fid_samples, reference=fid_ref,
@@ -141,15 +141,15 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
         from bench.launch.ray_grid import launch_ray
 
         sys.exit(launch_ray(ctx, jobs, address=address, as_json=as_json, quiet=quiet))
-    from bench.harness.distributed import launch_env, main_rank_sinks
-    from bench.harness.run import run_job
+    from bench.harness.running.run import run_job
+    from bench.harness.training.distributed import launch_env, main_rank_sinks
 
     new_sink, uri = sink_factory(results_dir, tracking_uri, experiment)
     main_rank = launch_env().is_main  # under torchrun only rank 0 records and prints
     new_sink = main_rank_sinks(new_sink)
     progress = progress_factory(quiet or as_json or not main_rank)
     from bench.api import BenchError
-    from bench.harness.signals import RunInterrupted, catch_stops
+    from bench.harness.training.signals import RunInterrupted, catch_stops
 
     records, failed = [], []
     with catch_stops():
@@ -162,7 +162,7 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
                 sys.exit(exc.exit_code)
             except (BenchError, OSError) as exc:  # this job could not start (locked, nothing
                 failed.append((job, None))        # to resume, a full disk): the grid goes on
-                from bench.harness.recorder import one_line
+                from bench.harness.training.recorder import one_line
 
                 click.echo(f"error: {job.label}: {one_line(exc)}", err=True)
                 continue
@@ -197,7 +197,7 @@ def _with_run_folders(jobs, results: Path, resume: str, checkpoint_every,
     import dataclasses
 
     from bench.api import ConfigError
-    from bench.harness.runfolder import RunFolder, job_key
+    from bench.harness.training.runfolder import RunFolder, job_key
 
     out = []
     for job in jobs:

@@ -26,7 +26,7 @@ SHARED = ("net", "hidden", "activation", "batch_size")
 
 def _check_shared(registry, methods: list[str], shared: dict[str, str | None]) -> None:
     """Plan phase: every method must declare every shared parameter (before any data)."""
-    from bench.harness.selection import param_fields, parse_selection
+    from bench.harness.planning.selection import param_fields, parse_selection
 
     for sel in methods:
         name = parse_selection(sel)[0]
@@ -84,8 +84,8 @@ def speedup(ctx, dataset, methods, budget, steps, net, hidden, hidden_mult, n_hi
             results_dir, tracking_uri, experiment, quiet):
     """Per-iteration cost (start, half, end) and bracketed time-to-target of methods sharing
     one network and batch."""
-    from bench.harness.plan import parse_sets, plan_jobs, resolve_dataset
-    from bench.harness.run import run_job
+    from bench.harness.planning.plan import parse_sets, plan_jobs, resolve_dataset
+    from bench.harness.running.run import run_job
     from bench.record.speedup import (
         NAMED_POINTS,
         eval_grid,

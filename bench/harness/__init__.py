@@ -16,7 +16,7 @@ __all__ = ["make_context"]
 
 def __getattr__(name: str) -> Any:
     if name == "make_context":
-        from bench.harness.context import make_context
+        from bench.harness.running.context import make_context
 
         return make_context
     raise AttributeError(f"module 'bench.harness' has no attribute {name!r}")

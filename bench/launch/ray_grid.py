@@ -112,8 +112,8 @@ def _argv_of(ctx: click.Context, skip: set[str]) -> list[str]:
 def _sets_for(job: Job, sets: Sequence[tuple[str, str]]) -> list[str]:
     """The ``--set`` items of the grid that apply to this job's method or dataset (an item
     for another method would be refused by a grid of this job alone)."""
-    from bench.harness.plan import OPTIM_FIELDS
-    from bench.harness.selection import param_fields
+    from bench.harness.planning.plan import OPTIM_FIELDS
+    from bench.harness.planning.selection import param_fields
 
     m_keys = set(param_fields(job.method_cls.Params)) | set(OPTIM_FIELDS)
     d_keys = set(param_fields(job.dataset_cls.Params))
@@ -143,7 +143,7 @@ def grid_tasks(ctx: click.Context, jobs: Sequence[Job], tracking_uri: str,
         jobs: ``plan_jobs`` of that invocation, in plan order (methods x datasets x seeds).
         tracking_uri: the store every job writes to (resolved by the driver).
     """
-    from bench.harness.plan import parse_seeds, parse_sets
+    from bench.harness.planning.plan import parse_seeds, parse_sets
 
     p = ctx.params
     grid = list(itertools.product(p["methods"], p["datasets"], parse_seeds(p["seeds"])))

@@ -10,7 +10,7 @@ with its kind (exact or bound) and ", hutchinson" when the divergence was estima
 truth row of a column comes from the compared runs of that column. Runs left out
 (FAILED, RUNNING, KILLED) are counted in the notes.
 
-Sample metrics (``mmd2``, ``energy``, ``swd``, `bench.harness.sample_scores`): each named
+Sample metrics (``mmd2``, ``energy``, ``swd``, `bench.harness.scoring.vector_samples`): each named
 sampler's ``<metric>.<sampler>`` is its own column beside the default sampler's, e.g.
 ``checkerboard [ode]`` next to ``checkerboard [sde]``; the floor row (``<metric>_floor``:
 training rows against the test rows) plays the truth row's part; a one-seed cell shows the

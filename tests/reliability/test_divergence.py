@@ -16,7 +16,7 @@ SMALL_DATA = "8gaussians[n_train=2000,n_val=200,n_test=200]"
 
 
 def _job(registry, tmp_path, data_dir, sets=(), **budget):
-    from bench.harness.plan import plan_jobs
+    from bench.harness.planning.plan import plan_jobs
 
     (job,) = plan_jobs(registry, [SMALL_METHOD], [SMALL_DATA], [0], sets, steps=120,
                        eval_every=25, n_samples=0, data_dir=data_dir)
@@ -25,8 +25,8 @@ def _job(registry, tmp_path, data_dir, sets=(), **budget):
 
 
 def _check_kept(record, folder, step):
-    from bench.harness.checkpoint import load_checkpoint
-    from bench.harness.runfolder import RunFolder
+    from bench.harness.training.checkpoint import load_checkpoint
+    from bench.harness.training.runfolder import RunFolder
 
     f = RunFolder(folder)
     assert f.info()["status"] == "FAILED" and not f.resumable()
@@ -37,7 +37,7 @@ def _check_kept(record, folder, step):
 
 
 def test_exploding_finite_loss_fails_with_its_reason(registry, tmp_path, data_dir):
-    from bench.harness.run import run_job
+    from bench.harness.running.run import run_job
     from bench.record.memory import MemorySink
 
     job = _job(registry, tmp_path, data_dir, sets=(("lr", "1e3"),))
@@ -52,8 +52,8 @@ def test_exploding_finite_loss_fails_with_its_reason(registry, tmp_path, data_di
 
 def test_nan_loss_fails_and_keeps_the_last_validation_checkpoint(registry, tmp_path,
                                                                   data_dir, monkeypatch):
-    from bench.harness.optim import Trainer
-    from bench.harness.run import run_job
+    from bench.harness.running.run import run_job
+    from bench.harness.training.optim import Trainer
     from bench.record.memory import MemorySink
 
     step = Trainer.step
@@ -72,7 +72,7 @@ def test_nan_loss_fails_and_keeps_the_last_validation_checkpoint(registry, tmp_p
 def test_normal_training_never_trips_the_default_bound(registry, tmp_path, data_dir):
     """InterFlow's loss goes negative and grows in size as it trains: the default bound
     relative to the first step's |loss| must not mistake that for divergence."""
-    from bench.harness.run import run_job
+    from bench.harness.running.run import run_job
     from bench.record.memory import MemorySink
 
     rec = run_job(_job(registry, tmp_path, data_dir), MemorySink())

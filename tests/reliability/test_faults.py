@@ -281,8 +281,8 @@ def test_a_hung_step_is_stopped_by_the_watchdog(tmp_path, tracking_uri, plugins,
     """A plug-in's loss sleeps for ever at the third step: with --max-seconds 1 the step is
     stopped (grace max(STEP_GRACE_S, 1 s), shortened to 0.5 s here), the run FAILED with the
     reason, its last checkpoint (step 2) kept as the run's model (on main: a hang)."""
-    import bench.harness.signals as signals
-    from bench.harness.checkpoint import load_checkpoint
+    import bench.harness.training.signals as signals
+    from bench.harness.training.checkpoint import load_checkpoint
 
     monkeypatch.setattr(signals, "STEP_GRACE_S", 0.5)
     before = signal.getsignal(signal.SIGALRM)
@@ -310,7 +310,7 @@ def test_a_hung_step_is_stopped_by_the_watchdog(tmp_path, tracking_uri, plugins,
 def _fromdir_job(registry, root: Path, data: Path, seed_data: int):
     import numpy as np
 
-    from bench.harness.plan import plan_jobs
+    from bench.harness.planning.plan import plan_jobs
 
     data.mkdir(exist_ok=True)
     rows = np.random.default_rng(seed_data).standard_normal((300, 2)).astype("float32")
@@ -323,9 +323,9 @@ def _fromdir_job(registry, root: Path, data: Path, seed_data: int):
 def test_resume_on_other_data_starts_a_new_run(tmp_path, plugins, caplog):
     """Killed, then relaunched with another --data-dir (on main: continued silently, val
     NLL 46.9 -> 233): not resumed; a new run on the new data, the old checkpoint kept."""
-    from bench.harness.registry import Registry
-    from bench.harness.run import run_job
-    from bench.harness.signals import RunInterrupted, catch_stops
+    from bench.harness.planning.registry import Registry
+    from bench.harness.running.run import run_job
+    from bench.harness.training.signals import RunInterrupted, catch_stops
     from tests.reliability.test_resume import _StopAt
 
     registry = Registry(extra_dirs=[plugins])
@@ -346,8 +346,8 @@ def test_resume_on_other_data_starts_a_new_run(tmp_path, plugins, caplog):
 
 
 def test_an_edited_plug_in_is_another_job(tmp_path, plugins):
-    from bench.harness.registry import Registry
-    from bench.harness.runfolder import job_key
+    from bench.harness.planning.registry import Registry
+    from bench.harness.training.runfolder import job_key
 
     key = job_key(_fromdir_job(Registry(extra_dirs=[plugins]), tmp_path, tmp_path / "d", 0))
     with open(plugins / "faulty.py", "a") as f:

@@ -10,8 +10,8 @@ import signal
 import pytest
 import torch
 
-from bench.harness.loop import BatchOrder
-from bench.harness.runfolder import RunFolder, RunLocked, job_key
+from bench.harness.training.loop import BatchOrder
+from bench.harness.training.runfolder import RunFolder, RunLocked, job_key
 from tests.reliability import _runs
 
 SMALL_METHOD = "interflow[hidden=(16,16)]"
@@ -19,7 +19,7 @@ SMALL_DATA = "8gaussians[n_train=2000,n_val=200,n_test=200]"
 
 
 def _job(registry, tmp_path, data_dir, **kw):
-    from bench.harness.plan import plan_jobs
+    from bench.harness.planning.plan import plan_jobs
 
     (job,) = plan_jobs(registry, [SMALL_METHOD], [SMALL_DATA], [0], (), steps=120,
                        eval_every=25, n_samples=0, data_dir=data_dir)
@@ -56,7 +56,7 @@ def test_job_key_is_stable_and_sees_what_defines_the_run(registry, tmp_path, dat
 
 
 def test_a_locked_folder_refuses_a_second_runner(registry, tmp_path, data_dir):
-    from bench.harness.run import run_job
+    from bench.harness.running.run import run_job
     from bench.record.memory import MemorySink
 
     job = _job(registry, tmp_path, data_dir)
@@ -93,9 +93,9 @@ class _StopAt:
 @pytest.mark.parametrize("stop_at", [50, 63])  # at a validation step, and between two
 def test_sigterm_then_resume_in_process_matches_an_uninterrupted_run(
         registry, tmp_path, data_dir, stop_at):
-    from bench.harness.checkpoint import load_checkpoint
-    from bench.harness.run import run_job
-    from bench.harness.signals import RunInterrupted, catch_stops
+    from bench.harness.running.run import run_job
+    from bench.harness.training.checkpoint import load_checkpoint
+    from bench.harness.training.signals import RunInterrupted, catch_stops
     from bench.record.memory import MemorySink
 
     ref_sink = MemorySink()

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from bench.api.errors import DataError
-from bench.science import maf, mafgas
+from bench.data import maf, mafgas
 from tests.reliability._cli import TINY, assert_refused, bench
 
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from bench.harness.signals import RunInterrupted, catch_stops, deferred
+from bench.harness.training.signals import RunInterrupted, catch_stops, deferred
 from tests.reliability import _runs
 
 
@@ -32,7 +32,7 @@ def test_a_stop_waits_for_a_deferred_block_and_a_second_one_does_not():
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stop_signal_marks_killed_then_the_same_command_resumes(tmp_path, tracking_uri, sig):
 
-    from bench.harness.checkpoint import load_checkpoint
+    from bench.harness.training.checkpoint import load_checkpoint
 
     results = tmp_path / "results"
     p = _runs.start(results, tracking_uri, steps=900)

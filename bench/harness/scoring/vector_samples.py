@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 from bench.api import ContractError, Method, Splits
-from bench.harness.cost import synchronize
+from bench.harness.scoring.cost import synchronize
 from bench.science import sample_metrics as sm
 
 __all__ = ["score_samples"]

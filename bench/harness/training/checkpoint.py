@@ -13,7 +13,7 @@ Layout (``format = "bench-checkpoint/2"``)::
      "rng": torch CPU RNG state, "rng_cuda": [per-device states] | None,
      "kind": "final" (the evaluated model) | "resume" (a run's training state),
      # "resume" checkpoints only (the run folder's last.pt):
-     "loop": the training loop's state (`bench.harness.loop`: step, done, early stopping,
+     "loop": the training loop's state (`bench.harness.training.loop`: step, done, early stopping,
              timers, divergence reference, "data": the batch order's generator state at the
              start of the epoch, epoch and position in it),
      "best": the best `snapshot` so far | None,
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from bench.api import Job, Method
-from bench.harness.optim import Trainer
+from bench.harness.training.optim import Trainer
 
 __all__ = ["FORMAT", "snapshot", "restore", "load_into", "make_checkpoint",
            "save_checkpoint", "write_checkpoint", "load_checkpoint", "restore_training",
@@ -112,7 +112,7 @@ def make_checkpoint(job: Job, trainer: Trainer, step: int,
             checkpoint with these entries (see the module docstring); else a "final" one.
         ranks: data parallel: every rank's `rank_state`, in rank order (the weights,
             optimiser and loop state are the same on every rank; the random streams not).
-        data_sha256: a "resume" checkpoint's `bench.harness.runfolder.data_fingerprint` of
+        data_sha256: a "resume" checkpoint's `bench.harness.training.runfolder.data_fingerprint` of
             the splits it was trained on (a resume on other data is refused).
     """
     state = state if state is not None else snapshot(trainer.method, trainer)
@@ -142,7 +142,7 @@ def write_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
     """Write ``ckpt`` atomically (a temporary file in the same folder, flushed and fsync'ed,
     then os.replace): a reader sees the old file or the new one, never a partial one."""
     path = Path(path)
-    from bench.harness.runfolder import write_atomic
+    from bench.harness.training.runfolder import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda f: torch.save(ckpt, f))

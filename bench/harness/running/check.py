@@ -1,10 +1,10 @@
 """The plug-in contract as code: one `Check` per property of a method or dataset class (used
 by ``bench check`` and the registry-wide contract test), plus the cheap run-time checks of
-`bench.harness.preflight` (re-exported here) that ``bench run`` makes before training.
+`bench.harness.planning.preflight` (re-exported here) that ``bench run`` makes before training.
 
 Method properties: typed ``Params`` defaults; instantiation with ``test_params`` on small
 synthetic data it ``supports()``; trainable parameters; a finite scalar loss; one harness
-step (`bench.harness.optim.Trainer`) gives every parameter a finite gradient and changes
+step (`bench.harness.training.optim.Trainer`) gives every parameter a finite gradient and changes
 them; ``sample(n)`` is (n, *event_shape) and finite; ``log_prob`` is (n,), finite and
 labelled; the checkpoint layout round trip (``weights_only=True``, fresh instance, other
 seed) gives identical log-likelihoods. Dataset properties: ``kind``, splits float32, finite,
@@ -24,11 +24,8 @@ import torch
 
 from bench.api import ContractError, FlowMethod, Method, OptimConfig, SolverConfig, Splits
 from bench.api.types import KINDS, LIKELIHOOD_KINDS
-from bench.harness.checkpoint import restore, snapshot
-from bench.harness.context import make_context
-from bench.harness.optim import Trainer
-from bench.harness.plan import resolve_refs
-from bench.harness.preflight import (
+from bench.harness.planning.plan import resolve_refs
+from bench.harness.planning.preflight import (
     check_dataset_instance,
     check_method_instance,
     check_splits,
@@ -37,7 +34,7 @@ from bench.harness.preflight import (
     split_finite_problem,
     split_shape_problem,
 )
-from bench.harness.properties import (
+from bench.harness.planning.properties import (
     RUN_ROWS,
     base_log_prob_problem,
     base_log_prob_rows_problem,
@@ -53,7 +50,14 @@ from bench.harness.properties import (
     trainable_parameters,
     trainable_problem,
 )
-from bench.harness.selection import build_params, check_param_defaults, param_default_problems
+from bench.harness.planning.selection import (
+    build_params,
+    check_param_defaults,
+    param_default_problems,
+)
+from bench.harness.running.context import make_context
+from bench.harness.training.checkpoint import restore, snapshot
+from bench.harness.training.optim import Trainer
 
 __all__ = ["Check", "check_method", "check_dataset", "synthetic_splits", "check_splits",
            "check_method_instance", "check_dataset_instance", "check_param_defaults",
@@ -124,7 +128,7 @@ def _kind_of(splits: Splits) -> str:
 def _instantiate(cls: type, splits: Splits, seed: int, registry: Any = None) -> Method:
     params = build_params(cls.Params, dict(cls.test_params), f"method {cls.name!r}")
     if registry is None:
-        from bench.harness.registry import Registry
+        from bench.harness.planning.registry import Registry
 
         registry = Registry()
     refs = {field: ref_cls(ref_params)

@@ -13,7 +13,7 @@ from bench.api import BenchError, Job, RunRecord, Sink
 
 __all__ = ["git_commit", "job_params", "Recorder", "one_line"]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 def git_commit() -> str:
@@ -93,7 +93,7 @@ class Recorder:
 def one_line(exc: BaseException) -> str:
     """The failure reason of ``exc``: its first line (with its type unless bench's own); a
     full device or quota, however wrapped, reads "no space left on device (...)"."""
-    from bench.harness.runfolder import DiskFull, is_disk_full
+    from bench.harness.training.runfolder import DiskFull, is_disk_full
 
     text = str(exc).strip().splitlines()
     msg = text[0] if text else ""

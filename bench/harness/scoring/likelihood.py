@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from bench.api import ContractError, Dataset, LogLikelihood, Method, Splits
-from bench.harness.cost import synchronize
-from bench.harness.optim import Trainer
-from bench.harness.preflight import likelihood_problem
+from bench.harness.planning.preflight import likelihood_problem
+from bench.harness.scoring.cost import synchronize
 from bench.science.metrics import (
     DEQUANTIZATION_LABEL,
     UNIFORM_8BIT,
@@ -27,6 +27,9 @@ from bench.science.metrics import (
     summarize,
     true_nll,
 )
+
+if TYPE_CHECKING:  # the trainer is passed in (its EMA weights); scoring sits below training
+    from bench.harness.training.optim import Trainer
 
 __all__ = ["evaluate", "data_log_likelihood", "plot_samples", "paired_se", "DEQUANT_SEED"]
 
@@ -132,7 +135,7 @@ def paired_se(diff: torch.Tensor) -> float:
 
 
 def _checked(ll: LogLikelihood, n: int, what: str) -> LogLikelihood:
-    """The contract at the final score (`bench.harness.properties.likelihood_problem`, the
+    """The contract at the final score (`bench.harness.planning.properties.likelihood_problem`, the
     words of ``bench check``): (n,) values, a valid kind, an estimator label (non-finite
     values are recorded as they are: the mean then says so)."""
     problem = likelihood_problem(ll, n, what, full=False)

@@ -27,8 +27,8 @@ from bench.api import (
     SampleEval,
     SolverConfig,
 )
-from bench.harness.defaults import DEFAULTS
-from bench.harness.selection import (
+from bench.harness.planning.defaults import DEFAULTS
+from bench.harness.planning.selection import (
     build_params,
     check_param_defaults,
     closest,
@@ -173,7 +173,7 @@ def plan_jobs(registry, methods: Sequence[str], datasets: Sequence[str],
               execution: Execution | None = None) -> list[Job]:
     """Every (method, dataset, seed) of the grid as a validated `Job`; ConfigError (one
     line) on the first problem. Reads no data and opens no run. What is not given comes
-    from `bench.harness.defaults.DEFAULTS` (the command line's defaults too)."""
+    from `bench.harness.planning.defaults.DEFAULTS` (the command line's defaults too)."""
     methods, datasets = list(methods), list(datasets)
     if not methods or not datasets or not seeds:
         raise ConfigError("select at least one method (-m), one dataset (-d) and one seed")

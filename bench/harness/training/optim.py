@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from bench.api import ContractError, Execution, Method, OptimConfig
 
 if TYPE_CHECKING:
-    from bench.harness.distributed import GradientSync
+    from bench.harness.training.distributed import GradientSync
 
 __all__ = ["Trainer", "lr_factor", "SCHEDULES"]
 
@@ -80,7 +80,7 @@ class Trainer:
         execution: bf16 autocast of the loss's forward passes (the backward follows it; the
             optimiser state and EMA stay fp32), channels-last, ``torch.compile``.
         grad_sync: data parallel: averages the gradients over the ranks of a torchrun launch
-            (`bench.harness.distributed.GradientSync`; None: a single process).
+            (`bench.harness.training.distributed.GradientSync`; None: a single process).
 
     The EMA is `torch.optim.swa_utils.AveragedModel` (buffers averaged too), started at
     the initial weights, so after k updates with weights w_1..w_k it holds
@@ -158,12 +158,13 @@ class Trainer:
         return self._step(batch, step)
 
     def _check_objective(self, objective: Any, step: int, n: int) -> None:
-        """The contract's loss property (`bench.harness.properties.loss_problem`, the words of
+        """The contract's loss property (`bench.harness.planning.properties.loss_problem`, the
+        words of
         ``bench check``): a scalar tensor at every step (a metadata check); at step 0 also
         finite, with a graph when trained (single process: a rank alone must not stop)."""
         first = step == 0 and self.grad_sync is None
         if first or not isinstance(objective, Tensor) or objective.dim() != 0:
-            from bench.harness.properties import loss_problem  # only then: a hot path
+            from bench.harness.planning.properties import loss_problem  # only then: a hot path
 
             problem = loss_problem(self.method, objective, n, graph=self.trainable and first)
             if problem:
@@ -240,7 +241,7 @@ class Trainer:
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The whole training state, by reference (copy it to keep it, see
-        `bench.harness.checkpoint.snapshot`); tensors and plain values only.
+        `bench.harness.training.checkpoint.snapshot`); tensors and plain values only.
 
         Keys: ``modules`` (the live weights, also inside `averaged`), ``extra``
         (``method.extra_state()``), ``optimizer``, ``scheduler`` (None when not trainable),

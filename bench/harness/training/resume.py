@@ -1,8 +1,8 @@
 """Where a job starts: afresh, or from the resumable checkpoint of its run folder
-(`bench.harness.runfolder`), and under torchrun the same choice on every rank.
+(`bench.harness.training.runfolder`), and under torchrun the same choice on every rank.
 
 A checkpoint is resumed only on the data it was trained on: when it holds a data
-fingerprint, the splits are loaded and hashed first (`bench.harness.runfolder.
+fingerprint, the splits are loaded and hashed first (`bench.harness.training.runfolder.
 data_fingerprint`) and handed on to the run, so they are read once. On other data (another
 ``--data-dir``, files replaced) the run is not resumed: a new run starts (``--resume``: a
 one-line refusal), said on stderr, and the old checkpoint is kept beside it. Refusing to
@@ -20,7 +20,7 @@ import logging
 from typing import Any
 
 from bench.api import ConfigError, Job, Sink
-from bench.harness.recorder import one_line
+from bench.harness.training.recorder import one_line
 
 __all__ = ["resume_point", "agree_start", "settle_stale"]
 
@@ -35,7 +35,7 @@ def resume_point(job: Job, folder: Any, sink: Sink, ranks: int = 1) -> dict[str,
     Raises:
         ConfigError: ``resume="require"`` and there is nothing to resume.
     """
-    from bench.harness.checkpoint import load_checkpoint
+    from bench.harness.training.checkpoint import load_checkpoint
 
     if job.resume == "never":
         settle_stale(job, folder, sink, "not resumed (--fresh)")
@@ -73,7 +73,7 @@ def _data_changed(job: Job, ckpt: dict[str, Any]) -> str | None:
     a checkpoint without a fingerprint). The loaded ``(dataset, splits)`` go into
     ``ckpt["loaded"]`` for the run. A dataset that fails to load is left to the run to
     report (as when starting afresh)."""
-    from bench.harness.runfolder import data_fingerprint
+    from bench.harness.training.runfolder import data_fingerprint
 
     want = ckpt.get("data_sha256")
     if not want:
@@ -130,9 +130,9 @@ def agree_start(job: Job, world: Any, folder: Any, sink: Sink) -> dict[str, Any]
     resume, an unwritable folder) is raised on rank 0 and as `PeerFailure` on the others."""
     import json
 
-    from bench.harness.checkpoint import load_checkpoint
-    from bench.harness.distributed import PeerFailure
-    from bench.harness.runfolder import RunFolder
+    from bench.harness.training.checkpoint import load_checkpoint
+    from bench.harness.training.distributed import PeerFailure
+    from bench.harness.training.runfolder import RunFolder
 
     resume, error = None, None
     if world.is_main and folder is not None:

@@ -1,12 +1,12 @@
 """Cheap checks `bench run` makes before training each job, and the property tests they share
-with the full contract checks of `bench.harness.contract`.
+with the full contract checks of `bench.harness.running.check`.
 
 Each raises one sentence: `ContractError` when the plug-in's code breaks the contract
 (float64 data, wrong shapes, no trainable parameters, defaults of the wrong type; the
-methods' properties are those of `bench.harness.properties`, with ``bench check``'s words),
-`DataError` when the data itself is bad (an empty split, non-finite rows). The check of the
-parameter defaults lives in the torch-free `bench.harness.selection` (the plan runs it) and
-is re-exported here.
+methods' properties are those of `bench.harness.planning.properties`, with ``bench check``'s
+words), `DataError` when the data itself is bad (an empty split, non-finite rows). The check
+of the parameter defaults lives in the torch-free `bench.harness.planning.selection` (the
+plan runs it) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from bench.api import ContractError, DataError, Method, Splits
-from bench.harness.properties import (
+from bench.harness.planning.properties import (
     RUN_ROWS,
     dataset_log_prob_problem,
     likelihood_problem,
@@ -26,7 +26,7 @@ from bench.harness.properties import (
     run_properties,
     trainable_parameters,
 )
-from bench.harness.selection import check_param_defaults, param_default_problems
+from bench.harness.planning.selection import check_param_defaults, param_default_problems
 
 __all__ = ["check_splits", "check_method_instance", "check_dataset_instance",
            "check_param_defaults", "param_default_problems", "trainable_parameters",
@@ -107,9 +107,11 @@ def _leaves_no_trace(method: Method) -> Iterator[None]:
             method.load_extra_state(state)
 
 
+
 def check_method_instance(method: Method, splits: Splits) -> None:
-    """Before training, cheaply, the properties of `bench.harness.properties.run_properties`
-    on a few validation rows (trainable parameters, an integer batch size >= 1, sample and
+    """Before training, cheaply, the properties of
+    `bench.harness.planning.properties.run_properties` on a few validation rows (trainable
+    parameters, an integer batch size >= 1, sample and
     likelihood shapes, ``base_log_prob`` of a `FlowMethod`, rows independent of their
     batch), with one fixed ODE step and no trace in the run's random streams.
     ContractError with the sentence ``bench check`` prints for the first that fails."""

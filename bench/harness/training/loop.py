@@ -2,10 +2,10 @@
 per-epoch costs, periodic validation with early stopping that keeps the best state.
 
 The harness owns the loop so that every method is trained, timed and validated by the same
-code (`bench.harness.optim.Trainer` does the optimisation).
+code (`bench.harness.training.optim.Trainer` does the optimisation).
 
 The time budget is checked between steps; a step that does not return (a plug-in that
-hangs) is stopped by a watchdog (`bench.harness.signals.step_watchdog`): with
+hangs) is stopped by a watchdog (`bench.harness.training.signals.step_watchdog`): with
 ``--max-seconds`` a SIGALRM timer in the main thread raises `StepTimeout` inside the step
 once it overruns the budget by a grace margin, so the run ends FAILED with that reason and
 keeps its last periodic checkpoint. The limit of a step is the budget left plus
@@ -25,10 +25,10 @@ from typing import Any, Protocol
 import torch
 
 from bench.api import Budget, Method, Splits, TrainingDiverged
-from bench.harness.batches import BatchOrder, batches
-from bench.harness.checkpoint import snapshot
-from bench.harness.cost import peak_memory_bytes, reset_peak_memory, synchronize
-from bench.harness.distributed import (
+from bench.harness.scoring.cost import peak_memory_bytes, reset_peak_memory, synchronize
+from bench.harness.training.batches import BatchOrder, batches
+from bench.harness.training.checkpoint import snapshot
+from bench.harness.training.distributed import (
     CONTINUE,
     DIVERGED,
     EARLY_STOP,
@@ -38,9 +38,9 @@ from bench.harness.distributed import (
     batch_sizes,
     current,
 )
-from bench.harness.loopstate import Checkpoints, LoopState, validate
-from bench.harness.optim import Trainer
-from bench.harness.signals import (
+from bench.harness.training.loopstate import Checkpoints, LoopState, validate
+from bench.harness.training.optim import Trainer
+from bench.harness.training.signals import (
     STEP_GRACE_S,
     RunInterrupted,
     StepTimeout,
@@ -66,8 +66,8 @@ class LoopResult:
     Attributes:
         steps: training steps done. best_step: the step of the kept state.
         best_val: its validation NLL (inf when none was finite or there is no likelihood).
-        best_state: `bench.harness.checkpoint.snapshot` of the kept state (restore it with
-            `bench.harness.checkpoint.restore`).
+        best_state: `bench.harness.training.checkpoint.snapshot` of the kept state (restore it with
+            `bench.harness.training.checkpoint.restore`).
         train_seconds: training time (device-synchronised, validation excluded).
         val_seconds: time spent in validation. last_val: the last validation NLL.
     """
@@ -100,9 +100,9 @@ def train(method: Method, trainer: Trainer, splits: Splits, budget: Budget,
     Args:
         checkpoints: when and how to write the resumable checkpoint (None: never): at the
             start, per its policy, at the end of training, and on a stop signal
-            (`bench.harness.signals.RunInterrupted`, re-raised after the write).
+            (`bench.harness.training.signals.RunInterrupted`, re-raised after the write).
         resume: a "resume" checkpoint whose trainer state is already restored
-            (`bench.harness.checkpoint.restore_training`): the loop continues from its
+            (`bench.harness.training.checkpoint.restore_training`): the loop continues from its
             "loop" state (step, early stopping, timers, batch order) and "best" state.
 
     Raises:

@@ -53,7 +53,7 @@ __all__ = ["Check", "DEFAULT_RUNS", "QUALITY", "TIMING_THRESHOLD", "busy_loop", 
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SUITE = PROJECT_ROOT / "benchmarks" / "test_regress_bench.py"
 TIMING_THRESHOLD = 1.5  # the factor of a baseline without per-figure factors
 WALL = "_wall"  # suffix of a wall-clock figure
@@ -209,9 +209,9 @@ def run_quality(registry, mode: str = "fast", seeds: tuple[int, ...] = (0,),
 
 def _run_quality(registry, mode: str, seeds: tuple[int, ...], figures: tuple[str, ...],
                  data_dir: Path | None, device: str) -> dict[str, dict[str, Any]]:
-    from bench.harness.distributed import NullSink
-    from bench.harness.plan import plan_jobs
-    from bench.harness.run import run_job
+    from bench.harness.planning.plan import plan_jobs
+    from bench.harness.running.run import run_job
+    from bench.harness.training.distributed import NullSink
 
     data_root = data_dir or (Path(os.environ["BENCH_DATA_DIR"])
                              if os.environ.get("BENCH_DATA_DIR") else None)

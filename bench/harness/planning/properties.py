@@ -1,7 +1,7 @@
 """The properties of the method contract as code, shared by ``bench check``
-(`bench.harness.contract`, one ``PASS``/``FAIL`` line each) and ``bench run`` (the checks
-of `bench.harness.preflight` before training, the loss check of the first training step in
-`bench.harness.optim`, the shape checks of the evaluation): one function per property, one
+(`bench.harness.running.check`, one ``PASS``/``FAIL`` line each) and ``bench run`` (the checks
+of `bench.harness.planning.preflight` before training, the loss check of the first training step in
+`bench.harness.training.optim`, the shape checks of the evaluation): one function per property, one
 sentence per failure, the same sentence in both places.
 
 Each property returns None when it holds, else its sentence, which names the method and

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.api.errors import ConfigError, PluginUnavailable
-from bench.harness.selection import build_params, closest, parse_selection
+from bench.harness.planning.selection import build_params, closest, parse_selection
 
 __all__ = ["Plugin", "Registry", "KINDS", "builtin_root", "checkout_root", "load_plugin_file",
            "plugin_dirs"]
 
 KINDS = {"method": "methods", "dataset": "datasets"}
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed `bench` package
+PACKAGE_DIR = Path(__file__).resolve().parents[2]  # the installed `bench` package
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""The defaults of a run, in one place: `bench run`'s options, `bench.harness.plan.plan_jobs`
-and `bench.lab.run` all read `DEFAULTS`, so a job planned from Python is the job the command
-line plans for the same selection (same solver and validation tolerance, budgets,
-validation cadence, patience, samples, divergence bound, checkpoint cadence).
+"""The defaults of a run, in one place: `bench run`'s options,
+`bench.harness.planning.plan.plan_jobs` and `bench.lab.run` all read `DEFAULTS`, so a job
+planned from Python is the job the command line plans for the same selection (same solver
+and validation tolerance, budgets, validation cadence, patience, samples, divergence bound,
+checkpoint cadence).
 
 Budgets come from the dataset's declared ``kind`` (`BUDGETS`); a dataset class may set its
 own ``default_budget`` (``{"steps": ..., "eval_every": ...}``) to override its kind's.

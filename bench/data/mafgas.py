@@ -3,7 +3,7 @@
 The archive's ``gas/ethylene_CO.pickle`` is a pandas (< 0.20, Python 2) DataFrame pickle,
 and unpickling runs whatever code the pickle names. No SHA-256 of that file is published,
 so it is trusted only as a member of the MAF archive whose md5 (Zenodo's published
-checksum, `bench.science.maf.MAF_ARCHIVE_MD5`) matches:
+checksum, `bench.data.maf.MAF_ARCHIVE_MD5`) matches:
 
 - `convert_from_archive` streams the archive once, hashing every byte it reads, keeps the
   member's bytes in memory, and unpickles them only after the whole archive's md5 matched
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench.api.errors import DataError
-from bench.science import files
+from bench.data import files
 
 __all__ = ["GAS_MEMBER", "PICKLE", "DROPPED", "cache_path", "find_cache", "read_cache",
            "refusal", "unpickle_frame", "convert_from_archive"]

@@ -12,7 +12,7 @@ Files live under a data root as ``<root>/<folder>/<file>`` with the folder names
 canonical archive (``miniboone``, ``power``, ``gas``, ``hepmass``, ``BSDS300``), which
 `fetch_dataset` downloads from Zenodo record 1161203 and checks by md5. GAS is never
 unpickled at run time: its pickle is converted once from the verified archive to a checked
-.npy (`bench.science.mafgas`); a loose ``ethylene_CO.pickle`` is refused.
+.npy (`bench.data.mafgas`); a loose ``ethylene_CO.pickle`` is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.api.errors import DataError
-from bench.science import mafgas
+from bench.data import mafgas
 
 if TYPE_CHECKING:  # pandas is imported where the raw files are read (slow import)
     import pandas as pd

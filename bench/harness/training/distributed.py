@@ -9,7 +9,8 @@ gives each rank its device: a job device ``cuda`` (or ``cuda:k``) becomes
 ``cuda:LOCAL_RANK``. Without torchrun nothing changes: no process group, no collective,
 the single-process code path as before (`World` with ``size`` 1 is a no-op).
 
-What the ranks do (`bench.harness.run`, `bench.harness.loop`, `bench.harness.optim`):
+What the ranks do (`bench.harness.running.run`, `bench.harness.training.loop`,
+`bench.harness.training.optim`):
 
 - `World.replicate`: after the method is built (before the EMA copies) every rank's
   parameters and buffers are overwritten by rank 0's, so replicas start equal.
@@ -17,7 +18,7 @@ What the ranks do (`bench.harness.run`, `bench.harness.loop`, `bench.harness.opt
   holding every gradient (plus the loss, failure flags and which parameters got a
   gradient) averages the gradients over ranks: the update of one process on the global
   batch, so replicas stay equal.
-- `bench.harness.loop.batches`: every rank draws the same permutation (same generator) and
+- `bench.harness.training.loop.batches`: every rank draws the same permutation (same generator) and
   takes its disjoint, equal share of each global batch (DistributedSampler's padding);
   per-rank batch = the method's batch size, effective batch = per-rank batch x world size,
   an epoch is one pass over the global data.
@@ -25,8 +26,9 @@ What the ranks do (`bench.harness.run`, `bench.harness.loop`, `bench.harness.opt
   folder's lock and writes the checkpoint. What must agree (divergence, early stop, time
   budget, a periodic checkpoint now: `SAVE`) is decided on rank 0 and broadcast each step
   (`World.decide`), so all ranks stop, and checkpoint, at the same step. A checkpoint
-  gathers every rank's random streams (`World.gather_bytes`) so a resumed launch (rank 0
-  chooses, `bench.harness.resume`) continues each rank's streams where they were. A failure
+  gathers every rank's random streams (`World.gather_bytes`) so a resumed launch
+  (rank 0 chooses, `bench.harness.training.resume`) continues each rank's streams where they
+  were. A failure
   stops every rank at the same point: a training step that raises on any rank (flags in
   the all-reduce), rank 0 failing in validation (`decide`) or while building the method
   (the vote in `replicate`), and in the end every rank returns rank 0's record

@@ -6,9 +6,9 @@ evaluation, writes the checkpoint, and records everything as it happens to the s
 the returned `RunRecord`. Any failure of the job (bench's own errors, a plug-in raising any
 exception) ends the run FAILED with a one-line ``failure.reason``, its ``failure.type`` and
 the traceback as an artifact; it never propagates, so one job never stops a grid. Only a
-stop (`bench.harness.signals.RunInterrupted`, KeyboardInterrupt) propagates, after the run
+stop (`bench.harness.training.signals.RunInterrupted`, KeyboardInterrupt) propagates, after the run
 is checkpointed and marked KILLED. With a run folder the job checkpoints as it trains and
-resumes a killed run (`bench.harness.runfolder`).
+resumes a killed run (`bench.harness.training.runfolder`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError, ConfigError, Job, RunRecord, Sink, TrainingDiverged
-from bench.harness.recorder import Recorder, git_commit, job_params, one_line
-from bench.harness.resume import agree_start, resume_point
+from bench.harness.training.recorder import Recorder, git_commit, job_params, one_line
+from bench.harness.training.resume import agree_start, resume_point
 
 __all__ = ["run_job", "load_model", "job_params", "git_commit", "Recorder"]
 
@@ -36,19 +36,20 @@ log = logging.getLogger(__name__)
 def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
     """Run one job to the end and return its record (status FINISHED, FAILED or KILLED).
 
-    With ``job.work_dir`` the job runs in that folder (`bench.harness.runfolder`): it holds
+    With ``job.work_dir`` the job runs in that folder (`bench.harness.training.runfolder`): it
+    holds
     the folder's lock, writes the resumable checkpoint per ``job.checkpoint_every`` /
     ``checkpoint_minutes``, and per ``job.resume`` continues a run of the same job left
     KILLED or RUNNING (a killed process) into the same tracking run (``sink.reopen``).
     Without one it runs in a temporary folder and never resumes. Under torchrun rank 0
     holds the folder and decides; every rank restores the checkpoint
-    (`bench.harness.resume.agree_start`).
+    (`bench.harness.training.resume.agree_start`).
 
     Args:
-        job: a validated job from `bench.harness.plan.plan_jobs`.
+        job: a validated job from `bench.harness.planning.plan.plan_jobs`.
         sink: where the record goes as it happens (`bench.api.Sink`; ``reopen(run_id) ->
             {metric: highest recorded step}`` and ``flush()`` are used when present).
-        progress: a factory ``(total, desc) -> progress`` (see `bench.harness.progress`),
+        progress: a factory ``(total, desc) -> progress`` (see `bench.harness.training.progress`),
             or None for no progress display.
 
     Raises:
@@ -59,8 +60,8 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
     """
     import torch
 
-    from bench.harness import distributed
-    from bench.harness.runfolder import RunFolder, job_key
+    from bench.harness.training import distributed
+    from bench.harness.training.runfolder import RunFolder, job_key
 
     world, device = distributed.setup(job.device)
     if world.enabled:  # torchrun: this rank's device; rank 0 alone records, holds the run
@@ -124,9 +125,9 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
 def _run_guarded(job: Job, rec: Recorder, work: Path, progress: Any, folder: Any,
                  resume: dict[str, Any] | None, key: str) -> None:
     """`_train_and_evaluate`, turning every outcome into the record's status and reason."""
-    from bench.harness.loop import StepTimeout
-    from bench.harness.runfolder import is_disk_full
-    from bench.harness.signals import RunInterrupted
+    from bench.harness.training.loop import StepTimeout
+    from bench.harness.training.runfolder import is_disk_full
+    from bench.harness.training.signals import RunInterrupted
 
     record = rec.record
     try:
@@ -163,7 +164,7 @@ def _run_guarded(job: Job, rec: Recorder, work: Path, progress: Any, folder: Any
 
 
 def _load_splits(job: Job, rec: Recorder, loaded: tuple | None = None):
-    from bench.harness.preflight import check_dataset_instance, check_splits
+    from bench.harness.planning.preflight import check_dataset_instance, check_splits
 
     if loaded is None:  # else read (and fingerprinted) already when choosing to resume
         dataset = job.dataset_cls(job.dataset_params, data_dir=job.data_dir)
@@ -185,8 +186,11 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
                         key: str = "") -> None:
     import torch
 
-    from bench.harness import distributed
-    from bench.harness.checkpoint import (
+    from bench.harness.planning.preflight import check_method_instance
+    from bench.harness.running.context import make_context
+    from bench.harness.scoring.likelihood import evaluate, plot_samples
+    from bench.harness.training import distributed
+    from bench.harness.training.checkpoint import (
         make_checkpoint,
         pack,
         rank_state,
@@ -195,16 +199,13 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
         unpack,
         write_checkpoint,
     )
-    from bench.harness.context import make_context
-    from bench.harness.evaluate import evaluate, plot_samples
-    from bench.harness.loop import Checkpoints, train
-    from bench.harness.optim import Trainer
-    from bench.harness.preflight import check_method_instance
-    from bench.harness.runfolder import data_fingerprint
+    from bench.harness.training.loop import Checkpoints, train
+    from bench.harness.training.optim import Trainer
+    from bench.harness.training.runfolder import data_fingerprint
 
     dataset, splits, refs = _load_splits(job, rec, (resume or {}).pop("loaded", None))
     data_sha = data_fingerprint(splits) if job.work_dir is not None else ""
-    if data_sha:  # a resume on other data is refused (bench.harness.resume)
+    if data_sha:  # a resume on other data is refused (bench.harness.training.resume)
         rec.set_tags({"data_sha256": data_sha})
     reason = job.method_cls.supports(job.dataset_cls.kind, tuple(splits.event_shape))
     if reason:
@@ -273,14 +274,14 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
             rec.set_tags(tags)
             rec.log_metrics(metrics)
         if len(splits.event_shape) == 1 and job.evaluate_test:
-            from bench.harness.sample_scores import score_samples
+            from bench.harness.scoring.vector_samples import score_samples
 
             score_samples(method, splits, rec.log_metrics, rec.set_tags, seed=job.seed,
                           device=job.device, test_rows=job.budget.test_rows)
         ckpt = save_checkpoint(work / "checkpoint.pt", job, trainer, result.best_step)
         rec.log_artifact(ckpt)
         if len(splits.event_shape) == 3 and job.evaluate_test:
-            from bench.harness.samples import score_images
+            from bench.harness.scoring.image_samples import score_images
 
             score_images(method, splits, job.sample_eval, work, job.device, job.data_dir,
                          rec.log_metrics, rec.set_tags, rec.log_artifact,
@@ -295,10 +296,10 @@ def load_model(checkpoint: dict[str, Any], registry, *, data_dir: Path | None = 
                device: str = "cpu", solver=None):
     """Rebuild the method of a checkpoint written by `run_job`, with its evaluation weights
     (the EMA average when the run kept one). Reads the dataset to construct the method."""
-    from bench.harness.checkpoint import load_into
-    from bench.harness.context import make_context
-    from bench.harness.plan import resolve_refs
-    from bench.harness.selection import build_params
+    from bench.harness.planning.plan import resolve_refs
+    from bench.harness.planning.selection import build_params
+    from bench.harness.running.context import make_context
+    from bench.harness.training.checkpoint import load_into
 
     m_cls = registry.get("method", checkpoint["method"])
     d_cls = registry.get("dataset", checkpoint["dataset"])

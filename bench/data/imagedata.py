@@ -2,7 +2,7 @@
 
 Torch-free at import (numpy; PIL and scipy are imported inside the functions that need
 them). Every reader takes the expected digest of its file and checks it before parsing;
-`bench.science.files` holds the checks, the downloads and the restricted unpickler.
+`bench.data.files` holds the checks, the downloads and the restricted unpickler.
 
 - MNIST: gzip idx3 files (`read_idx_images`).
 - CIFAR-10: ``cifar-10-python.tar.gz``, pickled batches read with `files.safe_unpickle`
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bench.api.errors import DataError
-from bench.science import files
+from bench.data import files
 
 if TYPE_CHECKING:
     from torch import Tensor

@@ -47,7 +47,7 @@ def _as_uint8(a: np.ndarray, what: str) -> np.ndarray:
             raise DataError(f"{what}: integer values {a.min()}..{a.max()} outside 0..255")
         return a.astype(np.uint8)
     raise DataError(f"{what}: dtype {a.dtype}, expected uint8 images (floats are refused: "
-                    "convert [-1, 1] model-scale images with bench.science.imageset.to_uint8)")
+                    "convert [-1, 1] model-scale images with bench.data.imageset.to_uint8)")
 
 
 def _to_nchw(a: np.ndarray, what: str) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.api import BenchError, Method, SampleEval, Splits
-from bench.harness.cost import synchronize
+from bench.harness.scoring.cost import synchronize
 
 __all__ = ["generate", "score_images", "fid_cache_dir", "SAMPLE_CHUNK"]
 
@@ -68,7 +68,7 @@ def score_images(method: Method, splits: Splits, cfg: SampleEval, work: Path, de
                  log_artifact: Callable, title: str) -> None:
     """Generate ``cfg.n_samples("image")`` images (at least the grid's), write the grid PNG
     and record FID/KID with their labels. Call with the evaluation weights in place."""
-    from bench.science.imageset import to_uint8, write_grid_png
+    from bench.data.imageset import to_uint8, write_grid_png
 
     n_fid = cfg.n_samples("image")
     n = max(n_fid, cfg.grid)
@@ -92,8 +92,8 @@ def score_images(method: Method, splits: Splits, cfg: SampleEval, work: Path, de
 
 def _fid(images, nfe: float, splits: Splits, cfg: SampleEval, device: str,
          data_dir: Path | None, log_metrics: Callable, set_tags: Callable) -> None:
+    from bench.data.imageset import to_uint8
     from bench.science import fid
-    from bench.science.imageset import to_uint8
 
     ref_split = getattr(splits, cfg.reference)
     rows = ref_split.shape[0] if cfg.reference_rows is None else min(cfg.reference_rows,

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from bench.api import Method
-from bench.harness.batches import BatchOrder
-from bench.harness.checkpoint import snapshot
-from bench.harness.cost import synchronize
-from bench.harness.evaluate import data_log_likelihood
-from bench.harness.optim import Trainer
-from bench.harness.signals import deferred
+from bench.harness.scoring.cost import synchronize
+from bench.harness.scoring.likelihood import data_log_likelihood
+from bench.harness.training.batches import BatchOrder
+from bench.harness.training.checkpoint import snapshot
+from bench.harness.training.optim import Trainer
+from bench.harness.training.signals import deferred
 from bench.science.metrics import summarize
 
 __all__ = ["Checkpoints", "LoopState", "validate"]
@@ -33,7 +33,7 @@ class Checkpoints:
     """When the loop writes the resumable checkpoint, and how.
 
     Attributes:
-        save: ``save(step, loop_state, best_state)`` writes it (`bench.harness.run`).
+        save: ``save(step, loop_state, best_state)`` writes it (`bench.harness.running.run`).
         every_steps: every N steps (None: after every validation).
         minutes: and when M minutes of wall-clock passed since the last one (0: off).
     """
@@ -48,7 +48,7 @@ def validate(method: Method, trainer: Trainer, x: torch.Tensor, device: str,
     """`summarize` of the validation likelihood with the EMA weights, in eval mode:
     ``method.validation_likelihood(x)`` when the method overrides it (it then receives x as
     is: the grid for 8-bit data, like ``extra_likelihoods``), else the test NLL's
-    `bench.harness.evaluate.data_log_likelihood` (dequantized on 8-bit data).
+    `bench.harness.scoring.likelihood.data_log_likelihood` (dequantized on 8-bit data).
 
     Returns (summary, seconds).
     """

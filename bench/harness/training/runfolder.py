@@ -5,7 +5,8 @@ Files::
 
     lock       fcntl.flock'ed (exclusive) by the live process; the kernel frees it on death
     run.json   {"run_id", "status", "reason", "job_key", "label", "step"}, written atomically
-    last.pt    the resumable checkpoint (`bench.harness.checkpoint`, with "loop" and "best")
+    last.pt    the resumable checkpoint (`bench.harness.training.checkpoint`, with "loop" and
+    "best")
     ...        the run's outputs (checkpoint.pt, samples.png, traceback.txt)
 
 A run can be resumed when ``run.json`` says RUNNING (the process was killed outright) or
@@ -16,7 +17,7 @@ temporary files an interrupted atomic write left (``.last.pt.*``, ``.run.json.*`
 The job key covers the plug-in sources (SHA-256 of the method's and dataset's files): an
 edited plug-in is another job, never resumed from the old code's checkpoint. The data cannot
 be hashed at plan time; `data_fingerprint` of the loaded splits is stored in the checkpoint
-and compared before a resume (`bench.harness.resume`).
+and compared before a resume (`bench.harness.training.resume`).
 """
 
 from __future__ import annotations
