@@ -22,8 +22,9 @@ from bench.api.errors import (
     PluginUnavailable,
     TrainingDiverged,
 )
+from bench.api.jobs import Budget, Execution, Job, OptimConfig, SampleEval
 from bench.api.plugins import Dataset, FlowMethod, Method
-from bench.api.records import Budget, Execution, Job, OptimConfig, RunRecord, SampleEval, Sink
+from bench.api.records import RunRecord, Sink
 from bench.api.types import (
     DatasetRef,
     FlowEngine,

@@ -1,0 +1,222 @@
+"""Jobs: what the plan makes and the harness runs. A `Job` (method and dataset with typed
+parameters, seed, `Budget`, `OptimConfig`, `SolverConfig`, `SampleEval`, `Execution`) is
+plain data, validated at construction; nothing here imports the rest of bench.
+
+selection strings -> plan (`Job`s, validated) -> ``run_job(job, sink)`` -> `RunRecord`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bench.api.errors import ConfigError
+from bench.api.types import SolverConfig
+
+__all__ = ["OptimConfig", "Budget", "SampleEval", "Execution", "Job"]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimisation settings every method shares; the harness builds from them the
+    optimiser, learning-rate schedule, gradient clipping and EMA of the weights.
+
+    Attributes:
+        optimizer: "adam" or "adamw" (decoupled weight decay).
+        lr: learning rate. weight_decay: L2 (adam) or decoupled (adamw) decay.
+        schedule: "constant", "cosine" or "linear" decay to 0 over the step budget (constant
+            when the budget is only in seconds), after ``warmup`` linear warm-up steps.
+        grad_clip: maximum gradient norm (0: off).
+        ema: decay of the exponential moving average of the weights (0: off); evaluation,
+            sampling and checkpoints' "ema" entry use the average.
+        ema_warmup: use decay min(ema, (1 + n) / (10 + n)) after n updates (DDPM's).
+    """
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup: int = 0
+    grad_clip: float = 0.0
+    ema: float = 0.0
+    ema_warmup: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup < 0 or self.grad_clip < 0:
+            raise ConfigError("weight_decay, warmup and grad_clip must be >= 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema decay must be in [0, 1), got {self.ema}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a run trains and how it is validated.
+
+    Attributes:
+        steps: maximum training steps (None: only the time budget).
+        max_seconds: maximum training seconds (evaluation not counted).
+        eval_every: validation every N steps (unless ``eval_at_seconds``).
+        eval_at_seconds: validate once each of these training times is passed.
+        patience: early stop after N validations without improvement.
+        val_rows: use only the first N validation rows (None: all).
+        test_rows: score only the first N test rows (None: all; the test split's tag says
+            so when a subset was scored).
+        divergence_factor: stop as diverged once a step's |loss| exceeds this factor times
+            max(1, the largest |loss| of the first ``divergence_steps`` steps) (0: only a
+            non-finite loss stops the run).
+        divergence_steps: the early steps whose |loss| sets that reference.
+    """
+
+    steps: int | None = 5000
+    max_seconds: float | None = None
+    eval_every: int = 250
+    eval_at_seconds: tuple[float, ...] = ()
+    patience: int = 4
+    val_rows: int | None = None
+    test_rows: int | None = None
+    divergence_factor: float = 1e6
+    divergence_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.max_seconds is None:
+            raise ConfigError("give a budget: --steps and/or --max-seconds")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ConfigError(f"--max-seconds must be > 0, got {self.max_seconds}")
+        if self.eval_every < 1:
+            raise ConfigError(f"--eval-every must be >= 1, got {self.eval_every}")
+        if self.patience < 1:
+            raise ConfigError(f"--patience must be >= 1, got {self.patience}")
+        for name, rows in (("--val-rows", self.val_rows), ("--test-rows", self.test_rows)):
+            if rows is not None and rows < 2:
+                raise ConfigError(f"{name} must be >= 2, got {rows}")
+        if not (self.divergence_factor == 0 or self.divergence_factor > 1):
+            raise ConfigError("--divergence-factor must be 0 (off) or a number > 1, got "
+                              f"{self.divergence_factor}")
+        if self.divergence_steps < 1:
+            raise ConfigError(f"divergence_steps must be >= 1, got {self.divergence_steps}")
+
+
+@dataclass(frozen=True)
+class SampleEval:
+    """Sample-based scoring of image runs: FID and KID of generated samples against the
+    Inception features of a named split (`bench.science.fid`), and the samples grid.
+
+    Attributes:
+        samples: generated images scored (0: no FID/KID); None: 1000 on image data, 0 else.
+        reference: the split whose features are the reference ("train", "val" or "test";
+            recorded with every FID: train and test differ by about 2 FID points for DDPM
+            on CIFAR-10).
+        reference_rows: use only the first N images of the reference split (None: all).
+        kid_subsets, kid_subset_size: KID's subsets (size clipped to the smaller set).
+        grid: images in the samples grid PNG (0: none).
+    """
+
+    samples: int | None = None
+    reference: Literal["train", "val", "test"] = "test"
+    reference_rows: int | None = None
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    grid: int = 64
+
+    def __post_init__(self) -> None:
+        if self.samples is not None and self.samples < 0:
+            raise ConfigError(f"--fid-samples must be >= 0, got {self.samples}")
+        if self.samples == 1:
+            raise ConfigError("--fid-samples must be 0 (off) or >= 2")
+        if self.reference not in ("train", "val", "test"):
+            raise ConfigError(f"--fid-ref must be train, val or test, got {self.reference!r}")
+        if self.reference_rows is not None and self.reference_rows < 2:
+            raise ConfigError(f"--fid-ref-rows must be >= 2, got {self.reference_rows}")
+        if self.kid_subsets < 1 or self.kid_subset_size < 2 or self.grid < 0:
+            raise ConfigError("kid_subsets must be >= 1, kid_subset_size >= 2, grid >= 0")
+
+    def n_samples(self, kind: str) -> int:
+        """Generated images to score on data of this kind."""
+        if self.samples is not None:
+            return self.samples
+        return 1000 if kind == "image" else 0
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How training executes on the device (never what it computes in exact arithmetic).
+
+    Attributes:
+        precision: "fp32", or "bf16" autocast of the training forward passes (CUDA, or CPU
+            for tests); evaluation, sampling and likelihoods always run in fp32.
+        channels_last: NHWC memory format for image networks and batches (GPU speed).
+        compile: ``torch.compile`` the method's modules for training.
+    """
+
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (method, dataset, seed) run, fully resolved and validated by the plan.
+
+    Attributes:
+        method, dataset: plug-in names; method_cls, dataset_cls: their classes.
+        method_params, dataset_params: instances of their ``Params``.
+        refs: datasets named by ``DatasetRef`` parameters: field -> (class, params).
+        optim, budget, solver: the shared settings of this run.
+        sample_eval: FID/KID and the samples grid (image data). execution: precision,
+            memory format and compilation of training.
+        sources: plug-in name -> "path (version)" of the file or entry point.
+        label: the selection as the user wrote it (with its overrides).
+        work_dir: the run's own folder (checkpoints, lock, outputs; see
+            `bench.harness.training.runfolder`); None: a temporary folder and no resuming.
+        checkpoint_every: write the resumable checkpoint every N steps (None: at every
+            validation). checkpoint_minutes: and every M minutes of wall-clock (0: off).
+        resume: with a ``work_dir``: "auto" continues a run of this job left KILLED or
+            RUNNING from its checkpoint, "require" insists on one, "never" starts afresh.
+    """
+
+    method: str
+    method_cls: type
+    method_params: Any
+    dataset: str
+    dataset_cls: type
+    dataset_params: Any
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    budget: Budget = field(default_factory=Budget)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    device: str = "cpu"
+    data_dir: Path | None = None
+    evaluate_test: bool = True
+    n_samples: int = 20_000
+    sample_eval: SampleEval = field(default_factory=SampleEval)
+    execution: Execution = field(default_factory=Execution)
+    refs: dict[str, tuple[type, Any]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+    work_dir: Path | None = None
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float = 10.0
+    resume: Literal["auto", "require", "never"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if not (self.checkpoint_minutes >= 0 and math.isfinite(self.checkpoint_minutes)):
+            raise ConfigError("--checkpoint-minutes must be >= 0 (0: off), got "
+                              f"{self.checkpoint_minutes}")
+        if self.resume not in ("auto", "require", "never"):
+            raise ConfigError(f"resume must be auto, require or never, got {self.resume!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.dataset}-s{self.seed}"
