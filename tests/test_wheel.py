@@ -50,7 +50,10 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, src / name)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
           "--no-index", "-q", "-w", str(tmp / "dist"), str(src)])
-    (whl,) = (tmp / "dist").glob("bench-*.whl")
+    # the distribution is ctgen-bench (PyPI's "bench" is another package); a copy without
+    # git metadata builds as setuptools-scm's fallback version
+    (whl,) = (tmp / "dist").glob("ctgen_bench-*.whl")
+    assert whl.name.startswith("ctgen_bench-0.1.0-"), whl.name
     return whl
 
 
