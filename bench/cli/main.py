@@ -39,7 +39,7 @@ class _Group(click.Group):
 @click.option("--plugins", multiple=True, type=click.Path(file_okay=False),
               help="Extra plug-in folder (repeatable; also BENCH_PLUGINS).")
 @click.option("-v", "--verbose", count=True, help="More logging.")
-@click.version_option(package_name="bench")
+@click.version_option(package_name="ctgen-bench")
 @click.pass_context
 def main(ctx, plugins, verbose):
     """bench: train and compare continuous-time generative models (InterFlow, CNF, DDPM)."""
