@@ -37,6 +37,21 @@ class Dataset(ABC):
     Subclasses set ``name``, ``kind`` ("toy2d" | "tabular" | "image"), ``Params`` and
     implement ``load``. Datasets with a closed-form density set ``has_log_prob = True`` and
     override ``log_prob`` (exact, in nats); ``sample`` defaults to rows of the train split.
+
+    Example (a plug-in is such a class in a file of ``datasets/``):
+
+    >>> import torch
+    >>> from bench.api import Dataset, Splits
+    >>> class Line(Dataset):
+    ...     '''Points on a line.'''
+    ...     name, kind = "line", "toy2d"
+    ...     def load(self):
+    ...         x = torch.linspace(0, 1, 10).unsqueeze(1).repeat(1, 2)
+    ...         return Splits(x[:8], x[8:9], x[9:], (2,), "10 points on y = x")
+    >>> Line().splits().train.shape
+    torch.Size([8, 2])
+    >>> Line.describe()
+    'Points on a line.'
     """
 
     name: ClassVar[str]
@@ -118,6 +133,13 @@ class Method(ABC):
     settings for the contract checks); ``likelihood`` ("exact" | "bound" | "none");
     ``optim`` (defaults of the shared optimisation settings, `bench.api.OptimConfig`);
     ``trainable`` (False for closed-form fits: no optimiser, no training steps).
+
+    Example: what a subclass must implement (the README's ``methods/diag_gaussian.py`` is a
+    complete one in 45 lines):
+
+    >>> from bench.api import Method
+    >>> sorted(Method.__abstractmethods__)
+    ['log_prob', 'loss', 'modules', 'sample']
     """
 
     name: ClassVar[str]
@@ -219,6 +241,12 @@ class FlowMethod(Method):
 
     Subclasses implement ``velocity_field() -> nn.Module`` (called as ``v(t, x)``),
     ``base_sample(n)``, and ``base_log_prob(x_0)`` when the base is not N(0, I).
+
+    Example: sampling and likelihood are inherited; the velocity field and the base are not
+
+    >>> from bench.api import FlowMethod
+    >>> sorted(FlowMethod.__abstractmethods__)
+    ['base_sample', 'loss', 'modules', 'velocity_field']
     """
 
     @abstractmethod

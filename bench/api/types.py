@@ -63,6 +63,14 @@ class Splits:
         dequantization: how discrete data is made continuous: "none" for real-valued data;
             "uniform-8bit" for 8-bit data scaled to [-1, 1] (the harness adds the uniform
             noise and the change of variables, see `bench.science.metrics`).
+
+    Example:
+
+    >>> import torch
+    >>> x = torch.randn(10, 2, 3)
+    >>> s = Splits(x[:8], x[8:9], x[9:], (2, 3), "10 Gaussian draws")
+    >>> s.dim, s.train.shape
+    (6, torch.Size([8, 2, 3]))
     """
 
     train: Tensor
@@ -93,6 +101,13 @@ class LogLikelihood:
         estimator: how it was obtained, e.g. "ode dopri5 rtol=1e-05 atol=1e-05 div=exact".
         nfe: function evaluations of ONE solve (per chunk of rows; the same for every chunk
             of a fixed-step method, the largest chunk's for an adaptive one).
+
+    Example (a method's ``log_prob`` returns one; the harness records the labels):
+
+    >>> import torch
+    >>> ll = LogLikelihood(torch.zeros(3), kind="bound", estimator="negative ELBO")
+    >>> ll.values.shape, ll.kind
+    (torch.Size([3]), 'bound')
     """
 
     values: Tensor
