@@ -1,6 +1,6 @@
 """Issue 12's closed-form check: stochastic interpolants between N(0, I) and a Gaussian
 mixture in d = 4 and d = 100, where the drift b and the score s of the interpolant density
-are known exactly (`bench.science.stochastic.GaussianMixturePath`).
+are known exactly (`bench.science.si_objectives.GaussianMixturePath`).
 
 For each dimension it trains a drift network and a score network with the quadratic losses
 (linear interpolant, gamma(t) = sqrt(2 t (1 - t)), antithetic z), records the relative L2
@@ -28,7 +28,7 @@ from bench.science import sample_metrics as sm
 from bench.science.interpolants import build_stochastic_interpolant
 from bench.science.nets import build_net
 from bench.science.sde import SDEConfig, sde_integrate
-from bench.science.stochastic import GaussianMixturePath, interpolant_losses, relative_l2
+from bench.science.si_objectives import GaussianMixturePath, interpolant_losses, relative_l2
 
 T_MIN = 1e-2
 

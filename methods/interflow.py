@@ -119,23 +119,24 @@ class InterFlowParams(UNetParams):
             raise ValueError("interpolant=vp needs gamma < 1: use gamma=sqrt or t1mt")
         if self.interpolant == "encdec" and self.gamma == "none":
             raise ValueError("interpolant=encdec needs a latent: gamma=sqrt|t1mt|sin2")
-        if self.sampler == "sde" and self.eps > 0 and self.learned == "velocity":
+        if self.sampler == "sde" and self.eps > 0 and self.resolved_objective == "velocity":
             raise ValueError("sampler=sde with eps > 0 needs a score: objective="
                              "velocity_score|velocity_denoiser|split")
-        if self.learned == "split" and self.gamma == "none":
+        if self.resolved_objective == "split" and self.gamma == "none":
             raise ValueError("objective=split needs gamma != none (b = v + gamma' eta)")
-        if self.learned != "velocity" and self.gamma == "none" and self.base is not None:
+        if (self.resolved_objective != "velocity" and self.gamma == "none"
+                and self.base is not None):
             raise ValueError("a one-sided score (gamma=none) needs the N(0, I) base")
         if self.antithetic and self.gamma == "none" and self.base is not None:
             raise ValueError("antithetic=true with gamma=none pairs x_0 with -x_0, which "
                              "needs the symmetric N(0, I) base (base=none)")
-        if self.interpolant == "learned" and self.stochastic:
+        if self.interpolant == "learned" and self.is_stochastic_interpolant:
             raise ValueError("interpolant=learned needs gamma=none and objective=velocity")
         if self.path_modes < 1 or not self.path_lr_factor > 0:
             raise ValueError("need path_modes >= 1 and path_lr_factor > 0")
 
     @property
-    def learned(self) -> str:
+    def resolved_objective(self) -> str:
         """The objective with ``auto`` resolved."""
         if self.objective != "auto":
             return self.objective
@@ -143,10 +144,10 @@ class InterFlowParams(UNetParams):
         return "velocity_denoiser" if sde else "velocity"
 
     @property
-    def stochastic(self) -> bool:
+    def is_stochastic_interpolant(self) -> bool:
         """Whether the stochastic-interpolant machinery is used (else: ICLR 2023 InterFlow,
         bit for bit)."""
-        return self.gamma != "none" or self.learned != "velocity"
+        return self.gamma != "none" or self.resolved_objective != "velocity"
 
 
 class InterFlow(FlowMethod):
@@ -192,9 +193,9 @@ class InterFlow(FlowMethod):
 
         self.v: nn.Module = net()
         self.s: nn.Module | None = None
-        self.stochastic = None
+        self.stochastic_interpolant = None
         self.score: nn.Module | None = None
-        if params.stochastic:
+        if params.is_stochastic_interpolant:
             self._build_stochastic(net)
         elif params.interpolant == "learned":
             from bench.science.learned_paths import FourierInterpolant
@@ -204,7 +205,7 @@ class InterFlow(FlowMethod):
         else:
             self.interpolant = get_interpolant(params.interpolant)
         self.record_path = (params.interpolant == "learned" or params.record_path
-                            ) and self.stochastic is None
+                            ) and self.stochastic_interpolant is None
         self._train_rows = splits.train if self.record_path else None
         self.gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
         self.base_dataset = None
@@ -224,19 +225,19 @@ class InterFlow(FlowMethod):
 
     def _build_stochastic(self, net) -> None:
         from bench.science.interpolants import build_stochastic_interpolant
-        from bench.science.stochastic import OBJECTIVES, DriftField, ScoreField
+        from bench.science.si_objectives import OBJECTIVES, DriftField, ScoreField
 
         p = self.params
-        self.stochastic = build_stochastic_interpolant(
+        self.stochastic_interpolant = build_stochastic_interpolant(
             p.interpolant, p.gamma, p.gamma_a, p.t_min,
             one_sided=p.gamma == "none")
-        learned = OBJECTIVES[p.learned]
+        learned = OBJECTIVES[p.resolved_objective]
         if len(learned) > 1:
             self.s = net()
         nets = dict(zip(learned, (self.v, self.s), strict=False))
         self.fields = nets
-        self.drift = DriftField(nets, self.stochastic)
-        self.score = ScoreField(nets, self.stochastic) if self.s is not None else None
+        self.drift = DriftField(nets, self.stochastic_interpolant)
+        self.score = ScoreField(nets, self.stochastic_interpolant) if self.s is not None else None
 
     # -- the base density (t = 0) -------------------------------------------------------
     def base_sample(self, n: int) -> Tensor:
@@ -254,7 +255,7 @@ class InterFlow(FlowMethod):
         return super().base_log_prob(x_0)
 
     def velocity_field(self) -> nn.Module:
-        return self.v if self.stochastic is None else self.drift
+        return self.v if self.stochastic_interpolant is None else self.drift
 
     # -- sampling and the SDE likelihood ------------------------------------------------
     def _sde_config(self):
@@ -332,7 +333,7 @@ class InterFlow(FlowMethod):
         """G(v) on a batch of data x_1 (n, *event_shape) with fresh base samples and times:
         the mean over the batch of |v|^2 - 2 dI/dt . v, summed over every non-batch
         dimension. With the stochastic interpolant: the sum of its fields' losses."""
-        if self.stochastic is not None:
+        if self.stochastic_interpolant is not None:
             return self._stochastic_loss(batch)
         x_1 = batch.to(self.ctx.device)
         x_0, t = self.base_sample(x_1.shape[0]), self.sample_time(x_1.shape[0])
@@ -387,18 +388,18 @@ class InterFlow(FlowMethod):
                 "path_dI2": pl.interpolant}
 
     def _stochastic_loss(self, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """The sum of the quadratic losses of the learned fields (`bench.science.stochastic`)
+        """The sum of the quadratic losses of the learned fields (`bench.science.si_objectives`)
         at t in [t_min, 1 - t_min], with fresh x_0, t, z."""
         import torch
 
-        from bench.science.stochastic import interpolant_losses
+        from bench.science.si_objectives import interpolant_losses
 
         x_1 = batch.to(self.ctx.device)
         n, t_min = x_1.shape[0], self.params.t_min
         x_0 = self.base_sample(n)
         t = t_min + (1.0 - 2.0 * t_min) * self.sample_time(n)
         z = torch.randn(x_1.shape, generator=self.gen).to(self.ctx.device)
-        losses = interpolant_losses(self.fields, self.stochastic, x_0, x_1, t, z,
+        losses = interpolant_losses(self.fields, self.stochastic_interpolant, x_0, x_1, t, z,
                                     self.params.antithetic)
         total = sum(losses.values())
         return total, {f"loss_{k}": float(v.detach()) for k, v in losses.items()}
@@ -406,7 +407,7 @@ class InterFlow(FlowMethod):
     # -- state ----------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
         out = {"v": self.v} if self.s is None else {"v": self.v, "s": self.s}
-        if self.stochastic is None and self.params.interpolant == "learned":
+        if self.stochastic_interpolant is None and self.params.interpolant == "learned":
             out["path"] = self.interpolant  # the harness's one optimiser ascends it
         return out
 

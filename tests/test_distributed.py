@@ -227,8 +227,8 @@ def test_two_ranks_take_the_step_of_one_process_on_the_global_batch(tmp_path, mo
     # failures stop every rank at the same point, and the group stays usable
     assert r1["step_error"] == "RuntimeError: out of memory (simulated)"
     assert r0["step_error"] == "PeerFailure: rank 1 failed in a training step"
-    assert r0["diverged"].startswith("TrainingDiverged") and r1["diverged"].startswith(
-        "TrainingDiverged")
+    assert r0["diverged"].startswith("LossExploded") and r1["diverged"].startswith(
+        "LossExploded")
     assert r0["val_error"] == "ValueError: validation failed (simulated)"
     assert r1["val_error"].startswith("PeerFailure: rank 0 failed during validation")
     assert r0["peer_setup"].startswith("PeerFailure: rank 1 failed") and "no data" in r0[

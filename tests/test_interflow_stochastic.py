@@ -21,7 +21,8 @@ def _make(registry, splits, **over):
 
 def test_defaults_are_the_deterministic_interflow_bit_for_bit(registry, toy_splits):
     m = _make(registry, toy_splits)
-    assert m.stochastic is None and set(m.modules()) == {"v"} and m.velocity_field() is m.v
+    assert m.stochastic_interpolant is None and set(m.modules()) == {"v"}
+    assert m.velocity_field() is m.v
     batch = toy_splits.train[:64]
     m.gen.manual_seed(7)
     got = m.loss(batch, 0)

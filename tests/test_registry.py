@@ -67,9 +67,10 @@ def test_checkout_root_needs_the_bench_pyproject(tmp_path):
     pkg = tmp_path / "bench"
     pkg.mkdir()
     assert checkout_root(pkg) is None and builtin_root(pkg) is None
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "other"\n')
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "bench"\n')  # not its command
     assert checkout_root(pkg) is None
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "bench"\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "any-name"\n[project.scripts]\nbench = "bench.cli.main:main"\n')
     assert checkout_root(pkg) == tmp_path == builtin_root(pkg)
     (pkg / "_plugins" / "methods").mkdir(parents=True)  # a wheel's shipped plug-ins win
     assert builtin_root(pkg) == pkg / "_plugins"

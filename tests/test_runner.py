@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.api import Budget, LogLikelihood, Method, OptimConfig, TrainingDiverged
+from bench.api import Budget, LogLikelihood, LossExploded, Method, OptimConfig
 from bench.harness import make_context
 from bench.harness.training.checkpoint import restore
 from bench.harness.training.loop import train
@@ -133,7 +133,7 @@ def test_evaluations_at_training_times(toy_splits):
 
 def test_non_finite_loss_raises_training_diverged(toy_splits):
     method = Scripted(P(), toy_splits, make_context(), loss_at={3: math.nan})
-    with pytest.raises(TrainingDiverged, match="training diverged at step 3: loss = nan"):
+    with pytest.raises(LossExploded, match="training diverged at step 3: loss = nan"):
         _run(toy_splits, Budget(steps=8, eval_every=100), method=method)
 
 

@@ -12,7 +12,7 @@ from bench.api.errors import ConfigError
 from bench.science.interpolants import build_stochastic_interpolant
 from bench.science.ode import integrate, log_likelihood
 from bench.science.sde import SDEConfig, sde_integrate, sde_log_likelihood
-from bench.science.stochastic import GaussianMixturePath
+from bench.science.si_objectives import GaussianMixturePath
 
 D = torch.float64
 

@@ -9,7 +9,7 @@ import torch
 
 from bench.science.interpolants import build_stochastic_interpolant
 from bench.science.nets import build_net
-from bench.science.stochastic import (
+from bench.science.si_objectives import (
     GaussianMixturePath,
     interpolant_losses,
     relative_l2,

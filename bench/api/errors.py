@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 __all__ = [
-    "BenchError", "ConfigError", "PluginUnavailable", "DataError", "TrainingDiverged",
+    "BenchError", "ConfigError", "PluginUnavailable", "DataError", "LossExploded",
     "ContractError",
 ]
 
@@ -25,7 +25,7 @@ class DataError(BenchError):
     """Missing, corrupt or malformed data."""
 
 
-class TrainingDiverged(BenchError):
+class LossExploded(BenchError):
     """The training loss became non-finite (or exploded)."""
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from bench.api.errors import ConfigError
 from bench.api.types import SolverConfig
 
-__all__ = ["OptimConfig", "Budget", "SampleEval", "Execution", "Job"]
+__all__ = ["OptimConfig", "Budget", "SampleEval", "Execution", "Job", "JobSpec"]
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,10 @@ class Budget:
         val_rows: use only the first N validation rows (None: all).
         test_rows: score only the first N test rows (None: all; the test split's tag says
             so when a subset was scored).
-        divergence_factor: stop as diverged once a step's |loss| exceeds this factor times
-            max(1, the largest |loss| of the first ``divergence_steps`` steps) (0: only a
+        explosion_factor: stop as diverged once a step's |loss| exceeds this factor times
+            max(1, the largest |loss| of the first ``explosion_steps`` steps) (0: only a
             non-finite loss stops the run).
-        divergence_steps: the early steps whose |loss| sets that reference.
+        explosion_steps: the early steps whose |loss| sets that reference.
     """
 
     steps: int | None = 5000
@@ -78,8 +78,8 @@ class Budget:
     patience: int = 4
     val_rows: int | None = None
     test_rows: int | None = None
-    divergence_factor: float = 1e6
-    divergence_steps: int = 1
+    explosion_factor: float = 1e6
+    explosion_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.steps is None and self.max_seconds is None:
@@ -95,11 +95,11 @@ class Budget:
         for name, rows in (("--val-rows", self.val_rows), ("--test-rows", self.test_rows)):
             if rows is not None and rows < 2:
                 raise ConfigError(f"{name} must be >= 2, got {rows}")
-        if not (self.divergence_factor == 0 or self.divergence_factor > 1):
-            raise ConfigError("--divergence-factor must be 0 (off) or a number > 1, got "
-                              f"{self.divergence_factor}")
-        if self.divergence_steps < 1:
-            raise ConfigError(f"divergence_steps must be >= 1, got {self.divergence_steps}")
+        if not (self.explosion_factor == 0 or self.explosion_factor > 1):
+            raise ConfigError("--explosion-factor must be 0 (off) or a number > 1, got "
+                              f"{self.explosion_factor}")
+        if self.explosion_steps < 1:
+            raise ConfigError(f"explosion_steps must be >= 1, got {self.explosion_steps}")
 
 
 @dataclass(frozen=True)
@@ -220,3 +220,74 @@ class Job:
     @property
     def name(self) -> str:
         return f"{self.method}-{self.dataset}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job as plain data that crosses a process or a machine: what a `Launcher`
+    receives. Plug-ins are named (found again through the registry of ``plugin_dirs``),
+    their typed parameters and the shared settings are JSON-able dicts (tuples as lists).
+    `bench.harness.planning.jobspec` turns a `Job` into a spec and back (``to_spec``,
+    ``from_spec``); the round trip gives an equal `Job` with the same job key.
+
+    Attributes:
+        method, dataset: plug-in names. method_params, dataset_params: their ``Params`` as
+            field -> value. refs: ``DatasetRef`` fields -> {"dataset": name, "params": {}}.
+        seed, device, data_dir, evaluate_test, n_samples: as in `Job`.
+        optim, budget, solver, sample_eval, execution: the shared settings as dicts.
+        plugin_dirs: extra plug-in folders of the planner's registry (absolute paths).
+        label, sources, work_dir, checkpoint_every, checkpoint_minutes, resume: as in `Job`.
+        key: the planner's job key (`bench.harness.training.runfolder.job_key`); "" when
+            unknown. A launcher refuses a spec whose rebuilt job has another key (a plug-in
+            file that differs on the worker).
+    """
+
+    method: str
+    dataset: str
+    method_params: dict[str, Any] = field(default_factory=dict)
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    optim: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    solver: dict[str, Any] = field(default_factory=dict)
+    sample_eval: dict[str, Any] = field(default_factory=dict)
+    execution: dict[str, Any] = field(default_factory=dict)
+    refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    device: str = "cpu"
+    data_dir: str | None = None
+    evaluate_test: bool = True
+    n_samples: int = 20_000
+    plugin_dirs: tuple[str, ...] = ()
+    label: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
+    work_dir: str | None = None
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float = 10.0
+    resume: str = "auto"
+    key: str = ""
+
+    def to_json(self) -> str:
+        """The spec as one JSON document (non-finite floats as NaN/Infinity)."""
+        import dataclasses
+        import json
+
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        """The spec of `to_json`'s text; ConfigError (one line) for anything else."""
+        import dataclasses
+        import json
+
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"a job spec must be JSON: {exc}") from None
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or not {"method", "dataset"} <= set(data):
+            raise ConfigError("a job spec is a JSON object with a method and a dataset")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown job spec field {unknown[0]!r}")
+        data["plugin_dirs"] = tuple(data.get("plugin_dirs") or ())
+        return cls(**data)

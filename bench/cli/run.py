@@ -76,7 +76,7 @@ __all__ = ["run"]
 @click.option("--checkpoint-minutes", type=float, default=DEFAULTS.checkpoint_minutes,
               show_default=True,
               help="Also write it every M minutes (0: off).")
-@click.option("--divergence-factor", type=float, default=DEFAULTS.divergence_factor,
+@click.option("--explosion-factor", type=float, default=DEFAULTS.explosion_factor,
               show_default=True,
               help="Stop a run as diverged when a step's |loss| exceeds this factor x "
                    "max(1, |loss| of the first step); a non-finite loss always stops it "
@@ -97,7 +97,7 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
         precision, channels_last, compile_, solver, rtol, atol, divergence, probes, val_tol,
         data_dir,
         results_dir, tracking_uri, experiment, resume, checkpoint_every, checkpoint_minutes,
-        divergence_factor, launcher, address, dry_run, quiet, as_json):
+        explosion_factor, launcher, address, dry_run, quiet, as_json):
     """Train and evaluate every (method, dataset, seed) combination; record them in MLflow.
 
     The whole grid is validated before any data is read or any run is opened; each job then
@@ -122,7 +122,7 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
                      n_samples=n_samples, val_rows=val_rows, test_rows=test_rows,
                      sample_eval=sample_eval, execution=execution)
     jobs = _with_run_folders(jobs, Path(results_dir), resume or "auto", checkpoint_every,
-                             checkpoint_minutes, divergence_factor)
+                             checkpoint_minutes, explosion_factor)
     if dry_run:
         rows = plan_table(jobs)
         if as_json:  # with the job key: a job's identity (lab.plan gives the same one)
@@ -190,7 +190,7 @@ def run(ctx, methods, datasets, sets, seeds, steps, max_seconds, eval_every, pat
 
 
 def _with_run_folders(jobs, results: Path, resume: str, checkpoint_every,
-                      checkpoint_minutes, divergence_factor) -> list:
+                      checkpoint_minutes, explosion_factor) -> list:
     """Each job with its run folder ``results/runs/<job key>``, checkpoint and resume policy
     and divergence bound (validated here, in the plan phase); with ``resume="require"``
     every job must have a run to resume."""
@@ -202,7 +202,7 @@ def _with_run_folders(jobs, results: Path, resume: str, checkpoint_every,
     out = []
     for job in jobs:
         job = dataclasses.replace(
-            job, budget=dataclasses.replace(job.budget, divergence_factor=divergence_factor),
+            job, budget=dataclasses.replace(job.budget, explosion_factor=explosion_factor),
             checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
             resume=resume)
         job = dataclasses.replace(job, work_dir=results / "runs" / job_key(job))

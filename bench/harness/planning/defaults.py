@@ -37,7 +37,7 @@ class RunDefaults:
         val_tol: rtol = atol of the validation solves (the early-stopping signal).
         patience: early stop after N validations without improvement.
         n_samples: samples drawn for the 2-D samples figure.
-        divergence_factor: a step whose |loss| exceeds this factor x max(1, |first loss|)
+        explosion_factor: a step whose |loss| exceeds this factor x max(1, |first loss|)
             stops the run as diverged (0: only a non-finite loss).
         checkpoint_minutes: the resumable checkpoint is also written every M minutes.
         budgets: steps and validation cadence by dataset kind.
@@ -51,7 +51,7 @@ class RunDefaults:
     val_tol: float = 1e-3
     patience: int = 4
     n_samples: int = 20_000
-    divergence_factor: float = 1e6
+    explosion_factor: float = 1e6
     checkpoint_minutes: float = 10.0
     budgets: MappingProxyType[str, MappingProxyType[str, int]] = field(
         default_factory=lambda: BUDGETS)

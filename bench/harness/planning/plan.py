@@ -156,7 +156,7 @@ def _budget(dataset_cls: type, steps: int | None, max_seconds: float | None,
         steps = int(default["steps"])
     return Budget(steps=steps, max_seconds=max_seconds,
                   eval_every=int(default["eval_every"]) if eval_every is None else eval_every,
-                  patience=patience, divergence_factor=DEFAULTS.divergence_factor,
+                  patience=patience, explosion_factor=DEFAULTS.explosion_factor,
                   eval_at_seconds=tuple(eval_at_seconds), val_rows=val_rows,
                   test_rows=test_rows)
 

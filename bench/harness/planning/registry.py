@@ -62,13 +62,16 @@ class Plugin:
 
 def checkout_root(package_dir: Path = PACKAGE_DIR) -> Path | None:
     """The source checkout holding ``package_dir``: its parent, if that folder has a
-    ``pyproject.toml`` whose project is named "bench"; else None."""
+    ``pyproject.toml`` whose project installs this package's command (``bench =
+    "bench.cli.main:main"``: the distribution name may change, the command does not); else
+    None."""
     root = package_dir.parent
     try:
         meta = tomllib.loads((root / "pyproject.toml").read_text())
     except (OSError, tomllib.TOMLDecodeError):
         return None
-    return root if meta.get("project", {}).get("name") == "bench" else None
+    scripts = meta.get("project", {}).get("scripts", {})
+    return root if scripts.get("bench") == "bench.cli.main:main" else None
 
 
 def builtin_root(package_dir: Path = PACKAGE_DIR) -> Path | None:

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.api import BenchError, ConfigError, Job, RunRecord, Sink, TrainingDiverged
+from bench.api import BenchError, ConfigError, Job, LossExploded, RunRecord, Sink
 from bench.harness.training.recorder import Recorder, git_commit, job_params, one_line
 from bench.harness.training.resume import agree_start, resume_point
 
@@ -47,8 +47,8 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
 
     Args:
         job: a validated job from `bench.harness.planning.plan.plan_jobs`.
-        sink: where the record goes as it happens (`bench.api.Sink`; ``reopen(run_id) ->
-            {metric: highest recorded step}`` and ``flush()`` are used when present).
+        sink: where the record goes as it happens (`bench.api.Sink`: ``start`` or, to
+            resume, ``reopen``; ``flush`` before each checkpoint; ``end``).
         progress: a factory ``(total, desc) -> progress`` (see `bench.harness.training.progress`),
             or None for no progress display.
 
@@ -111,7 +111,7 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
                     rec.flush()
                 sink.end(record.status)
                 # a sink that fell back to a local store mid-run now names the run there
-                record.run_id = getattr(sink, "run_id", None) or record.run_id
+                record.run_id = sink.run_id or record.run_id
         finally:
             if folder is not None:
                 if opened:  # never raises: a full disk must not hide the outcome
@@ -151,7 +151,7 @@ def _run_guarded(job: Job, rec: Recorder, work: Path, progress: Any, folder: Any
                 tb = work / "traceback.txt"
                 tb.write_text("".join(traceback.format_exception(exc)))
                 rec.log_artifact(tb)
-            if isinstance(exc, TrainingDiverged | StepTimeout) and folder is not None \
+            if isinstance(exc, LossExploded | StepTimeout) and folder is not None \
                     and folder.checkpoint.is_file():  # the last good state, as the model
                 kept = work / "checkpoint.pt"
                 shutil.copyfile(folder.checkpoint, kept)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from bench.api import Budget, Method, Splits, TrainingDiverged
+from bench.api import Budget, LossExploded, Method, Splits
 from bench.harness.scoring.cost import peak_memory_bytes, reset_peak_memory, synchronize
 from bench.harness.training.batches import BatchOrder, batches
 from bench.harness.training.checkpoint import snapshot
@@ -106,7 +106,7 @@ def train(method: Method, trainer: Trainer, splits: Splits, budget: Budget,
             "loop" state (step, early stopping, timers, batch order) and "best" state.
 
     Raises:
-        TrainingDiverged: a step's loss is non-finite or explodes (`Budget.divergence_factor`).
+        LossExploded: a step's loss is non-finite or explodes (`Budget.explosion_factor`).
     """
     st = LoopState(method, trainer, splits, budget, device, log_metrics, set_tags, checkpoints)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -188,9 +188,9 @@ def _one_step(st: LoopState, train: torch.Tensor, idx: torch.Tensor, end_epoch: 
     dt = time.perf_counter() - t0
     loss = float(out["loss"])
     if not world.enabled:
-        reason = st.divergence(st.step + 1, loss)
+        reason = st.explosion(st.step + 1, loss)
         if reason:
-            raise TrainingDiverged(reason)
+            raise LossExploded(reason)
     st.train_seconds += dt
     st.step += 1
     step = st.step
@@ -219,7 +219,7 @@ def _decide(world: World, st: LoopState, step: int, loss: float) -> int:
     reason: list[str | None] = [None]
 
     def decision() -> int:
-        reason[0] = st.divergence(step, loss)
+        reason[0] = st.explosion(step, loss)
         if reason[0]:
             return DIVERGED
         evaluated = st.due(step)
@@ -235,6 +235,6 @@ def _decide(world: World, st: LoopState, step: int, loss: float) -> int:
     if code & SAVE:
         st.save()
     if st.stop_code == DIVERGED:
-        raise TrainingDiverged(reason[0] or f"training diverged at step {step}: loss = {loss}"
+        raise LossExploded(reason[0] or f"training diverged at step {step}: loss = {loss}"
                                f" (rank {world.rank}; decided on rank 0)")
     return st.stop_code

@@ -88,7 +88,7 @@ class LoopState:
         self.step, self.done = 0, False
         self.epoch_t, self.epoch_steps = 0.0, 0
         self.epoch_nfe = {"nfe_forward": 0.0, "nfe_backward": 0.0}
-        self.div_ref = 1.0  # max(1, |loss| of the first budget.divergence_steps steps)
+        self.div_ref = 1.0  # max(1, |loss| of the first budget.explosion_steps steps)
         self.order: BatchOrder | None = None
         self.data_state: dict[str, Any] | None = None  # the batch order to resume
         self.saved_at = time.monotonic()
@@ -136,19 +136,19 @@ class LoopState:
             self.save()
 
     # -- divergence -----------------------------------------------------------------------
-    def divergence(self, step: int, loss: float) -> str | None:
-        """Why the loss of ``step`` (1-based) means the run diverged, or None: a non-finite
-        loss, or after the first ``divergence_steps`` steps a |loss| above
-        ``divergence_factor`` x max(1, the largest |loss| of those steps)."""
+    def explosion(self, step: int, loss: float) -> str | None:
+        """Why the loss of ``step`` (1-based) means the run exploded, or None: a non-finite
+        loss, or after the first ``explosion_steps`` steps a |loss| above
+        ``explosion_factor`` x max(1, the largest |loss| of those steps)."""
         if not math.isfinite(loss):
             return f"training diverged at step {step}: loss = {loss}"
         b = self.budget
-        if step <= b.divergence_steps:
+        if step <= b.explosion_steps:
             self.div_ref = max(self.div_ref, abs(loss))
-        elif b.divergence_factor > 0 and abs(loss) > b.divergence_factor * self.div_ref:
+        elif b.explosion_factor > 0 and abs(loss) > b.explosion_factor * self.div_ref:
             return (f"training diverged at step {step}: |loss| = {abs(loss):.3g} > "
-                    f"{b.divergence_factor:g} x {self.div_ref:.3g} (max(1, largest |loss| "
-                    f"of the first {b.divergence_steps} step(s)); --divergence-factor)")
+                    f"{b.explosion_factor:g} x {self.div_ref:.3g} (max(1, largest |loss| "
+                    f"of the first {b.explosion_steps} step(s)); --explosion-factor)")
         return None
 
     # -- validation -----------------------------------------------------------------------

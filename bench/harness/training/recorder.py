@@ -42,7 +42,7 @@ def job_params(job: Job) -> dict[str, Any]:
             **_flat("optim_", job.optim), "steps": b.steps, "max_seconds": b.max_seconds,
             "eval_every": b.eval_every, "patience": b.patience, "device": job.device,
             "val_rows": b.val_rows, "test_rows": b.test_rows,
-            "divergence_factor": b.divergence_factor,
+            "explosion_factor": b.explosion_factor,
             **_flat("solver_", job.solver), **_flat("samples_", job.sample_eval),
             **_flat("exec_", job.execution)}
 
@@ -84,10 +84,8 @@ class Recorder:
         self.record.artifacts[path.name] = str(self.sink.log_artifact(path) or path)
 
     def flush(self) -> None:
-        """Write what the sink buffers now (sinks without ``flush`` write at once)."""
-        flush = getattr(self.sink, "flush", None)
-        if flush is not None:
-            flush()
+        """Write what the sink buffers now."""
+        self.sink.flush()
 
 
 def one_line(exc: BaseException) -> str:

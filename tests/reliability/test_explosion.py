@@ -81,13 +81,13 @@ def test_normal_training_never_trips_the_default_bound(registry, tmp_path, data_
     assert min(losses) < 0  # the regime the bound has to tolerate
 
 
-def test_divergence_factor_is_validated_in_the_plan():
+def test_explosion_factor_is_validated_in_the_plan():
     from bench.api import Budget, ConfigError
 
     for bad in (-1.0, 0.5, 1.0):
-        with pytest.raises(ConfigError, match="--divergence-factor"):
-            Budget(divergence_factor=bad)
-    assert Budget(divergence_factor=0).divergence_factor == 0
+        with pytest.raises(ConfigError, match="--explosion-factor"):
+            Budget(explosion_factor=bad)
+    assert Budget(explosion_factor=0).explosion_factor == 0
 
 
 @pytest.mark.slow
