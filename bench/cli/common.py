@@ -10,7 +10,7 @@ import click
 from bench.harness.planning.defaults import DEFAULTS
 
 __all__ = ["registry_of", "solver_options", "store_options", "make_solver", "sink_factory",
-           "progress_factory"]
+           "source_of", "progress_factory"]
 
 
 def registry_of(ctx):
@@ -47,9 +47,11 @@ def store_options(f):
         click.option("--results-dir", type=click.Path(file_okay=False), default="results",
                      show_default=True),
         click.option("--tracking-uri", default=None,
-                     help="MLflow URI: a SQLite file (default results/mlflow.db) or a team "
-                          "server, http://HOST:PORT (checked before anything runs; if it "
-                          "dies mid-run, the run continues in results/fallback/mlflow.db)."),
+                     help="Where runs are recorded: an MLflow URI, a SQLite file (default "
+                          "results/mlflow.db) or a team server, http://HOST:PORT (checked "
+                          "before anything runs; if it dies mid-run, the run continues in "
+                          "results/fallback/mlflow.db); or jsonl://FOLDER, a folder of "
+                          "JSON-lines files (jsonl:///abs/path)."),
         click.option("--experiment", default="bench", show_default=True),
     ]):
         f = opt(f)
@@ -64,31 +66,30 @@ def make_solver(solver, rtol, atol, divergence, probes, val_tol=None):
 
 
 def sink_factory(results_dir: str, tracking_uri: str | None, experiment: str):
-    """A function returning a fresh MLflow sink per run, and the store's URI.
+    """A function returning a fresh sink per run, and the store's URI: ``jsonl://FOLDER``
+    (a folder of JSON-lines files) or an MLflow store (default ``results_dir/mlflow.db``).
 
-    The store is checked here (`check_tracking_uri`: an HTTP server within seconds; a
-    SQLite store opened, created if new, and its folder writable): call this before reading
-    any data, so an unusable store stops the command at once (ConfigError, exit 2). Sinks
-    on a server fall back to ``results_dir/fallback/mlflow.db`` when it dies mid-run.
+    The store is checked here (`bench.record.stores.sink_factory`: an HTTP server within
+    seconds; a SQLite store opened, created if new; the folder writable): call this before
+    reading any data, so an unusable store stops the command at once (ConfigError, exit 2).
+    Sinks on a server fall back to ``results_dir/fallback/mlflow.db`` when it dies mid-run.
     """
-    from bench.record.mlflow_sink import default_tracking_uri, usable_dir
-    from bench.record.store import check_tracking_uri, check_writable, is_http, make_client
+    from bench.record.mlflow_sink import usable_dir
+    from bench.record.stores import sink_factory as factory
+    from bench.record.stores import store_uri
 
     results = usable_dir(Path(results_dir))  # the run folders live there
-    uri = default_tracking_uri(results) if tracking_uri is None else tracking_uri
-    check_tracking_uri(uri)
-    make_client(uri)  # a store that cannot be opened or written: one line, exit 2, now
-    check_writable(uri)
-    fallback = results / "fallback" if is_http(uri) else None
+    uri = store_uri(tracking_uri, results)
+    return factory(uri, experiment, results), uri
 
-    def new_sink():
-        from bench.record.mlflow_sink import MlflowSink
 
-        # a server's experiment keeps its artifacts where the server says (shared)
-        return MlflowSink(uri, experiment, fallback_dir=fallback,
-                          artifact_root=None if fallback else results / "artifacts")
+def source_of(results_dir: str, tracking_uri: str | None):
+    """The recorded runs of ``--tracking-uri`` (default ``results_dir/mlflow.db``) as a
+    `bench.api.records.Source`; an unreachable server or a missing JSON-lines folder is
+    one line (ConfigError) within seconds."""
+    from bench.record.stores import open_source, store_uri
 
-    return new_sink, uri
+    return open_source(store_uri(tracking_uri, Path(results_dir)))
 
 
 def progress_factory(quiet: bool):

@@ -119,7 +119,9 @@ def list_(ctx, as_json):
 @main.command()
 @click.option("--results-dir", type=click.Path(file_okay=False), default="results",
               show_default=True)
-@click.option("--tracking-uri", default=None)
+@click.option("--tracking-uri", default=None,
+              help="The store to read: an MLflow URI (default results/mlflow.db) or "
+                   "jsonl://FOLDER.")
 @click.option("--experiment", default="bench", show_default=True)
 @click.option("--metric", default="test_nll", show_default=True,
               help="Metric to tabulate (test_nll covers every likelihood of a run; any "
@@ -133,18 +135,16 @@ def list_(ctx, as_json):
                    "our split and data per column (test_nll, test_bpd or fid).")
 def table(results_dir, tracking_uri, experiment, metric, fmt, out, reference):
     """Configurations x datasets table of recorded runs: mean +- std over seeds (count)."""
-    from bench.record.mlflow_sink import default_tracking_uri, load_records
-    from bench.record.store import check_tracking_uri
+    from bench.cli.common import source_of
     from bench.record.tables import comparison_table, export, render
 
-    uri = tracking_uri or default_tracking_uri(Path(results_dir))
-    check_tracking_uri(uri)  # an unreachable server: one line within seconds
+    records = source_of(results_dir, tracking_uri).records(experiment)
     if reference:
         from bench.record.reference import reference_table
 
-        tab, notes = reference_table(load_records(uri, experiment), metric)
+        tab, notes = reference_table(records, metric)
     else:
-        tab, notes = comparison_table(load_records(uri, experiment), metric)
+        tab, notes = comparison_table(records, metric)
     click.echo(render(tab, fmt))
     for note in notes:
         click.echo(f"note: {note}", err=True)

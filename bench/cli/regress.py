@@ -83,7 +83,7 @@ def regress(ctx, full, rebaseline, repeats, busy, seeds, threshold, only, skip,
         plot_history,
         record_regress,
     )
-    from bench.record.mlflow_sink import load_records
+    from bench.record.stores import open_source
 
     mode = "full" if full else "fast"
     data = rg.load_baseline(Path(baseline_path))
@@ -91,7 +91,7 @@ def regress(ctx, full, rebaseline, repeats, busy, seeds, threshold, only, skip,
     default_threshold = base.get("threshold", rg.TIMING_THRESHOLD)
     new_sink, uri = sink_factory(results_dir, tracking_uri, REGRESS_EXPERIMENT)
     if plot_out:
-        points = load_history(load_records(uri, REGRESS_EXPERIMENT), mode)
+        points = load_history(open_source(uri).records(REGRESS_EXPERIMENT), mode)
         out = plot_history(points, base.get("figures", {}), threshold or default_threshold,
                            Path(plot_out))
         click.echo(json.dumps({"plot": str(out), "runs": len(points)}) if as_json else out)

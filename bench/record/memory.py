@@ -28,6 +28,10 @@ class MemorySink:
         self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else None
         self.record: RunRecord | None = None
 
+    @property
+    def run_id(self) -> str | None:
+        return self.record.run_id if self.record is not None else None
+
     def _rec(self) -> RunRecord:
         if self.record is None:
             raise RuntimeError("MemorySink: call start() before recording")
@@ -57,6 +61,18 @@ class MemorySink:
 
     def flush(self) -> None:
         """Nothing to write: the record is always current."""
+
+    def close_stale(self, run_id: str, reason: str) -> tuple[str, str]:
+        """Mark the held run ``run_id`` KILLED with ``reason`` if it is RUNNING; a run this
+        sink does not hold has nothing to mark (returns KILLED, ``reason``)."""
+        rec = self.record
+        if rec is None or rec.run_id != run_id:
+            return "KILLED", reason
+        if rec.status != "RUNNING":
+            return rec.status, rec.tags.get("failure.reason", "")
+        rec.tags.update({"failure.reason": reason, "failure.type": "ProcessDied"})
+        rec.status = "KILLED"
+        return "KILLED", reason
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         rec = self._rec()

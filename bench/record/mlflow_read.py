@@ -14,8 +14,8 @@ from urllib.parse import unquote, urlparse
 from bench.api import ConfigError, DataError, RunRecord
 from bench.record.store import make_client, quiet, retry_locked
 
-__all__ = ["load_records", "find_checkpoint", "artifact_repository", "DEFAULT_EXPERIMENT",
-           "CHECKPOINT", "ARTIFACT_TAG"]
+__all__ = ["load_records", "find_checkpoint", "MlflowSource", "artifact_repository",
+           "DEFAULT_EXPERIMENT", "CHECKPOINT", "ARTIFACT_TAG"]
 
 DEFAULT_EXPERIMENT = "bench"
 CHECKPOINT = "checkpoint.pt"
@@ -62,7 +62,7 @@ def _artifacts(client, run, path: str | None = None) -> dict[str, str]:
 
 
 def load_records(uri: str, experiment: str = DEFAULT_EXPERIMENT,
-                 history: tuple[str, ...] = ()) -> list[RunRecord]:
+                 history: tuple[str, ...] | None = ()) -> list[RunRecord]:
     """Every run of an experiment as a `RunRecord`, oldest first.
 
     ``metrics`` holds each metric's latest value (for a final metric, its value), params
@@ -71,7 +71,7 @@ def load_records(uri: str, experiment: str = DEFAULT_EXPERIMENT,
 
     Args:
         history: metrics whose per-step series to read into ``record.history`` (one query
-            per run and metric: ask only for what you use).
+            per run and metric: ask only for what you use); None: every metric's.
     """
     client = make_client(uri)
     with quiet():
@@ -96,7 +96,7 @@ def load_records(uri: str, experiment: str = DEFAULT_EXPERIMENT,
                 tags={k: v for k, v in data.tags.items() if not k.startswith("mlflow.")},
                 metrics=dict(data.metrics), status=info.status,
                 artifacts=retry_locked(functools.partial(_artifacts, client, run)))
-            for key in history:
+            for key in data.metrics if history is None else history:
                 if key in data.metrics:
                     series = retry_locked(lambda: client.get_metric_history(info.run_id, key))  # noqa: B023
                     series = sorted(series, key=lambda m: (m.step, m.timestamp))
@@ -135,3 +135,18 @@ def find_checkpoint(uri: str, run_id: str) -> Path:
         except (MlflowException, OSError):
             raise DataError(f"run {run_id} ({run.info.run_name}, {run.info.status}) has no "
                             f"{CHECKPOINT} artifact") from None
+
+
+class MlflowSource:
+    """An MLflow tracking store read back (`bench.api.records.Source`): `load_records` and
+    `find_checkpoint` over one URI."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def records(self, experiment: str = DEFAULT_EXPERIMENT,
+                history: tuple[str, ...] | None = ()) -> list[RunRecord]:
+        return load_records(self.uri, experiment, history=history)
+
+    def checkpoint(self, run_id: str) -> Path:
+        return find_checkpoint(self.uri, run_id)

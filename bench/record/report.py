@@ -5,8 +5,8 @@ devices), one row per run with the labels of its numbers (test split, estimator,
 comparison tables (`bench.record.tables`), validation NLL against training wall-clock and
 cost per iteration against iteration (one axis per dataset, every method on it), the samples
 each run drew, and the speed-up studies (`bench.record.speedup`). It reads records, never a
-tracker (`load` is the one door to MLflow); the figures are drawn by
-`bench.record.report_plots`.
+tracker (`load` is the one door to a store, through a `bench.api.records.Source`); the
+figures are drawn by `bench.record.report_plots`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from bench.api import ConfigError, DataError, RunRecord
+from bench.api.records import Source
 from bench.record import speedup
 from bench.record.report_plots import (
     Curve,
@@ -53,19 +54,22 @@ HISTORY = ("val_nll", "train_seconds_at_eval", "step_seconds")
 METRICS = ("test_nll", "test_bpd", "fid")
 
 
-def load(uri: str, experiment: str = "bench") -> list[RunRecord]:
-    """Every run of the experiment with the histories the report draws.
+def load(source: Source | str, experiment: str = "bench") -> list[RunRecord]:
+    """Every run of the experiment with the histories the report draws, from a
+    `bench.api.records.Source` or a tracking URI (MLflow, or ``jsonl://FOLDER``).
 
     Raises:
         DataError: the experiment holds no run.
     """
-    from bench.record.mlflow_sink import load_records
+    if isinstance(source, str):
+        from bench.record.stores import open_source
 
+        source = open_source(source)
     keys = tuple(dict.fromkeys(HISTORY + tuple(speedup.HISTORY)))
-    records = load_records(uri, experiment, history=keys)
+    records = source.records(experiment, history=keys)
     if not records:
-        raise DataError(f"no runs in experiment {experiment!r} of {uri}: run `bench run` "
-                        f"first (or pass --tracking-uri / --experiment)")
+        raise DataError(f"no runs in experiment {experiment!r} of {source.uri}: run "
+                        f"`bench run` first (or pass --tracking-uri / --experiment)")
     return records
 
 

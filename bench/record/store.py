@@ -240,4 +240,4 @@ def _check_scheme(uri: str) -> None:
     if scheme not in plugins:
         known = ", ".join(f"{s}://" for s in (*KNOWN_SCHEMES[1:], *sorted(plugins)))
         raise ConfigError(f"tracking URI {uri!r}: unknown scheme {scheme + '://'!r}; use a "
-                          f"path, {known}")
+                          f"path, {known}, or jsonl://FOLDER (JSON-lines files)")

@@ -101,8 +101,19 @@ class PeerFailure(BenchError):
 class NullSink:
     """A `bench.api.Sink` that records nothing (the ranks other than 0)."""
 
+    run_id: str | None = None
+
     def start(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
         return None
+
+    def reopen(self, run_id: str) -> dict[str, int]:
+        return {}
+
+    def flush(self) -> None:
+        return None
+
+    def close_stale(self, run_id: str, reason: str) -> tuple[str, str]:
+        return "KILLED", reason
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         return None

@@ -11,7 +11,7 @@ a model trained on two datasets measures neither.
 
 A run folder left RUNNING by a process that died (its lock is free) is settled before the
 job starts: the tracking run, if still RUNNING, is marked KILLED with the reason "process
-died (SIGKILL?) ..." (`MlflowSink.close_stale`), and so is ``run.json``.
+died (SIGKILL?) ..." (the sink's ``close_stale``), and so is ``run.json``.
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ def resume_point(job: Job, folder: Any, sink: Sink, ranks: int = 1) -> dict[str,
     why = None
     if not folder.resumable():
         why = folder.describe()
-    elif not callable(getattr(sink, "reopen", None)):
-        why = f"the sink {type(sink).__name__} cannot reopen a run"
     else:
         try:
             ckpt = load_checkpoint(folder.checkpoint)
@@ -112,10 +110,9 @@ def settle_stale(job: Job, folder: Any, sink: Sink, why: str = "") -> None:
               if not folder.checkpoint.is_file() and not step
               else f"process died (SIGKILL?) at step {step or 0}; {why}".rstrip("; "))
     status, run_id = "KILLED", info.get("run_id")
-    close = getattr(sink, "close_stale", None)
-    if run_id and callable(close):
+    if run_id:
         try:
-            status, reason = close(run_id, reason)
+            status, reason = sink.close_stale(run_id, reason)
         except Exception as e:  # noqa: BLE001 - the folder is settled all the same
             log.warning("could not mark run %s KILLED in the store: %s", run_id, one_line(e))
     folder.write_info(status=status, reason=reason)
