@@ -253,9 +253,25 @@ def test_list_shows_plugins_and_unavailable_ones(cli, tmp_path):
     assert flow["choices"]["sampler"] == ["ode", "sde"]
     assert flow["choices"]["gamma"] == ["none", "sqrt", "t1mt", "sin2"]
     assert "hidden" not in flow["choices"]  # a tuple, not an enumeration
-    res = CliRunner().invoke(main, ["list"])
+    res = CliRunner().invoke(main, ["list", "-v"])
     assert "sampler=ode (ode|sde)" in res.output
     assert "gamma=none (none|sqrt|t1mt|sin2)" in res.output
+
+
+def test_list_is_one_line_per_plugin_and_details_on_request():
+    """Plain ``bench list``: a heading per kind and exactly one line per plug-in (the JSON
+    rows name them all); ``bench list NAME`` shows that one with its parameters; an unknown
+    NAME is one error line, exit 2."""
+    rows = json.loads(CliRunner().invoke(main, ["list", "--json"]).output)
+    out = CliRunner().invoke(main, ["list"]).output.splitlines()
+    body = [line for line in out if line.startswith("  ")]
+    assert sorted(line.split()[0] for line in body) == sorted(r["name"] for r in rows)
+    assert not any("[" in line and "=" in line for line in body)  # no parameter lists
+    one = CliRunner().invoke(main, ["list", "interflow"]).output
+    assert "interflow" in one and "interpolant=trig" in one and "miniboone" not in one
+    res = CliRunner().invoke(main, ["list", "interflw"])
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [
+        "error: no plug-in named 'interflw' (did you mean 'interflow'?)"]
 
 
 def test_table_without_runs_is_an_error(cli):

@@ -267,7 +267,7 @@ def test_dataset_domain_and_set_are_refused(tmp_path, tracking_uri):
 
 
 def test_list_shows_the_domains():
-    res = CliRunner().invoke(main, ["list"])
+    res = CliRunner().invoke(main, ["list", "interflow"])
     assert "batch_size=512 (>= 1)" in res.output and "t_min=0.001 (in [0, 0.5))" in res.output
     res = CliRunner().invoke(main, ["list", "--json"])
     import json

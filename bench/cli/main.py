@@ -65,55 +65,94 @@ def _choices(params_cls: type) -> dict[str, list[str]]:
     return out
 
 
-@main.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def list_(ctx, as_json):
-    """Show methods and datasets, their parameters, and unavailable plug-ins with reasons."""
+#: the plug-in kinds in the order ``bench list`` shows them (a kind the registry lacks is skipped)
+LIST_KINDS = ("method", "dataset", "scorer")
+
+
+def _plugin_row(kind: str, name: str, p) -> dict:
+    """What ``bench list`` knows of one plug-in: name, source, and when it loads its
+    description and parameters (defaults, allowed values, domains), else the reason."""
     import dataclasses
 
     from bench.harness.planning.selection import domains
 
+    row = {"kind": kind, "name": name, "available": p.available, "source": p.source}
+    if not p.available:
+        return row | {"reason": p.error}
+    params = getattr(p.cls, "Params", None)
+    describe = getattr(p.cls, "describe", None)
+    row["description"] = describe() if callable(describe) else (p.cls.__doc__ or "").strip(
+        ).split("\n")[0]
+    if params is not None and dataclasses.is_dataclass(params):
+        row["params"] = {f.name: (f.default if f.default is not dataclasses.MISSING else None)
+                         for f in dataclasses.fields(params)}
+        row["choices"] = _choices(params)
+        row["domains"] = domains(params)
+    if kind == "method":
+        row["optim"] = p.cls.optim
+    return row
+
+
+def _detail_lines(r: dict, params_cls) -> list[str]:
+    """The parameter lines of one plug-in (``bench list -v`` / ``bench list NAME``)."""
+    from bench.harness.planning.selection import domains
+
+    lines = []
+    if r.get("params"):
+        shown = domains(params_cls, short=True)
+        ps = ", ".join(f"{k}={v}" + (f" ({'|'.join(r['choices'][k])})" if k in r["choices"]
+                                     else "") + (f" ({shown[k]})" if k in shown else "")
+                       for k, v in r["params"].items())
+        lines.append(f"  {'':<14} [{ps}]")
+    if r.get("optim"):
+        lines.append(f"  {'':<14} optimisation defaults: "
+                     + ", ".join(f"{k}={v}" for k, v in r["optim"].items()))
+    return lines
+
+
+@main.command("list")
+@click.argument("name", required=False)
+@click.option("-v", "--verbose", "verbose", is_flag=True,
+              help="Show every plug-in's parameters (defaults, allowed values, domains).")
+@click.option("--json", "as_json", is_flag=True, help="Everything, as JSON (pure JSON on stdout).")
+@click.pass_context
+def list_(ctx, name, verbose, as_json):
+    """Show the plug-ins, one line each (unavailable ones with their reason); NAME or -v
+    shows parameters too."""
+    from bench.api import ConfigError
+
     registry = registry_of(ctx)
-    rows = []
-    for kind in ("method", "dataset"):
-        for name in registry.names(kind):
-            p = registry.plugins[kind][name]
-            row = {"kind": kind, "name": name, "available": p.available, "source": p.source}
-            if p.available:
-                row["params"] = {f.name: (f.default if f.default is not dataclasses.MISSING
-                                          else None) for f in dataclasses.fields(p.cls.Params)}
-                row["choices"] = _choices(p.cls.Params)
-                row["domains"] = domains(p.cls.Params)
-                row["description"] = p.cls.describe()
-                if kind == "method":
-                    row["optim"] = p.cls.optim
-            else:
-                row["reason"] = p.error
-            rows.append(row)
+    kinds = [k for k in LIST_KINDS if k in registry.plugins]
+    rows = [_plugin_row(kind, n, registry.plugins[kind][n])
+            for kind in kinds for n in registry.names(kind) if name in (None, n)]
+    if name is not None and not rows:
+        from bench.harness.planning.selection import closest
+
+        every = [n for k in kinds for n in registry.names(k)]
+        raise ConfigError(f"no plug-in named {name!r}{closest(name, every)}")
     if as_json:
         click.echo(json.dumps(rows, indent=1, default=str))
         return
-    for kind in ("method", "dataset"):
+    for kind in kinds:
+        shown = [r for r in rows if r["kind"] == kind]
+        if name is not None and not shown:
+            continue
         click.echo(f"{kind}s:")
-        for r in (r for r in rows if r["kind"] == kind):
+        for r in shown:
             if not r["available"]:
                 click.echo(f"  {r['name']:<14} UNAVAILABLE: {r['reason']}")
                 continue
             click.echo(f"  {r['name']:<14} {r['description']}")
-            if r["params"]:
-                shown = domains(registry.plugins[kind][r["name"]].cls.Params, short=True)
-                ps = ", ".join(f"{k}={v}" + (f" ({'|'.join(r['choices'][k])})"
-                                             if k in r["choices"] else "")
-                               + (f" ({shown[k]})" if k in shown else "")
-                               for k, v in r["params"].items())
-                click.echo(f"  {'':<14} [{ps}]")
-            if r.get("optim"):
-                ps = ", ".join(f"{k}={v}" for k, v in r["optim"].items())
-                click.echo(f"  {'':<14} optimisation defaults: {ps}")
-    from bench.harness.planning.plan import OPTIM_FIELDS
+            if verbose or name is not None:
+                cls = registry.plugins[kind][r["name"]].cls
+                for line in _detail_lines(r, getattr(cls, "Params", None)):
+                    click.echo(line)
+    if verbose or name is not None:
+        from bench.harness.planning.plan import OPTIM_FIELDS
 
-    click.echo(f"shared optimisation settings (every method): {', '.join(OPTIM_FIELDS)}")
+        click.echo(f"shared optimisation settings (every method): {', '.join(OPTIM_FIELDS)}")
+    else:
+        click.echo("(bench list NAME or bench list -v: parameters, allowed values, domains)")
 
 
 @main.command()
