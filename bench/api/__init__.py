@@ -25,6 +25,7 @@ from bench.api.errors import (
 from bench.api.jobs import Budget, Execution, Job, OptimConfig, SampleEval
 from bench.api.plugins import Dataset, FlowMethod, Method
 from bench.api.records import RunRecord, Sink
+from bench.api.scoring import MetricSpec, ScoreContext, Scorer, Scores
 from bench.api.types import (
     DatasetRef,
     FlowEngine,
@@ -43,5 +44,5 @@ __all__ = [
     "SampleEval", "Execution", "RunRecord", "Sink", "DatasetRef", "FlowEngine",
     "LogLikelihood", "NoParams", "RunContext", "SolverConfig", "Splits", "default_data_dir",
     "Domain", "at_least", "greater_than", "in_range", "non_negative", "positive",
-    "probability", "per_row_problem",
+    "probability", "per_row_problem", "MetricSpec", "Scorer", "Scores", "ScoreContext",
 ]

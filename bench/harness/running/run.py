@@ -188,18 +188,9 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
 
     from bench.harness.planning.preflight import check_method_instance
     from bench.harness.running.context import make_context
-    from bench.harness.scoring.likelihood import evaluate, plot_samples
     from bench.harness.training import distributed
-    from bench.harness.training.checkpoint import (
-        make_checkpoint,
-        pack,
-        rank_state,
-        restore_training,
-        save_checkpoint,
-        unpack,
-        write_checkpoint,
-    )
-    from bench.harness.training.loop import Checkpoints, train
+    from bench.harness.training.checkpoint import restore_training
+    from bench.harness.training.loop import train
     from bench.harness.training.optim import Trainer
     from bench.harness.training.runfolder import data_fingerprint
 
@@ -228,22 +219,8 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
     rec.log_metrics({"n_parameters": float(n_par)})
     if resume is not None:
         restore_training(trainer, resume, world.rank)
-    checkpoints = None
-    if job.work_dir is not None:  # data parallel: every rank takes part, rank 0 writes
-        def save(step: int, loop: dict[str, Any], best: dict[str, Any] | None) -> None:
-            ranks = None
-            if world.enabled:  # each rank's random streams (a collective)
-                packed = world.gather_bytes(pack(rank_state(method)))
-                ranks = [unpack(b) for b in packed] if world.is_main else None
-            if folder is None:
-                return
-            rec.flush()  # metrics up to here are stored before the checkpoint says so
-            write_checkpoint(folder.checkpoint, make_checkpoint(
-                job, trainer, step, loop=loop, best=best, run_id=rec.record.run_id,
-                job_key=key, ranks=ranks, data_sha256=data_sha))
-            folder.write_info(step=step)
-
-        checkpoints = Checkpoints(save, job.checkpoint_every, job.checkpoint_minutes)
+    checkpoints = (_checkpoints(job, rec, trainer, world, folder, key, data_sha)
+                   if job.work_dir is not None else None)
     bar = (progress(job.budget.steps, job.name) if progress is not None and world.is_main
            else None)
     try:
@@ -258,38 +235,64 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
     if not world.is_main:  # rank 0 alone scores, checkpoints and records
         return
     trainer.load_state_dict(result.best_state)
+    rec.log_metrics(_summary(result, splits.train.shape[0], effective))
+    _checkpoint_and_score(job, rec, trainer, method, dataset, splits, work, result.best_step)
+
+
+def _checkpoints(job: Job, rec: Recorder, trainer: Any, world: Any, folder: Any, key: str,
+                 data_sha: str) -> Any:
+    """The loop's resumable checkpoints in the run folder (data parallel: every rank takes
+    part in gathering the random streams, rank 0 writes)."""
+    from bench.harness.training.checkpoint import (
+        make_checkpoint,
+        pack,
+        rank_state,
+        unpack,
+        write_checkpoint,
+    )
+    from bench.harness.training.loop import Checkpoints
+
+    def save(step: int, loop: dict[str, Any], best: dict[str, Any] | None) -> None:
+        ranks = None
+        if world.enabled:  # each rank's random streams (a collective)
+            packed = world.gather_bytes(pack(rank_state(trainer.method)))
+            ranks = [unpack(b) for b in packed] if world.is_main else None
+        if folder is None:
+            return
+        rec.flush()  # metrics up to here are stored before the checkpoint says so
+        write_checkpoint(folder.checkpoint, make_checkpoint(
+            job, trainer, step, loop=loop, best=best, run_id=rec.record.run_id,
+            job_key=key, ranks=ranks, data_sha256=data_sha))
+        folder.write_info(step=step)
+
+    return Checkpoints(save, job.checkpoint_every, job.checkpoint_minutes)
+
+
+def _summary(result: Any, train_rows: int, effective: int) -> dict[str, float]:
+    """The training's figures: seconds, steps, best step and validation NLL, epoch cost."""
     summary = {"train_seconds": result.train_seconds, "steps_done": float(result.steps),
                "best_step": float(result.best_step), "val_seconds": result.val_seconds}
     if math.isfinite(result.best_val):
         summary["best_val_nll"] = result.best_val
     if result.steps:  # the cost of one epoch, also when the budget ends inside the first
-        steps_per_epoch = math.ceil(splits.train.shape[0] / effective)
+        steps_per_epoch = math.ceil(train_rows / effective)
         summary["steps_per_epoch"] = float(steps_per_epoch)
         summary["epoch_seconds_est"] = result.train_seconds / result.steps * steps_per_epoch
-    rec.log_metrics(summary)
+    return summary
+
+
+def _checkpoint_and_score(job: Job, rec: Recorder, trainer: Any, method: Any, dataset: Any,
+                          splits: Any, work: Path, best_step: int) -> None:
+    """With the evaluation weights in place: write the checkpoint, then run every scorer
+    of the job (`bench.harness.scoring.scorers`: the built-in ones and the plug-ins')."""
+    from bench.api import ScoreContext
+    from bench.harness.scoring.scorers import run_scorers, scorers_of
+    from bench.harness.training.checkpoint import save_checkpoint
+
+    scorers = scorers_of(job)
     with trainer.averaged():
-        if job.evaluate_test:
-            metrics, tags = evaluate(method, dataset, splits, job.device,
-                                     test_rows=job.budget.test_rows)
-            rec.set_tags(tags)
-            rec.log_metrics(metrics)
-        if len(splits.event_shape) == 1 and job.evaluate_test:
-            from bench.harness.scoring.vector_samples import score_samples
-
-            score_samples(method, splits, rec.log_metrics, rec.set_tags, seed=job.seed,
-                          device=job.device, test_rows=job.budget.test_rows)
-        ckpt = save_checkpoint(work / "checkpoint.pt", job, trainer, result.best_step)
-        rec.log_artifact(ckpt)
-        if len(splits.event_shape) == 3 and job.evaluate_test:
-            from bench.harness.scoring.image_samples import score_images
-
-            score_images(method, splits, job.sample_eval, work, job.device, job.data_dir,
-                         rec.log_metrics, rec.set_tags, rec.log_artifact,
-                         f"{job.method} on {job.dataset} (seed {job.seed})")
-        if splits.event_shape == (2,) and job.n_samples > 0:
-            png = plot_samples(method, splits, job.n_samples, work / "samples.png",
-                               f"{job.method} on {job.dataset} (seed {job.seed})")
-            rec.log_artifact(png)
+        rec.log_artifact(save_checkpoint(work / "checkpoint.pt", job, trainer, best_step))
+        run_scorers(scorers, method, splits, ScoreContext(job, dataset, work), rec)
 
 
 def load_model(checkpoint: dict[str, Any], registry, *, data_dir: Path | None = None,

@@ -7,11 +7,14 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["synchronize", "reset_peak_memory", "peak_memory_bytes", "Stopwatch"]
+__all__ = ["synchronize", "reset_peak_memory", "peak_memory_bytes", "Stopwatch",
+           "forward_calls"]
 
 
 def _is_cuda(device: str | torch.device) -> bool:
@@ -55,3 +58,22 @@ class Stopwatch:
     def __exit__(self, *exc: object) -> None:
         synchronize(self.device)
         self.seconds = time.perf_counter() - self._start
+
+
+@contextmanager
+def forward_calls(modules: list[torch.nn.Module]) -> Iterator[list[int]]:
+    """``with forward_calls(modules) as calls: ...``: ``calls[0]`` counts the forward calls
+    of ``modules`` inside the block (forward hooks, removed on exit). The one count of a
+    sampler's network evaluations (``sample_nfe``): the same for an ODE, an SDE or an
+    ancestral sampler, whatever the method says of itself."""
+    calls = [0]
+
+    def hook(*_args: object) -> None:
+        calls[0] += 1
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()

@@ -12,15 +12,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from bench.api import BenchError, Method, SampleEval, Splits
-from bench.harness.scoring.cost import synchronize
+from bench.api import BenchError, Method, SampleEval, Scores, Splits
+from bench.harness.scoring.cost import forward_calls, synchronize
 
-__all__ = ["generate", "score_images", "fid_cache_dir", "SAMPLE_CHUNK"]
+__all__ = ["generate", "image_scores", "fid_cache_dir", "SAMPLE_CHUNK"]
 
 log = logging.getLogger(__name__)
 
@@ -41,57 +40,52 @@ def fid_cache_dir() -> Path:
 def generate(method: Method, n: int, chunk: int = SAMPLE_CHUNK) -> tuple[torch.Tensor, float]:
     """n samples (n, *event_shape) on the CPU, and the sampler's network evaluations per
     call (the mean over chunks of the forward calls of ``method.modules()``, counted with
-    forward hooks, so it is the same count for an ODE, an SDE or an ancestral sampler)."""
-    calls = [0]
-
-    def hook(*_args) -> None:
-        calls[0] += 1
-
+    forward hooks (`bench.harness.scoring.cost.forward_calls`), so it is the same count for
+    an ODE, an SDE or an ancestral sampler)."""
     modules = list(method.modules().values())
-    handles = [m.register_forward_hook(hook) for m in modules]
     for m in modules:
         m.eval()
     out, chunks = [], 0
-    try:
-        with torch.no_grad():
-            for start in range(0, n, chunk):
-                out.append(method.sample(min(chunk, n - start)).detach().float().cpu())
-                chunks += 1
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_calls(modules) as calls, torch.no_grad():
+        for start in range(0, n, chunk):
+            out.append(method.sample(min(chunk, n - start)).detach().float().cpu())
+            chunks += 1
     return torch.cat(out), calls[0] / max(chunks, 1)
 
 
-def score_images(method: Method, splits: Splits, cfg: SampleEval, work: Path, device: str,
-                 data_dir: Path | None, log_metrics: Callable, set_tags: Callable,
-                 log_artifact: Callable, title: str) -> None:
+def image_scores(method: Method, splits: Splits, cfg: SampleEval, work: Path, device: str,
+                 data_dir: Path | None, title: str) -> Scores:
     """Generate ``cfg.n_samples("image")`` images (at least the grid's), write the grid PNG
-    and record FID/KID with their labels. Call with the evaluation weights in place."""
+    and measure FID/KID with their labels. Call with the evaluation weights in place."""
     from bench.data.imageset import to_uint8, write_grid_png
 
+    out = Scores()
     n_fid = cfg.n_samples("image")
     n = max(n_fid, cfg.grid)
     if n == 0:
-        return
+        return out
     synchronize(device)
     t0 = time.perf_counter()
     samples, nfe = generate(method, n)
     synchronize(device)
     seconds = time.perf_counter() - t0
     images = to_uint8(samples)
-    log_metrics({"sample_seconds": seconds, "sample_nfe": nfe,
-                 "samples_per_second": n / seconds if seconds > 0 else math.nan})
+    out.metrics.update({"sample_seconds": seconds, "sample_nfe": nfe,
+                        "samples_per_second": n / seconds if seconds > 0 else math.nan})
     if cfg.grid:
         nrow = max(1, int(math.sqrt(cfg.grid)))
-        log_artifact(write_grid_png(images[:cfg.grid], work / "samples.png", nrow=nrow))
-        set_tags({"samples_png": f"{min(cfg.grid, n)} samples, {title}"})
+        out.artifacts["samples.png"] = write_grid_png(images[:cfg.grid], work / "samples.png",
+                                                      nrow=nrow)
+        out.tags["samples_png"] = f"{min(cfg.grid, n)} samples, {title}"
     if n_fid >= 2:
-        _fid(images[:n_fid], nfe, splits, cfg, device, data_dir, log_metrics, set_tags)
+        metrics, tags = _fid(images[:n_fid], nfe, splits, cfg, device, data_dir)
+        out.metrics.update(metrics)
+        out.tags.update(tags)
+    return out
 
 
 def _fid(images, nfe: float, splits: Splits, cfg: SampleEval, device: str,
-         data_dir: Path | None, log_metrics: Callable, set_tags: Callable) -> None:
+         data_dir: Path | None) -> tuple[dict[str, float], dict[str, str]]:
     from bench.data.imageset import to_uint8
     from bench.science import fid
 
@@ -109,16 +103,16 @@ def _fid(images, nfe: float, splits: Splits, cfg: SampleEval, device: str,
     except BenchError as exc:  # no network / file: say why, never a number
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.warning("FID not computed: %s", reason)
-        set_tags({"fid.unavailable": reason})
-        return
-    log_metrics({"fid": res["fid"], "kid": res["kid"], "kid_std": res["kid_std"],
-                 "fid_n_samples": float(res["n_gen"]), "fid_n_reference": float(res["n_ref"]),
-                 "fid_sampler_nfe": nfe, "kid_subset_size": float(res["kid_subset_size"]),
-                 "fid_seconds": time.perf_counter() - t0})
-    set_tags({"fid.reference": f"{cfg.reference} split: {ref_name}",
-              "fid.feature_extractor": str(res["feature_extractor"]),
-              "fid.estimator": (f"FID of {res['n_gen']} generated vs {res['n_ref']} reference "
-                                "images (biased upward at small n; papers use 50000); KID "
-                                f"unbiased, {res['kid_subsets']} subsets of "
-                                f"{res['kid_subset_size']}"),
-              "fid.dequantization": "generated images rounded to the 8-bit grid"})
+        return {}, {"fid.unavailable": reason}
+    metrics = {"fid": res["fid"], "kid": res["kid"], "kid_std": res["kid_std"],
+               "fid_n_samples": float(res["n_gen"]), "fid_n_reference": float(res["n_ref"]),
+               "fid_sampler_nfe": nfe, "kid_subset_size": float(res["kid_subset_size"]),
+               "fid_seconds": time.perf_counter() - t0}
+    tags = {"fid.reference": f"{cfg.reference} split: {ref_name}",
+            "fid.feature_extractor": str(res["feature_extractor"]),
+            "fid.estimator": (f"FID of {res['n_gen']} generated vs {res['n_ref']} reference "
+                              "images (biased upward at small n; papers use 50000); KID "
+                              f"unbiased, {res['kid_subsets']} subsets of "
+                              f"{res['kid_subset_size']}"),
+            "fid.dequantization": "generated images rounded to the 8-bit grid"}
+    return metrics, tags

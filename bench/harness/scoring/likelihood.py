@@ -74,31 +74,21 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
         ``eval_seconds``. Tags: ``<metric>.kind`` and ``.estimator`` of every likelihood,
         ``<bpd metric>.dequantization``, ``test_split``.
     """
-    metrics: dict[str, float] = {}
     test = splits.test
     tags: dict[str, str] = {"test_split": splits.split_names.get("test", "test")}
     if test_rows is not None and test_rows < test.shape[0]:
         test = test[:test_rows]
         tags["test_split"] += f", first {test_rows} of {splits.test.shape[0]} rows"
-    results: dict[str, NLLSummary] = {}
-    model_ll: torch.Tensor | None = None  # per-row log-likelihood of the test NLL
-    x = test.to(device)
     for module in method.modules().values():
         module.eval()
     averaged = trainer.averaged() if trainer is not None else contextlib.nullcontext()
     synchronize(device)
     t0 = time.perf_counter()
-    if method.likelihood != "none":
-        with averaged, torch.no_grad():
-            ll = data_log_likelihood(method, x, splits.dequantization, dequant_seed)
-            who = getattr(method, "name", type(method).__name__)
-            results["test_nll"] = summarize(_checked(ll, x.shape[0], f"{who}.log_prob(x)"))
-            model_ll = ll.values.detach().double().cpu()
-            for key, extra in method.extra_likelihoods(x).items():
-                what = f"{who}.extra_likelihoods(x)[{key!r}]"
-                results[f"test_nll_{key}"] = summarize(_checked(extra, x.shape[0], what))
+    with averaged:
+        results, model_ll = _likelihoods(method, test.to(device), splits.dequantization,
+                                         dequant_seed)
     synchronize(device)
-    metrics["eval_seconds"] = time.perf_counter() - t0
+    metrics: dict[str, float] = {"eval_seconds": time.perf_counter() - t0}
     image = splits.dequantization == UNIFORM_8BIT
     for name, s in results.items():
         metrics.update(s.metrics(name))
@@ -111,14 +101,39 @@ def evaluate(method: Method, dataset: Dataset | None, splits: Splits, device: st
             tags[f"{bpd}.dequantization"] = (DEQUANTIZATION_LABEL if name == "test_nll"
                                              else DISCRETE_LABEL)
     if dataset is not None and dataset.has_log_prob:
-        true_ll = dataset.log_prob(test.double()).detach().double().cpu()
-        t = true_nll(dataset, test)
-        metrics.update({"true_test_nll": t.mean, "true_test_nll_se": t.se})
-        if "test_nll" in metrics:
-            metrics["test_nll_gap"] = metrics["test_nll"] - t.mean
-            if model_ll is not None and model_ll.shape == true_ll.shape:
-                metrics["test_nll_gap_se"] = paired_se(true_ll - model_ll)
+        metrics.update(_truth(dataset, test, metrics.get("test_nll"), model_ll))
     return metrics, tags
+
+
+def _likelihoods(method: Method, x: torch.Tensor, dequantization: str, dequant_seed: int
+                 ) -> tuple[dict[str, NLLSummary], torch.Tensor | None]:
+    """The summaries of ``test_nll`` and each ``test_nll_<name>`` on x (n, *event_shape),
+    and the per-row log-likelihood (n,) of ``test_nll`` (None for a method without one)."""
+    results: dict[str, NLLSummary] = {}
+    if method.likelihood == "none":
+        return results, None
+    with torch.no_grad():
+        ll = data_log_likelihood(method, x, dequantization, dequant_seed)
+        who = getattr(method, "name", type(method).__name__)
+        results["test_nll"] = summarize(_checked(ll, x.shape[0], f"{who}.log_prob(x)"))
+        for key, extra in method.extra_likelihoods(x).items():
+            what = f"{who}.extra_likelihoods(x)[{key!r}]"
+            results[f"test_nll_{key}"] = summarize(_checked(extra, x.shape[0], what))
+    return results, ll.values.detach().double().cpu()
+
+
+def _truth(dataset: Dataset, test: torch.Tensor, test_nll: float | None,
+           model_ll: torch.Tensor | None) -> dict[str, float]:
+    """``true_test_nll``/``_se`` of the dataset's closed form on test (n, *event_shape), and
+    the gap ``test_nll_gap``/``_se`` (paired over rows) to the model's ``test_nll``."""
+    true_ll = dataset.log_prob(test.double()).detach().double().cpu()
+    t = true_nll(dataset, test)
+    out = {"true_test_nll": t.mean, "true_test_nll_se": t.se}
+    if test_nll is not None:
+        out["test_nll_gap"] = test_nll - t.mean
+        if model_ll is not None and model_ll.shape == true_ll.shape:
+            out["test_nll_gap_se"] = paired_se(true_ll - model_ll)
+    return out
 
 
 def paired_se(diff: torch.Tensor) -> float:

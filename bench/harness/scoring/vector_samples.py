@@ -24,10 +24,10 @@ from collections.abc import Callable
 import torch
 
 from bench.api import ContractError, Method, Splits
-from bench.harness.scoring.cost import synchronize
+from bench.harness.scoring.cost import forward_calls, synchronize
 from bench.science import sample_metrics as sm
 
-__all__ = ["score_samples"]
+__all__ = ["score_samples", "sample_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -45,25 +45,16 @@ def _draw(fn: Callable[[int], torch.Tensor], n: int, modules: list, seed: int,
           device: str) -> tuple[torch.Tensor, float, float]:
     """fn(n) with the global RNG seeded (and restored after), in no_grad: the samples on the
     CPU, the seconds it took and the forward calls of ``modules``."""
-    calls = [0]
-
-    def hook(*_args) -> None:
-        calls[0] += 1
-
-    handles = [m.register_forward_hook(hook) for m in modules]
     cuda = str(device).startswith("cuda")
-    try:
-        with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []):
-            torch.manual_seed(seed)
-            synchronize(device)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                out = fn(n)
-            synchronize(device)
-            seconds = time.perf_counter() - t0
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_calls(modules) as calls, \
+            torch.random.fork_rng(devices=[torch.device(device)] if cuda else []):
+        torch.manual_seed(seed)
+        synchronize(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = fn(n)
+        synchronize(device)
+        seconds = time.perf_counter() - t0
     return out.detach().cpu(), seconds, float(calls[0])
 
 
@@ -82,23 +73,28 @@ def score_samples(method: Method, splits: Splits, log_metrics: Callable,
             and the bootstrap.
         test_rows: use only the first N test rows (as `evaluate` does).
     """
+    metrics, tags = sample_scores(method, splits, n=n, seed=seed, device=device,
+                                  test_rows=test_rows, max_rows=max_rows)
+    set_tags(tags)
+    if metrics:
+        log_metrics(metrics)
+    return metrics, tags
+
+
+def sample_scores(method: Method, splits: Splits, *, n: int | None = None, seed: int = 0,
+                  device: str = "cpu", test_rows: int | None = None,
+                  max_rows: int = sm.MAX_ROWS) -> tuple[dict[str, float], dict[str, str]]:
+    """(metrics, tags) of `score_samples`, recorded nowhere."""
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
-
-    def record() -> tuple[dict[str, float], dict[str, str]]:
-        set_tags(tags)
-        if metrics:
-            log_metrics(metrics)
-        return metrics, tags
-
     if len(splits.event_shape) != 1 or splits.dequantization != "none":
         tags[SKIP_TAG] = "not vector data (images are scored by FID/KID)"
-        return record()
+        return metrics, tags
     test = splits.test if test_rows is None else splits.test[:test_rows]
     rows = min(test.shape[0], max_rows if n is None else min(n, max_rows))
     if rows < 4:
         tags[SKIP_TAG] = f"{rows} test rows: at least 4 needed"
-        return record()
+        return metrics, tags
     gen = torch.Generator().manual_seed(seed)
     ref = _subset(test.reshape(test.shape[0], -1).double(), rows, gen)
     bandwidth = sm.median_bandwidth(ref, seed=seed)
@@ -109,53 +105,74 @@ def score_samples(method: Method, splits: Splits, log_metrics: Callable,
         "sample_metrics.kernel": sm.KERNEL, "sample_metrics.bandwidth_rule": sm.BANDWIDTH_RULE,
         "sample_metrics.estimator": sm.ESTIMATOR})
     metrics.update({"sample_metrics_n": float(rows), "sample_metrics_bandwidth": bandwidth})
-
-    def put(suffix: str, scores: dict[str, sm.Estimate]) -> None:
-        for name, e in scores.items():
-            metrics[f"{name}{suffix}"] = e.value
-            metrics[f"{name}{suffix}_se"] = e.se
-
     n_floor = min(rows, splits.train.shape[0])
     if n_floor >= 4:
         train = _subset(splits.train.reshape(splits.train.shape[0], -1).double(), n_floor, gen)
-        put("_floor", sm.two_sample_scores(train, ref[:n_floor], bandwidth, seed=seed))
+        _put(metrics, "_floor", sm.two_sample_scores(train, ref[:n_floor], bandwidth,
+                                                     seed=seed))
         tags["sample_metrics.floor"] = (f"{n_floor} training rows vs {n_floor} reference rows "
                                         "(the same metrics, data against data)")
-    extra = getattr(method, "samplers", None)
-    named = dict(extra()) if callable(extra) else {}
-    # a method whose default sampler is one of its named ones says which
-    # (``default_sampler``): that one is drawn and scored once, under both keys
-    default = getattr(method, "default_sampler", None)
-    samplers: dict[str, Callable[[int], torch.Tensor]] = (
-        {} if default in named else {"": method.sample})
-    samplers.update({f".{k}": v for k, v in named.items()})
+    samplers, default = _samplers(method)
     modules = list(method.modules().values())
     for module in modules:
         module.eval()
     for suffix, fn in samplers.items():
-        try:
-            x, seconds, calls = _draw(fn, rows, modules, seed, device)
-        except NotImplementedError as exc:
-            tags[f"sample_metrics{suffix}.skipped"] = f"cannot sample: {exc}".strip(": ")
-            continue
-        if tuple(x.shape) != (rows, *splits.event_shape):
-            raise ContractError(f"sampler {suffix.lstrip('.') or 'sample'}({rows}) returned "
-                                f"shape {tuple(x.shape)}, expected "
-                                f"{(rows, *splits.event_shape)}")
-        x = x.reshape(rows, -1).double()
-        bad = int((~torch.isfinite(x).all(1)).sum())
-        metrics[f"sample_seconds{suffix}"] = seconds
-        metrics[f"sample_nfe{suffix}"] = calls
-        if bad:
-            tags[f"sample_metrics{suffix}.skipped"] = f"{bad} of {rows} samples not finite"
-            continue
-        put(suffix, sm.two_sample_scores(x, ref, bandwidth, seed=seed))
-    if default in named:
-        suffix = f".{default}"
-        for key in [k for k in metrics if suffix in k]:
-            metrics[key.replace(suffix, "", 1)] = metrics[key]
-        for key in [k for k in tags if suffix in k]:
-            tags[key.replace(suffix, "", 1)] = tags[key]
-        tags["sample_metrics.default_sampler"] = default
+        _score_sampler(suffix, fn, ref, bandwidth, splits, modules, seed, device,
+                       metrics, tags)
+    if default is not None:
+        _alias_default(default, metrics, tags)
     log.debug("sample metrics of %s: %s", type(method).__name__, metrics)
-    return record()
+    return metrics, tags
+
+
+def _put(metrics: dict[str, float], suffix: str, scores: dict[str, sm.Estimate]) -> None:
+    for name, e in scores.items():
+        metrics[f"{name}{suffix}"] = e.value
+        metrics[f"{name}{suffix}_se"] = e.se
+
+
+def _samplers(method: Method) -> tuple[dict[str, Callable[[int], torch.Tensor]], str | None]:
+    """Key suffix -> sampler ("" the default ``method.sample``, ".<name>" each named one),
+    and the named one that is the default (``method.default_sampler``) or None: that one is
+    drawn and scored once, under both keys."""
+    extra = getattr(method, "samplers", None)
+    named = dict(extra()) if callable(extra) else {}
+    default = getattr(method, "default_sampler", None)
+    samplers: dict[str, Callable[[int], torch.Tensor]] = (
+        {} if default in named else {"": method.sample})
+    samplers.update({f".{k}": v for k, v in named.items()})
+    return samplers, default if default in named else None
+
+
+def _score_sampler(suffix: str, fn: Callable[[int], torch.Tensor], ref: torch.Tensor,
+                   bandwidth: float, splits: Splits, modules: list, seed: int, device: str,
+                   metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """Draw ref's row count of samples from ``fn`` and add their scores under ``suffix``."""
+    rows = ref.shape[0]
+    try:
+        x, seconds, calls = _draw(fn, rows, modules, seed, device)
+    except NotImplementedError as exc:
+        tags[f"sample_metrics{suffix}.skipped"] = f"cannot sample: {exc}".strip(": ")
+        return
+    if tuple(x.shape) != (rows, *splits.event_shape):
+        raise ContractError(f"sampler {suffix.lstrip('.') or 'sample'}({rows}) returned "
+                            f"shape {tuple(x.shape)}, expected "
+                            f"{(rows, *splits.event_shape)}")
+    x = x.reshape(rows, -1).double()
+    bad = int((~torch.isfinite(x).all(1)).sum())
+    metrics[f"sample_seconds{suffix}"] = seconds
+    metrics[f"sample_nfe{suffix}"] = calls
+    if bad:
+        tags[f"sample_metrics{suffix}.skipped"] = f"{bad} of {rows} samples not finite"
+        return
+    _put(metrics, suffix, sm.two_sample_scores(x, ref, bandwidth, seed=seed))
+
+
+def _alias_default(default: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """The default named sampler's keys also without their ``.<name>``."""
+    suffix = f".{default}"
+    for key in [k for k in metrics if suffix in k]:
+        metrics[key.replace(suffix, "", 1)] = metrics[key]
+    for key in [k for k in tags if suffix in k]:
+        tags[key.replace(suffix, "", 1)] = tags[key]
+    tags["sample_metrics.default_sampler"] = default

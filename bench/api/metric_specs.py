@@ -1,0 +1,84 @@
+"""The specs of the built-in scorers' metrics (`bench.harness.scoring.scorers`): what every
+number bench records means. Tables and reports fall back on them for records written
+before specs travelled with the runs.
+
+>>> BUILTIN_SPECS["test_nll"].unit, BUILTIN_SPECS["fid"].better
+('nats', 'lower')
+"""
+
+from __future__ import annotations
+
+from bench.api.scoring import MetricSpec
+
+__all__ = ["LIKELIHOOD_SPECS", "VECTOR_SAMPLE_SPECS", "IMAGE_SAMPLE_SPECS", "SAMPLING_SPECS",
+           "BUILTIN_SPECS", "HEADLINE"]
+
+LIKELIHOOD_SPECS: tuple[MetricSpec, ...] = (
+    MetricSpec("test_nll", "nats", "lower", "likelihood", se=True, variants="likelihood",
+               reference="true_test_nll", headline=True,
+               description="mean negative log-likelihood of the test rows (exact or a bound: "
+                           "tag test_nll.kind); each extra likelihood as test_nll_<name>"),
+    MetricSpec("test_nll_nfe", "evaluations", "lower", "cost",
+               description="function evaluations of the likelihood solve"),
+    MetricSpec("test_bpd", "bits/dim", "lower", "likelihood", se=True, variants="likelihood",
+               headline=True,
+               description="the test NLL of the 8-bit data in bits per dimension "
+                           "(uniform dequantization)"),
+    MetricSpec("true_test_nll", "nats", "lower", "exact", se=True,
+               description="NLL of the dataset's closed-form density on the same test rows"),
+    MetricSpec("test_nll_gap", "nats", "lower", "estimate", se=True,
+               description="test_nll - true_test_nll; se paired over test rows"),
+    MetricSpec("eval_seconds", "seconds", "lower", "cost",
+               description="wall-clock of the test likelihoods"),
+)
+
+#: the sampling cost, recorded by the vector and the image sample scorers alike
+SAMPLING_SPECS: tuple[MetricSpec, ...] = (
+    MetricSpec("sample_seconds", "seconds", "lower", "cost", variants="sampler",
+               description="wall-clock of drawing the scored samples"),
+    MetricSpec("sample_nfe", "evaluations", "lower", "cost", variants="sampler",
+               description="forward calls of the method's networks per sampling call "
+                           "(counted by the harness)"),
+)
+
+_SAMPLE = "{} between model samples and test rows (vector data); .<sampler> per named sampler"
+_FLOOR = "{} between training rows and test rows: what sampling the data itself reaches"
+VECTOR_SAMPLE_SPECS: tuple[MetricSpec, ...] = (
+    *(MetricSpec(name, "none", "lower", "estimate", se=True, variants="sampler",
+                 reference=f"{name}_floor", description=_SAMPLE.format(what))
+      for name, what in (("mmd2", "squared MMD (Gaussian kernel)"),
+                         ("energy", "energy distance"),
+                         ("swd", "sliced Wasserstein-2 distance"))),
+    *(MetricSpec(f"{name}_floor", "none", "lower", "estimate", se=True,
+                 description=_FLOOR.format(name)) for name in ("mmd2", "energy", "swd")),
+    MetricSpec("sample_metrics_n", "count", "", "count",
+               description="rows per side of the sample metrics"),
+    MetricSpec("sample_metrics_bandwidth", "none", "", "statistic",
+               description="kernel bandwidth of MMD (median rule on the test rows)"),
+    *SAMPLING_SPECS,
+)
+
+IMAGE_SAMPLE_SPECS: tuple[MetricSpec, ...] = (
+    *SAMPLING_SPECS,
+    MetricSpec("samples_per_second", "samples/second", "higher", "cost",
+               description="generated images per second"),
+    MetricSpec("fid", "none", "lower", "statistic", headline=True,
+               description="Frechet Inception distance of generated vs reference images"),
+    MetricSpec("kid", "none", "lower", "estimate", headline=True,
+               description="kernel Inception distance (unbiased, mean over subsets)"),
+    MetricSpec("kid_std", "none", "", "statistic",
+               description="standard deviation of KID over its subsets"),
+    MetricSpec("fid_n_samples", "count", "", "count", description="generated images scored"),
+    MetricSpec("fid_n_reference", "count", "", "count", description="reference images"),
+    MetricSpec("fid_sampler_nfe", "evaluations", "lower", "cost",
+               description="network evaluations per sampling call of the FID images"),
+    MetricSpec("kid_subset_size", "count", "", "count", description="images per KID subset"),
+    MetricSpec("fid_seconds", "seconds", "lower", "cost",
+               description="wall-clock of the Inception features and FID/KID"),
+)
+
+#: every built-in spec by name (one spec per name: the shared sampling specs once)
+BUILTIN_SPECS: dict[str, MetricSpec] = {
+    s.name: s for s in LIKELIHOOD_SPECS + VECTOR_SAMPLE_SPECS + IMAGE_SAMPLE_SPECS}
+#: the headline metrics, in the order the report and the result line show them
+HEADLINE: tuple[str, ...] = tuple(s.name for s in BUILTIN_SPECS.values() if s.headline)
