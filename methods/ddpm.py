@@ -171,7 +171,6 @@ class DDPM(Method):
         p = self.params
         k = p.sample_steps if 0 < p.sample_steps < p.T else p.T
         steps = torch.linspace(0, p.T - 1, k, dtype=torch.float64).round().long().unique()
-        self.ctx.log_metrics({"sample_nfe": float(len(steps))}, None)
         out = [self._sample_chunk(m, steps) for m in _chunks(n, p.eval_chunk)]
         return torch.cat(out) if out else torch.empty(0, *self.event_shape)
 
