@@ -84,16 +84,8 @@ def speedup(ctx, dataset, methods, budget, steps, net, hidden, hidden_mult, n_hi
             results_dir, tracking_uri, experiment, quiet):
     """Per-iteration cost (start, half, end) and bracketed time-to-target of methods sharing
     one network and batch."""
-    from bench.harness.planning.plan import parse_sets, plan_jobs, resolve_dataset
-    from bench.harness.running.run import run_job
-    from bench.record.speedup import (
-        NAMED_POINTS,
-        eval_grid,
-        from_record,
-        plot,
-        speedup_table,
-        stamp,
-    )
+    from bench.harness.planning.plan import parse_sets
+    from bench.record.speedup import eval_grid, from_record, speedup_table
     from bench.record.tables import render
 
     methods = list(methods)
@@ -112,51 +104,82 @@ def speedup(ctx, dataset, methods, budget, steps, net, hidden, hidden_mult, n_hi
                 val_rows=val_rows,
                 solver=make_solver(solver, rtol, atol, divergence, probes), device=device,
                 data_dir=data_path, evaluate_test=with_test, n_samples=0)
-    own = parse_sets(sets)
-    # validate the whole study (with a provisional width) before any data is read
+    jobs, ds = _plan_study(registry, methods, dataset, seed, shared, parse_sets(sets), plan,
+                           (hidden_mult, n_hidden))
+    new_sink, uri = sink_factory(results_dir, tracking_uri, experiment)
+    records = _train(jobs, new_sink, progress_factory(quiet), per_method, ds.name, shared)
+    results = [from_record(r) for r in records]
+    tab, tgt, note = speedup_table(results, per_method, target)
+    test_nll = {r.method: r.metrics["test_nll"] for r in records if "test_nll" in r.metrics}
+    if test_nll:
+        tab["test_nll"] = [test_nll.get(m, math.nan) for m in tab.index]
+    grid = ", ".join(f"{t:.3g}" for t in times)
+    files = _write_outputs(tab, results, tgt, Path(results_dir) / "speedup", ds.name,
+                           f"{note}; budget {per_method:.0f} s training per method; "
+                           f"validations at training seconds {grid} (0: after the first "
+                           f"step); device {device}")
+    _record_study(new_sink(), ds.name, tab, tgt, files, records,
+                  {"study": "speedup", "dataset": ds.name, "methods": ",".join(methods),
+                   "budget": budget, "eval_at_seconds": grid, "target": target,
+                   **{f"shared_{k}": v for k, v in shared.items()}}, note)
+    click.echo(render(tab[_shown_columns(tab)], "markdown"))
+    click.echo(f"{note}; written {', '.join(str(f) for f in files)}; recorded in {uri}",
+               err=True)
+
+
+def _plan_study(registry, methods, dataset, seed, shared, own, plan, width):
+    """Validate the whole study (with a provisional width) before any data is read, then fix
+    FFJORD's width rule (``hidden_mult`` x data dimension, ``n_hidden`` layers) from the data
+    when no ``--hidden`` was given; returns the jobs and the dataset."""
+    from bench.harness.planning.plan import plan_jobs, resolve_dataset
+
     plan_jobs(registry, methods, [dataset], [seed],
               [(k, v) for k, v in shared.items() if v is not None] + own, **plan)
     d_cls, d_params = resolve_dataset(registry, dataset)
-    ds = d_cls(d_params, data_dir=data_path)
+    ds = d_cls(d_params, data_dir=plan["data_dir"])
     if not shared["hidden"]:
+        hidden_mult, n_hidden = width
         shared["hidden"] = "(" + ",".join([str(hidden_mult * ds.splits().dim)] * n_hidden) + ")"
     jobs = plan_jobs(registry, methods, [dataset], [seed],
                      [(k, v) for k, v in shared.items()] + own, **plan)
-    new_sink, uri = sink_factory(results_dir, tracking_uri, experiment)
-    progress = progress_factory(quiet)
-    results, test_nll = [], {}
+    return jobs, ds
+
+
+def _train(jobs, new_sink, progress, per_method: float, dataset: str, shared: dict) -> list:
+    """Train each method in turn; the study stops at the first run that does not finish."""
+    from bench.harness.running.run import run_job
+
+    records = []
     for job in jobs:
-        click.echo(f"training {job.method} for {per_method:.0f} s on {ds.name} (net {net} "
-                   f"{shared['hidden']}, batch {batch_size})", err=True)
+        click.echo(f"training {job.method} for {per_method:.0f} s on {dataset} (net "
+                   f"{shared['net']} {shared['hidden']}, batch {shared['batch_size']})",
+                   err=True)
         record = run_job(job, new_sink(), progress)
         if record.status != "FINISHED":
             raise BenchError(f"the study stops: {job.label}: {record.status}: "
                              f"{record.failure}")
-        results.append(from_record(record))
-        if "test_nll" in record.metrics:
-            test_nll[record.method] = record.metrics["test_nll"]
-    tab, tgt, note = speedup_table(results, per_method, target)
-    if test_nll:
-        tab["test_nll"] = [test_nll.get(m, math.nan) for m in tab.index]
-    out_dir = Path(results_dir) / "speedup"
+        records.append(record)
+    return records
+
+
+def _write_outputs(tab, results, tgt, out_dir: Path, dataset: str, header: str) -> list[Path]:
+    """The study's table (markdown with its header line, CSV) and plot."""
+    from bench.record.speedup import plot, stamp
+    from bench.record.tables import render
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = out_dir / f"{ds.name}-{stamp()}"
+    base = out_dir / f"{dataset}-{stamp()}"
     md, csv = Path(f"{base}.md"), Path(f"{base}.csv")
-    grid = ", ".join(f"{t:.3g}" for t in times)
-    md.write_text(f"# speed-up study on {ds.name}\n\n{note}; budget {per_method:.0f} s "
-                  f"training per method; validations at training seconds {grid} (0: after "
-                  f"the first step); device {device}\n\n{render(tab, 'markdown')}\n")
+    md.write_text(f"# speed-up study on {dataset}\n\n{header}\n\n{render(tab, 'markdown')}\n")
     tab.to_csv(csv)
-    png = plot(results, tgt, Path(f"{base}.png"))
-    parent = new_sink()
-    parent.start(f"speedup-{ds.name}", {"study": "speedup", "dataset": ds.name,
-                                         "methods": ",".join(methods), "budget": budget,
-                                         "eval_at_seconds": grid, "target": target,
-                                         **{f"shared_{k}": v for k, v in shared.items()}},
-                 {"child_runs": ",".join(r.run_id or "" for r in results),
-                  "target_note": note})
-    for p in (md, csv, png):
-        parent.log_artifact(p)
+    return [md, csv, plot(results, tgt, Path(f"{base}.png"))]
+
+
+def _study_metrics(tab, tgt: float) -> dict[str, float]:
+    """The parent run's metrics: cost ratios (overall and at each named point), seconds per
+    iteration and the bracketed times to target, per method, against the first method."""
+    from bench.record.speedup import NAMED_POINTS
+
     base = tab.index[0]
     metrics = {"target_val_nll": tgt}
     for m in tab.index:
@@ -168,16 +191,31 @@ def speedup(ctx, dataset, methods, budget, steps, net, hidden, hidden_mult, n_hi
                     f"time_to_target_ratio_vs_{base}", "time_to_target_ratio_lo",
                     "time_to_target_ratio_hi"):
             metrics[f"{col.replace(f'_vs_{base}', '')}_{m}"] = tab.loc[m, col]
-    parent.log_metrics({k: float(v) for k, v in metrics.items() if math.isfinite(float(v))})
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+
+
+def _record_study(parent, dataset: str, tab, tgt: float, files: list[Path], records: list,
+                  params: dict, note: str) -> None:
+    """One parent run for the study: its parameters, the child runs, files and figures."""
+    parent.start(f"speedup-{dataset}", params,
+                 {"child_runs": ",".join(r.run_id or "" for r in records),
+                  "target_note": note})
+    for f in files:
+        parent.log_artifact(f)
+    parent.log_metrics(_study_metrics(tab, tgt))
     parent.set_tags({f"{col}_{m}": str(tab.loc[m, col]) for m in tab.index
                      for col in ("time_to_target", "time_to_target_bound",
                                  "time_to_target_ratio", "time_to_target_ratio_bound")})
     parent.end("FINISHED")
-    cols = [c for c in ("parameters", "steps", "s_per_it_median", "s_per_it_start",
+
+
+def _shown_columns(tab) -> list[str]:
+    from bench.record.speedup import NAMED_POINTS
+
+    base = tab.index[0]
+    return [c for c in ("parameters", "steps", "s_per_it_median", "s_per_it_start",
                         "s_per_it_half", "s_per_it_end", "cost_growth",
                         "nfe_forward_last10pct", "nfe_backward_last10pct", "best_val_nll",
                         "time_to_target", f"cost_ratio_vs_{base}",
                         *(f"cost_ratio_{p}_vs_{base}" for p in NAMED_POINTS),
                         "time_to_target_ratio") if c in tab.columns]
-    click.echo(render(tab[cols], "markdown"))
-    click.echo(f"{note}; written {md}, {csv}, {png}; recorded in {uri}", err=True)
