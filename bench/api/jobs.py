@@ -182,6 +182,8 @@ class Job:
             validation). checkpoint_minutes: and every M minutes of wall-clock (0: off).
         resume: with a ``work_dir``: "auto" continues a run of this job left KILLED or
             RUNNING from its checkpoint, "require" insists on one, "never" starts afresh.
+        scorers: the plug-in scorer classes (`bench.api.Scorer`) found by the registry;
+            the harness runs its built-in ones first, then these.
     """
 
     method: str
@@ -207,6 +209,7 @@ class Job:
     checkpoint_every: int | None = None
     checkpoint_minutes: float = 10.0
     resume: Literal["auto", "require", "never"] = "auto"
+    scorers: tuple[type, ...] = ()
 
     def __post_init__(self) -> None:
         if self.checkpoint_every is not None and self.checkpoint_every < 1:

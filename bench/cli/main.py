@@ -90,6 +90,8 @@ def _plugin_row(kind: str, name: str, p) -> dict:
         row["domains"] = domains(params)
     if kind == "method":
         row["optim"] = p.cls.optim
+    if kind == "scorer":
+        row["metrics"] = [s.name for s in p.cls.specs]
     return row
 
 
@@ -120,8 +122,10 @@ def list_(ctx, name, verbose, as_json):
     """Show the plug-ins, one line each (unavailable ones with their reason); NAME or -v
     shows parameters too."""
     from bench.api import ConfigError
+    from bench.harness.scoring.scorers import BUILTIN_SCORERS
 
     registry = registry_of(ctx)
+    registry.add_builtin("scorer", BUILTIN_SCORERS, "built in (bench.harness.scoring.scorers)")
     kinds = [k for k in LIST_KINDS if k in registry.plugins]
     rows = [_plugin_row(kind, n, registry.plugins[kind][n])
             for kind in kinds for n in registry.names(kind) if name in (None, n)]

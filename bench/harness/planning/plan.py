@@ -184,6 +184,7 @@ def plan_jobs(registry, methods: Sequence[str], datasets: Sequence[str],
     per_m, per_d = _route(registry, methods, datasets, list(sets))
     resolved_d = [resolve_dataset(registry, sel, extra)
                   for sel, extra in zip(datasets, per_d, strict=True)]
+    scorers = tuple(registry.scorers()) if hasattr(registry, "scorers") else ()
     jobs = []
     for (m_sel, m_extra), (d_sel, (d_cls, d_params)), seed in itertools.product(
             zip(methods, per_m, strict=True), zip(datasets, resolved_d, strict=True), seeds):
@@ -196,13 +197,14 @@ def plan_jobs(registry, methods: Sequence[str], datasets: Sequence[str],
                          val_rows, test_rows)
         sources = {m_cls.name: _source(registry, "method", m_cls.name),
                    d_cls.name: _source(registry, "dataset", d_cls.name)}
+        sources.update({c.name: _source(registry, "scorer", c.name) for c in scorers})
         jobs.append(Job(
             method=m_cls.name, method_cls=m_cls, method_params=m_params,
             dataset=d_cls.name, dataset_cls=d_cls, dataset_params=d_params, seed=int(seed),
             optim=optim, budget=budget, solver=solver, device=device, data_dir=data_dir,
             evaluate_test=evaluate_test, n_samples=n_samples,
             sample_eval=sample_eval or SampleEval(), execution=execution or Execution(),
-            refs=refs, sources=sources,
+            refs=refs, sources=sources, scorers=scorers,
             label=f"{m_sel} on {d_sel} seed {seed}"))
     return jobs
 

@@ -1,5 +1,7 @@
 """Finds plug-ins: the built-in ones, folders from --plugins / BENCH_PLUGINS, and entry points
-in the groups ``bench.methods`` and ``bench.datasets``.
+in the groups ``bench.methods``, ``bench.datasets`` and ``bench.scorers``. A plug-in folder
+holds ``methods/``, ``datasets/`` and ``scorers/`` (`bench.api.Scorer` subclasses, one file
+each), or plug-in files directly.
 
 The built-in plug-ins (``methods/*.py``, ``datasets/*.py``) are found where they really are:
 in a wheel, inside the package as ``bench/_plugins/{methods,datasets}`` (package data, looked
@@ -33,7 +35,7 @@ from bench.harness.planning.selection import build_params, closest, parse_select
 __all__ = ["Plugin", "Registry", "KINDS", "builtin_root", "checkout_root", "load_plugin_file",
            "plugin_dirs"]
 
-KINDS = {"method": "methods", "dataset": "datasets"}
+KINDS = {"method": "methods", "dataset": "datasets", "scorer": "scorers"}
 PACKAGE_DIR = Path(__file__).resolve().parents[2]  # the installed `bench` package
 
 
@@ -42,7 +44,7 @@ class Plugin:
     """One discovered plug-in: its class, or the reason it is unavailable.
 
     Attributes:
-        name, kind: the plug-in's name and "method" | "dataset".
+        name, kind: the plug-in's name and "method" | "dataset" | "scorer".
         source: the file it was loaded from, or "entry point module:attr".
         version: sha256[:12] of the file, or the distribution version of an entry point.
         cls: the class (None when unavailable); error: why it is unavailable.
@@ -95,7 +97,7 @@ def plugin_dirs(extra: list[str | Path] | None = None) -> list[Path]:
 def _base(kind: str) -> type:
     from bench import api
 
-    return api.Method if kind == "method" else api.Dataset
+    return {"method": api.Method, "dataset": api.Dataset, "scorer": api.Scorer}[kind]
 
 
 def _file_version(path: Path) -> str:
@@ -164,7 +166,7 @@ class Registry:
     """All methods and datasets found, by name."""
 
     def __init__(self, extra_dirs: list[str | Path] | None = None, entry_points: bool = True):
-        self.plugins: dict[str, dict[str, Plugin]] = {"method": {}, "dataset": {}}
+        self.plugins: dict[str, dict[str, Plugin]] = {kind: {} for kind in KINDS}
         builtin = builtin_root()
         for root in plugin_dirs(extra_dirs):
             root = root.expanduser().resolve()
@@ -215,6 +217,18 @@ class Registry:
                 error = _abstract_error(cls) if inspect.isclass(cls) else None
                 self._add(Plugin(getattr(cls, "name", ep.name), kind, source, version,
                                  cls=None if error else cls, error=error))
+
+    def add_builtin(self, kind: str, classes: tuple[type, ...], source: str) -> None:
+        """List classes that ship inside bench (the built-in scorers) beside the plug-ins,
+        for ``bench list``; ConfigError when a plug-in already took a name."""
+        for cls in classes:
+            self._add(Plugin(cls.name, kind, source, cls=cls))
+
+    def scorers(self) -> list[type]:
+        """The available scorer classes found in plug-in folders and entry points, by
+        name (``Job.scorers``: the harness adds its built-in ones)."""
+        return [p.cls for _, p in sorted(self.plugins["scorer"].items())
+                if p.available and not p.source.startswith("built in")]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.plugins[kind])

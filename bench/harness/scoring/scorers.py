@@ -78,7 +78,7 @@ class ImageSampleScorer(Scorer):
 
 
 class SamplePlot(Scorer):
-    """2-D data: histograms of ``job.n_samples`` model samples beside the test split."""
+    """2-D data: histograms of model samples (--n-samples) beside the test split."""
 
     name = "sample_plot"
 
@@ -105,7 +105,8 @@ def scorers_of(job: Job) -> list[Scorer]:
         ConfigError: a plug-in scorer takes a built-in's name, or two share one.
     """
     out: list[Scorer] = []
-    for cls in (*BUILTIN_SCORERS, *getattr(job, "scorers", ())):
+    plugins = [c for c in getattr(job, "scorers", ()) if c not in BUILTIN_SCORERS]
+    for cls in (*BUILTIN_SCORERS, *plugins):
         taken = [type(s) for s in out if s.name == cls.name]
         if taken:
             raise ConfigError(f"scorer name {cls.name!r} is taken twice: by "

@@ -102,6 +102,8 @@ def job_key(job: Job) -> str:
             "sample_eval": _plain(job.sample_eval), "evaluate_test": job.evaluate_test,
             "n_samples": job.n_samples,
             "sources": [plugin_sha256(job.method_cls), plugin_sha256(job.dataset_cls)]}
+    if job.scorers:  # what is scored is part of the run (keys without plug-in scorers stay)
+        spec["scorers"] = sorted(f"{c.name}:{plugin_sha256(c)}" for c in job.scorers)
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
