@@ -99,7 +99,8 @@ def run(method: str, dataset: str, *, seed: int = 0, steps: int | None = None,
             ``dataset__`` / ``method__`` to target one side, e.g. ``dataset__n_train=500``).
 
     Returns:
-        The run's `RunRecord` (status FINISHED, or FAILED with ``record.failure``).
+        The run's `RunRecord` (status FINISHED, or FAILED with ``record.failure``, also
+        when the job could not start).
 
     Example (a closed-form fit on a small synthetic dataset, a few seconds):
 
@@ -111,14 +112,18 @@ def run(method: str, dataset: str, *, seed: int = 0, steps: int | None = None,
     >>> sorted(k for k in rec.metrics if k.startswith("test_nll"))
     ['test_nll', 'test_nll_gap', 'test_nll_gap_se', 'test_nll_nfe', 'test_nll_se']
     """
-    from bench.harness.running.run import run_job
+    from bench.launch.local import LocalLauncher
+    from bench.launch.specs import specs_of
     from bench.record.memory import MemorySink
 
+    registry = registry if registry is not None else _default_registry()
     job = plan(method, dataset, seed=seed, steps=steps, max_seconds=max_seconds,
                data_dir=data_dir, device=device, registry=registry, **settings)
     if sink is None:
         sink = MemorySink(artifact_dir=tempfile.mkdtemp(prefix="bench-run-"))
-    return run_job(job, sink)
+    # the path of `bench run`: the job as a spec, run by the local launcher
+    (record,) = LocalLauncher(lambda: sink, registry=registry).submit(specs_of([job]))
+    return record
 
 
 @dataclass

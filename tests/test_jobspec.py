@@ -89,3 +89,30 @@ def test_bad_spec_is_one_config_error(registry, tmp_path, change, words):
 def test_from_json_refuses_what_is_not_a_spec(text):
     with pytest.raises(ConfigError):
         JobSpec.from_json(text)
+
+
+SCORER = '''
+from bench.api.scoring import MetricSpec, Scorer, Scores
+
+
+class SampleNorm(Scorer):
+    name = "sample_norm"
+    specs = (MetricSpec("sample_sq_norm", better="lower", kind="statistic"),)
+
+    def score(self, model, splits, ctx):
+        return Scores({"sample_sq_norm": 0.0})
+'''
+
+
+def test_plugin_scorers_travel_by_name(tmp_path):
+    from bench.harness.planning.registry import Registry
+
+    (tmp_path / "scorers").mkdir()
+    (tmp_path / "scorers" / "norm.py").write_text(SCORER)
+    registry = Registry(extra_dirs=[tmp_path])
+    (job,) = plan_jobs(registry, ["interflow"], ["8gaussians"], data_dir=tmp_path)
+    assert [c.name for c in job.scorers] == ["sample_norm"]
+    spec = to_spec(job, (tmp_path,), key=job_key(job))
+    assert spec.scorers == ("sample_norm",) and spec.plugin_dirs == (str(tmp_path),)
+    back = _round_trip(job, registry)
+    assert back == job and job_key(back) == job_key(job)

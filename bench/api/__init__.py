@@ -19,10 +19,11 @@ from bench.api.errors import (
     ConfigError,
     ContractError,
     DataError,
+    LossExploded,
     PluginUnavailable,
-    TrainingDiverged,
 )
-from bench.api.jobs import Budget, Execution, Job, OptimConfig, SampleEval
+from bench.api.jobs import Budget, Execution, Job, JobSpec, OptimConfig, SampleEval
+from bench.api.launchers import Launcher, failed_record
 from bench.api.plugins import Dataset, FlowMethod, Method
 from bench.api.records import RunRecord, Sink
 from bench.api.scoring import MetricSpec, ScoreContext, Scorer, Scores
@@ -40,8 +41,9 @@ from bench.api.types import (
 
 __all__ = [
     "BenchError", "ConfigError", "ContractError", "DataError", "PluginUnavailable",
-    "TrainingDiverged", "Dataset", "FlowMethod", "Method", "Budget", "Job", "OptimConfig",
-    "SampleEval", "Execution", "RunRecord", "Sink", "DatasetRef", "FlowEngine",
+    "LossExploded", "Dataset", "FlowMethod", "Method", "Budget", "Job", "OptimConfig",
+    "SampleEval", "Execution", "JobSpec", "Launcher", "failed_record", "RunRecord", "Sink",
+    "DatasetRef", "FlowEngine",
     "LogLikelihood", "NoParams", "RunContext", "SolverConfig", "Splits", "default_data_dir",
     "Domain", "at_least", "greater_than", "in_range", "non_negative", "positive",
     "probability", "per_row_problem", "MetricSpec", "Scorer", "Scores", "ScoreContext",

@@ -240,6 +240,7 @@ class JobSpec:
         optim, budget, solver, sample_eval, execution: the shared settings as dicts.
         plugin_dirs: extra plug-in folders of the planner's registry (absolute paths).
         label, sources, work_dir, checkpoint_every, checkpoint_minutes, resume: as in `Job`.
+        scorers: the names of the job's plug-in scorers (found again in the registry).
         key: the planner's job key (`bench.harness.training.runfolder.job_key`); "" when
             unknown. A launcher refuses a spec whose rebuilt job has another key (a plug-in
             file that differs on the worker).
@@ -267,6 +268,7 @@ class JobSpec:
     checkpoint_every: int | None = None
     checkpoint_minutes: float = 10.0
     resume: str = "auto"
+    scorers: tuple[str, ...] = ()
     key: str = ""
 
     def to_json(self) -> str:
@@ -292,5 +294,6 @@ class JobSpec:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown job spec field {unknown[0]!r}")
-        data["plugin_dirs"] = tuple(data.get("plugin_dirs") or ())
+        for name in ("plugin_dirs", "scorers"):
+            data[name] = tuple(data.get(name) or ())
         return cls(**data)

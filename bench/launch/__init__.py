@@ -1,6 +1,7 @@
-"""Launchers: run a planned grid somewhere other than this process.
+"""Launchers: where the jobs of a planned grid run (`bench.api.Launcher`).
 
-`bench.launch.ray_grid.launch_ray` runs each job of the grid as a Ray task (``bench run
---launcher ray``). Importing this package is cheap: Ray is an optional extra (``pip install
-bench[ray]``), imported only inside the functions that use it.
+`bench.launch.specs` turns planned jobs into `JobSpec`s (with their job keys) and a spec
+back into its job; `bench.launch.local.LocalLauncher` runs specs in this process,
+`bench.launch.ray.RayLauncher` as Ray tasks (``bench run --launcher ray``). Importing this
+package is cheap: Ray is an optional extra, imported only inside the functions that use it.
 """

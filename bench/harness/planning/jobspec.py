@@ -140,7 +140,7 @@ def to_spec(job: Job, plugin_dirs: tuple[str | Path, ...] = (), key: str = "") -
         n_samples=job.n_samples, plugin_dirs=tuple(str(Path(d).resolve()) for d in plugin_dirs),
         label=job.label, sources=dict(job.sources), work_dir=path(job.work_dir),
         checkpoint_every=job.checkpoint_every, checkpoint_minutes=job.checkpoint_minutes,
-        resume=job.resume, key=key)
+        resume=job.resume, scorers=tuple(cls.name for cls in job.scorers), key=key)
 
 
 def from_spec(spec: JobSpec, registry) -> Job:
@@ -164,4 +164,5 @@ def from_spec(spec: JobSpec, registry) -> Job:
         sources=dict(spec.sources), label=spec.label,
         work_dir=None if spec.work_dir is None else Path(spec.work_dir),
         checkpoint_every=spec.checkpoint_every, checkpoint_minutes=spec.checkpoint_minutes,
-        resume=typing.cast(Any, spec.resume))
+        resume=typing.cast(Any, spec.resume),
+        scorers=tuple(registry.get("scorer", name) for name in spec.scorers))
