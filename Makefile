@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY ?= true
+export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: run test setup lint clean benchmark regress
+.PHONY: run test setup lint clean benchmark regress docs
 
 $(BIN)/bench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +27,13 @@ run: setup
 	$(BIN)/bench run --method interflow --dataset miniboone
 
 test: setup
-	$(BIN)/ruff check bench methods datasets tests benchmarks experiments
+	$(BIN)/ruff check bench methods datasets tests benchmarks experiments docs
 	$(BIN)/lint-imports pyproject.toml
+	$(BIN)/mkdocs build --strict --quiet --site-dir "$${TMPDIR:-/tmp}/bench-site"
 	$(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check bench methods datasets tests benchmarks experiments
+	$(BIN)/ruff check bench methods datasets tests benchmarks experiments docs
 	$(BIN)/lint-imports pyproject.toml
 
 clean:
@@ -46,3 +48,9 @@ benchmark: setup
 # Re-baseline deliberately: bench regress --rebaseline (GPU: --full --device cuda).
 regress: setup
 	$(BIN)/bench regress --no-record
+
+# The documentation site (docs/, mkdocs.yml): served at http://127.0.0.1:8000 while editing;
+# `make test` builds it with --strict. The measurement pages are generated from results/.
+docs: setup
+	$(BIN)/python docs/gen_measurements.py
+	$(BIN)/mkdocs serve

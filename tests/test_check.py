@@ -13,7 +13,9 @@ from click.testing import CliRunner
 
 from bench.cli.check import check
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+#: the pages with plug-in examples: the README's method, the docs' dataset
+PAGES = [ROOT / "README.md", ROOT / "docs" / "extending.md"]
 
 # the README's examples, as a plug-in author would write them from it
 METHOD = '''
@@ -121,7 +123,7 @@ def _run(tmp_path: Path, text: str, *args: str):
 def _readme_blocks() -> dict[str, str]:
     found = {}
     for m in re.finditer(r"\(`(methods|datasets)/(\w+)\.py`\):\n\n```python\n(.*?)```",
-                         README.read_text(), re.S):
+                         "\n".join(p.read_text() for p in PAGES), re.S):
         found[f"{m.group(1)}/{m.group(2)}.py"] = m.group(3)
     return found
 
@@ -145,7 +147,7 @@ def test_examples_pass(tmp_path, one_thread, text, kind, name):
 
 def test_readme_examples_pass(tmp_path, one_thread):
     blocks = _readme_blocks()
-    assert blocks, "the README has no plug-in examples"
+    assert set(blocks) == {"methods/diag_gaussian.py", "datasets/ring.py"}, set(blocks)
     for rel, code in blocks.items():
         res = _run(tmp_path, code)
         assert res.exit_code == 0, f"{rel}:\n{res.output}"

@@ -1,5 +1,6 @@
-"""The README's plug-in examples are complete: loaded from --plugins, they train with the
-harness's Trainer and reach the closed-form maximum-likelihood fit."""
+"""The plug-in examples (the README's method, docs/extending.md's dataset) are complete:
+loaded from --plugins, they train with the harness's Trainer and reach the closed-form
+maximum-likelihood fit."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from bench.harness.planning.registry import Registry
 from bench.harness.planning.selection import build_params
 from bench.harness.training.optim import Trainer
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+#: the pages with plug-in examples: the README's method, the docs' dataset
+PAGES = [ROOT / "README.md", ROOT / "docs" / "extending.md"]
 
 
 def _blocks() -> dict[str, str]:
-    text = README.read_text()
+    text = "\n".join(p.read_text() for p in PAGES)
     found = {}
     for m in re.finditer(r"\(`(methods|datasets)/(\w+)\.py`\):\n\n```python\n(.*?)```", text,
                          re.S):
