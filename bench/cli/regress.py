@@ -76,14 +76,7 @@ def regress(ctx, full, rebaseline, repeats, busy, seeds, threshold, only, skip,
     from bench.api.errors import ConfigError
     from bench.cli.common import sink_factory
     from bench.harness.running import regress as rg
-    from bench.harness.running.run import git_commit
-    from bench.record.history import (
-        REGRESS_EXPERIMENT,
-        load_history,
-        plot_history,
-        record_regress,
-    )
-    from bench.record.stores import open_source
+    from bench.record.history import REGRESS_EXPERIMENT
 
     mode = "full" if full else "fast"
     data = rg.load_baseline(Path(baseline_path))
@@ -91,38 +84,19 @@ def regress(ctx, full, rebaseline, repeats, busy, seeds, threshold, only, skip,
     default_threshold = base.get("threshold", rg.TIMING_THRESHOLD)
     new_sink, uri = sink_factory(results_dir, tracking_uri, REGRESS_EXPERIMENT)
     if plot_out:
-        points = load_history(open_source(uri).records(REGRESS_EXPERIMENT), mode)
-        out = plot_history(points, base.get("figures", {}), threshold or default_threshold,
-                           Path(plot_out))
-        click.echo(json.dumps({"plot": str(out), "runs": len(points)}) if as_json else out)
-        return
+        return _plot(uri, mode, base, threshold or default_threshold, Path(plot_out), as_json)
     if repeats < 1 or seeds < 1:
         raise ConfigError("--repeats and --seeds must be >= 1")
     if threshold is not None and not threshold > 1:
         raise ConfigError(f"--threshold must be > 1, got {threshold}")
-    timing_figs = tuple(f for f in only if not f.startswith("nll_"))
-    quality_figs = tuple(f for f in only if f.startswith("nll_"))
-    run_timing = "timing" not in skip and (not only or timing_figs)
-    run_qual = "quality" not in skip and (not only or quality_figs)
-    n_runs = repeats if rebaseline else 1
-    loaded = tuple(i for i in range(n_runs) if rebaseline and busy and i % 2 == 1)
-    timing_runs = []
-    for i in range(n_runs if run_timing else 0):
-        with rg.busy_loop(1 if i in loaded else 0):
-            timing_runs.append(rg.run_suite(mode, timing_figs, device))
-    quality = rg.run_quality(registry_of(ctx), mode, tuple(range(seeds if rebaseline else 1)),
-                             quality_figs, Path(data_dir) if data_dir else None,
-                             device) if run_qual else {}
-    info: dict[str, float] = {}
-    if run_qual and "default" not in skip:
-        default_quality, info = rg.run_default(mode, quality_figs,
-                                               Path(data_dir) if data_dir else None, device)
-        quality.update(default_quality)
-    machine = rg.machine_info(device)
-    commit = git_commit()
+    run_timing = "timing" not in skip and (not only or any(not f.startswith("nll_")
+                                                             for f in only))
+    run_qual = "quality" not in skip and (not only or any(f.startswith("nll_") for f in only))
+    m = _measure(ctx, mode, only, skip, rebaseline, repeats, busy, seeds, run_timing, run_qual,
+                 Path(data_dir) if data_dir else None, device)
     if rebaseline:
-        new = rg.make_baseline(timing_runs, quality, machine, commit, default_threshold,
-                               info, loaded)
+        new = rg.make_baseline(m["timing_runs"], m["quality"], m["machine"], m["commit"],
+                               default_threshold, m["info"], m["loaded"])
         rg.save_baseline(Path(baseline_path), data, mode, new)
         out = {"rebaselined": str(baseline_path), "mode": mode, "baseline": new}
         click.echo(json.dumps(out, indent=1) if as_json else
@@ -132,7 +106,57 @@ def regress(ctx, full, rebaseline, repeats, busy, seeds, threshold, only, skip,
     if not base:
         raise ConfigError(f"no {mode} baseline in {baseline_path}: run bench regress "
                           f"{'--full ' if full else ''}--rebaseline first")
-    timing = timing_runs[0] if timing_runs else {}
+    passed = _check(base, m, only, skip, run_timing, run_qual, threshold, default_threshold,
+                    None if no_record else new_sink, mode, as_json)
+    if not passed:
+        ctx.exit(1)
+
+
+def _plot(uri: str, mode: str, base: dict, threshold: float, out: Path, as_json: bool) -> None:
+    """``--plot``: the recorded history of every figure against its baseline limit."""
+    from bench.record.history import REGRESS_EXPERIMENT, load_history, plot_history
+    from bench.record.stores import open_source
+
+    points = load_history(open_source(uri).records(REGRESS_EXPERIMENT), mode)
+    path = plot_history(points, base.get("figures", {}), threshold, out)
+    click.echo(json.dumps({"plot": str(path), "runs": len(points)}) if as_json else path)
+
+
+def _measure(ctx, mode, only, skip, rebaseline, repeats, busy, seeds, run_timing, run_qual,
+             data_dir, device) -> dict:
+    """Run the timing suite (``repeats`` interleaved runs when re-baselining, every other one
+    beside a busy loop with ``--busy``) and the quality trainings; with the machine and
+    commit they ran on."""
+    from bench.harness.running import regress as rg
+    from bench.harness.running.run import git_commit
+
+    timing_figs = tuple(f for f in only if not f.startswith("nll_"))
+    quality_figs = tuple(f for f in only if f.startswith("nll_"))
+    n_runs = repeats if rebaseline else 1
+    loaded = tuple(i for i in range(n_runs) if rebaseline and busy and i % 2 == 1)
+    timing_runs = []
+    for i in range(n_runs if run_timing else 0):
+        with rg.busy_loop(1 if i in loaded else 0):
+            timing_runs.append(rg.run_suite(mode, timing_figs, device))
+    quality = rg.run_quality(registry_of(ctx), mode, tuple(range(seeds if rebaseline else 1)),
+                             quality_figs, data_dir, device) if run_qual else {}
+    info: dict[str, float] = {}
+    if run_qual and "default" not in skip:
+        default_quality, info = rg.run_default(mode, quality_figs, data_dir, device)
+        quality.update(default_quality)
+    return {"timing_runs": timing_runs, "quality": quality, "info": info, "loaded": loaded,
+            "machine": rg.machine_info(device), "commit": git_commit()}
+
+
+def _check(base, m, only, skip, run_timing, run_qual, threshold, default_threshold,
+           new_sink, mode, as_json) -> bool:
+    """Compare the figures with the baseline, record them (unless ``new_sink`` is None),
+    print the table or JSON and every regression; returns whether all passed."""
+    from bench.harness.running import regress as rg
+    from bench.record.history import record_regress
+
+    timing, quality, info = (m["timing_runs"][0] if m["timing_runs"] else {}), m["quality"], \
+        m["info"]
     selected = tuple(only) or tuple(
         k for k, v in base["figures"].items()
         if (v["kind"] == "timing" and run_timing) or (v["kind"] == "quality" and run_qual
@@ -142,14 +166,14 @@ def regress(ctx, full, rebaseline, repeats, busy, seeds, threshold, only, skip,
     checks = rg.compare(base["figures"], timing, quality, threshold, selected, info,
                         default_threshold)
     passed = not any(c.failed for c in checks)
-    if not no_record:
+    if new_sink is not None:
         figures = {**{k: v["ratio"] for k, v in timing.items()},
                    **{k: v["value"] for k, v in quality.items()}, **info}
-        record_regress(new_sink(), figures, commit, mode, passed, machine)
+        record_regress(new_sink(), figures, m["commit"], mode, passed, m["machine"])
     if as_json:
         click.echo(json.dumps({"mode": mode, "passed": passed, "threshold": threshold,
                                "default_threshold": default_threshold,
-                               "commit": commit, "baseline_machine": base.get("machine"),
+                               "commit": m["commit"], "baseline_machine": base.get("machine"),
                                "checks": [c.as_dict() for c in checks],
                                "timing": timing, "quality": quality, "info": info},
                               indent=1))
@@ -158,5 +182,4 @@ def regress(ctx, full, rebaseline, repeats, busy, seeds, threshold, only, skip,
     for c in checks:
         if c.failed:
             click.echo(f"REGRESSION {c.line()}", err=True)
-    if not passed:
-        ctx.exit(1)
+    return passed
