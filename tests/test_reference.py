@@ -117,7 +117,7 @@ def test_our_number_sits_beside_the_published_one_with_the_reduced_flag():
     assert "our runs on checkerboard: no published test_nll to compare" in notes
     assert any(n.startswith("published FFJORD (miniboone, power): exact") for n in notes)
     assert any("never a pass/fail threshold" in n for n in notes)
-    assert tab.index.name == "test_nll (nats, test split)"
+    assert tab.index.name == "test_nll (nats, test split, lower is better)"
 
 
 def test_a_scored_subset_or_a_non_standard_split_is_not_comparable():

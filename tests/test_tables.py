@@ -180,7 +180,7 @@ def test_kind_hutchinson_and_bpd_labels(stored):
     assert tab.loc["m (exact, hutchinson)", "8gaussians"] == "9.000 (1)"
     assert tab.loc["m [elbo] (bound)", "8gaussians"].endswith("(3)")
     tab, _ = comparison_table(recs, "test_bpd")  # bits/dim take the labels of their NLL
-    assert tab.index.name == "test_bpd (bits/dim, test split)"
+    assert tab.index.name == "test_bpd (bits/dim, test split, lower is better)"
     assert tab.loc["m (exact, hutchinson)", "8gaussians"] == "0.900 (1)"
     assert tab.loc["m [elbo] (bound)", "8gaussians"].startswith("0.867 ±")
 
@@ -294,9 +294,9 @@ def test_each_metric_is_labelled_with_its_own_unit(stored):
     recs = [_rec(metrics=_nll(2.5, test_nll_nfe=56.0))]
     recs = stored(recs)
     tab, _ = comparison_table(recs, "test_nll_nfe")
-    assert tab.index.name == "test_nll_nfe (evaluations, test split)"
+    assert tab.index.name == "test_nll_nfe (evaluations, test split, lower is better)"
     assert "nats" not in tab.index.name
-    assert comparison_table(recs)[0].index.name == "test_nll (nats, test split)"
+    assert comparison_table(recs)[0].index.name == "test_nll (nats, test split, lower is better)"
 
 
 def test_reruns_of_one_configuration_and_seed_count_once_the_newest(stored):

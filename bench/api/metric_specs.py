@@ -8,10 +8,13 @@ before specs travelled with the runs.
 
 from __future__ import annotations
 
-from bench.api.scoring import MetricSpec
+from collections.abc import Iterable
+
+from bench.api.records import RunRecord
+from bench.api.scoring import MetricSpec, specs_from_tags
 
 __all__ = ["LIKELIHOOD_SPECS", "VECTOR_SAMPLE_SPECS", "IMAGE_SAMPLE_SPECS", "SAMPLING_SPECS",
-           "BUILTIN_SPECS", "HEADLINE"]
+           "BUILTIN_SPECS", "HEADLINE", "specs_for", "headline"]
 
 LIKELIHOOD_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("test_nll", "nats", "lower", "likelihood", se=True, variants="likelihood",
@@ -82,3 +85,19 @@ BUILTIN_SPECS: dict[str, MetricSpec] = {
     s.name: s for s in LIKELIHOOD_SPECS + VECTOR_SAMPLE_SPECS + IMAGE_SAMPLE_SPECS}
 #: the headline metrics, in the order the report and the result line show them
 HEADLINE: tuple[str, ...] = tuple(s.name for s in BUILTIN_SPECS.values() if s.headline)
+
+
+def specs_for(records: Iterable[RunRecord]) -> dict[str, MetricSpec]:
+    """The built-in specs updated with those the records carry (``bench.spec.<metric>``
+    tags, oldest first: the newest record's spec of a name stands)."""
+    specs = dict(BUILTIN_SPECS)
+    for rec in records:
+        specs = specs_from_tags(rec.tags, specs)
+    return specs
+
+
+def headline(specs: dict[str, MetricSpec]) -> tuple[str, ...]:
+    """The headline metrics of ``specs``: the built-in ones in their order, then the rest
+    by name."""
+    extra = sorted(n for n, s in specs.items() if s.headline and n not in HEADLINE)
+    return tuple(n for n in HEADLINE if specs.get(n, BUILTIN_SPECS[n]).headline) + tuple(extra)

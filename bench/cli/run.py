@@ -182,20 +182,23 @@ def _json(r) -> dict:
 
 
 def result_line(r) -> str:
-    m = r.metrics
+    """One line of a finished run: its headline metrics as their specs say (unit, kind,
+    se, variants, reference; `bench.api.metric_specs`), then the training's time."""
+    from bench.api.metric_specs import headline, specs_for
+    from bench.api.scoring import find_spec
+
+    m, specs = r.metrics, specs_for([r])
     parts = []
-    if "test_nll" in m:
-        parts.append(f"test NLL {m['test_nll']:.3f} +- {m['test_nll_se']:.3f} nats")
-    for k in sorted(m):
-        if k.startswith("test_nll_") and not k.endswith(("_se", "_nfe", "_gap")):
-            parts.append(f"{k[9:]} {m[k]:.3f}")
-    if "test_bpd" in m:
-        parts.append(f"{m['test_bpd']:.3f} bits/dim")
-    if "fid" in m:
-        parts.append(f"FID {m['fid']:.2f} (n={int(m.get('fid_n_samples', 0))}), "
-                     f"KID {m.get('kid', float('nan')):.4f}")
-    if "true_test_nll" in m:
-        parts.append(f"true {m['true_test_nll']:.3f}")
+    for name in (n for n in headline(specs) if n in m):
+        spec = specs[name]
+        se = f" +- {m[name + '_se']:.2g}" if spec.se and name + "_se" in m else ""
+        unit = f" {spec.unit}" if spec.unit != "none" else ""
+        kind = f" ({r.tags[name + '.kind']})" if name + ".kind" in r.tags else ""
+        parts.append(f"{name} {m[name]:.4g}{se}{unit}{kind}")
+        parts += [f"{k[len(name) + 1:]} {m[k]:.4g}" for k in sorted(m)
+                  if k != name and find_spec(k, specs) is spec and not k.endswith("_se")]
+        if spec.reference in m:
+            parts.append(f"{spec.reference} {m[spec.reference]:.4g}")
     parts.append(f"train {m.get('train_seconds', 0.0):.1f}s, "
                  f"{int(m.get('steps_done', 0))} steps")
     return f"{r.method} on {r.dataset} (seed {r.seed}): " + "; ".join(parts)

@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.api import ConfigError, DataError, RunRecord
+from bench.api.metric_specs import HEADLINE, specs_for
 from bench.record.tables import _cell, _unit, long_results
 
 __all__ = ["Published", "REFERENCE_DIR", "read_reference_csv", "load_reference",
@@ -34,7 +35,8 @@ REFERENCE_DIR = Path(__file__).resolve().parents[2] / "results" / "reference"
 COLUMNS = ("method", "dataset", "metric", "value", "std", "split", "kind", "estimator",
            "citation", "status", "note")
 OPTIONAL = ("std", "note")
-METRICS = ("test_nll", "test_bpd", "fid")
+#: the metrics a published number may give: the built-in headline ones (their specs)
+METRICS = HEADLINE
 KINDS = ("exact", "bound", "estimate")
 DAGGER = "†"
 CHECK = "✓"
@@ -243,5 +245,5 @@ def reference_table(records: Sequence[RunRecord], metric: str = "test_nll",
     tab = tab.reindex(columns=[c for c, *_ in columns]).fillna("")
     if not ours:
         tab = tab.drop(index=[DATA_ROW, COMPARABLE_ROW])
-    tab.index.name = _unit(metric)
+    tab.index.name = _unit(metric, specs_for(records))
     return tab, notes

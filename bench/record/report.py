@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from bench.api import ConfigError, DataError, RunRecord
+from bench.api.metric_specs import HEADLINE, headline, specs_for
 from bench.api.records import Source
 from bench.record import speedup
 from bench.record.report_plots import (
@@ -50,8 +51,9 @@ __all__ = ["HISTORY", "METRICS", "load", "local_artifact", "write_report",
 log = logging.getLogger(__name__)
 #: per-step series the report draws (with those of the speed-up study)
 HISTORY = ("val_nll", "train_seconds_at_eval", "step_seconds")
-#: metrics tabulated when any finished run recorded them
-METRICS = ("test_nll", "test_bpd", "fid")
+#: the built-in metrics tabulated when any finished run recorded them; with them, every
+#: metric whose spec the runs carry says ``headline`` (a plug-in scorer's)
+METRICS = HEADLINE
 
 
 def load(source: Source | str, experiment: str = "bench") -> list[RunRecord]:
@@ -177,7 +179,8 @@ def _tables(records: Sequence[RunRecord]) -> list[str]:
     study_kids = {k.run_id for _, kids in studies(records) for k in kids}
     records = [r for r in records if r.run_id not in study_kids]  # they have their section
     out = ["## Comparison tables", ""]
-    for metric in METRICS:
+    specs = specs_for(r for r in records if r.status == "FINISHED")
+    for metric in headline(specs):
         if not any(metric in r.metrics for r in records if r.status == "FINISHED"):
             continue
         try:
@@ -185,8 +188,10 @@ def _tables(records: Sequence[RunRecord]) -> list[str]:
         except ConfigError as e:
             out += [f"{metric}: {e}", ""]
             continue
+        about = specs[metric].description
         out += [f"### {metric}", "", render(tab, "markdown"), ""]
-        out += [f"- note: {n}" for n in notes] + ([""] if notes else [])
+        out += ([f"- {metric}: {about}"] if about else []) + [f"- note: {n}" for n in notes]
+        out += [""] if about or notes else []
     return out
 
 

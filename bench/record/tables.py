@@ -35,6 +35,8 @@ from typing import Any
 import pandas as pd
 
 from bench.api import ConfigError, RunRecord
+from bench.api.metric_specs import BUILTIN_SPECS, specs_for
+from bench.api.scoring import MetricSpec, find_spec
 from bench.record.units import unit_of
 
 __all__ = ["long_results", "comparison_table", "render", "export", "config_labels",
@@ -43,8 +45,9 @@ __all__ = ["long_results", "comparison_table", "render", "export", "config_label
 SUFFIXES = ("_se", "_nfe", "_gap")
 TRUTH = "truth (closed form)"
 FLOOR = "floor (train vs test rows)"
-#: sample-based metrics, with ``.<sampler>`` variants and a ``_floor``
-SAMPLE_METRICS = ("mmd2", "energy", "swd")
+#: the built-in sample-based metrics (specs with ``variants="sampler"``), with a ``_floor``
+SAMPLE_METRICS = tuple(n for n, s in BUILTIN_SPECS.items() if s.variants == "sampler"
+                       and s.reference)
 _SPLIT_FIELDS = ("split", "provenance")
 
 
@@ -133,7 +136,8 @@ def _tag(rec: RunRecord, key: str, what: str) -> str | None:
     return None
 
 
-def _family(rec: RunRecord, metric: str) -> list[tuple[str, str, str]]:
+def _family(rec: RunRecord, metric: str, specs: dict[str, MetricSpec] | None = None
+            ) -> list[tuple[str, str, str]]:
     """(metric key, likelihood key, its short name) of ``metric`` in a run: ``test_nll``
     covers ``test_nll_<name>`` of each extra likelihood (a metric tagged with its kind);
     ``test_nll_gap`` the gap of each."""
@@ -142,7 +146,7 @@ def _family(rec: RunRecord, metric: str) -> list[tuple[str, str, str]]:
         if metric.endswith(s) and len(metric) > len(s):
             base, suffix = metric[:-len(s)], s
             break
-    if _sampled(base):  # one entry per sampler: mmd2, mmd2.ode, mmd2.sde, ...
+    if _sampled(base, specs):  # one entry per sampler: mmd2, mmd2.ode, mmd2.sde, ...
         names = [base] + sorted(k for k in rec.metrics if k.startswith(base + ".")
                                 and not k.endswith(SUFFIXES))
         return [(n + suffix, n, n[len(base) + 1:]) for n in names if n + suffix in rec.metrics]
@@ -152,8 +156,18 @@ def _family(rec: RunRecord, metric: str) -> list[tuple[str, str, str]]:
     return [(n + suffix, n, n[len(base) + 1:]) for n in names if n + suffix in rec.metrics]
 
 
-def _sampled(metric: str) -> bool:
-    return metric in SAMPLE_METRICS
+def _sampled(metric: str, specs: dict[str, MetricSpec] | None = None) -> bool:
+    """Whether ``metric`` is a family of per-sampler keys (its spec's ``variants``)."""
+    spec = (specs or BUILTIN_SPECS).get(metric)
+    return spec is not None and spec.variants == "sampler"
+
+
+def _reference_key(metric: str, specs: dict[str, MetricSpec]) -> str:
+    """The key of the truth (floor) figure tabulated beside ``metric``."""
+    spec = specs.get(metric)
+    if spec is not None and spec.reference:
+        return spec.reference
+    return f"{metric}_floor" if _sampled(metric, specs) else f"true_{metric}"
 
 
 def _finite(v: Any) -> bool:
@@ -192,13 +206,14 @@ def long_results(records: Sequence[RunRecord], metric: str = "test_nll"
         notes.append(f"{_plural(sum(left.values()), 'run')} left out: "
                      + ", ".join(f"{n} {s}" for s, n in sorted(left.items())))
     finished, superseded = newest_per_seed([r for r in runs if r.status == "FINISHED"])
+    specs = specs_for(finished)
     if superseded:
         notes.append(f"{_plural(superseded, 'rerun')} of the same configuration and seed "
                      f"superseded by the newest")
     entries, missing = [], []
     for r in finished:
         found = False
-        for key, lik, extra in _family(r, metric):
+        for key, lik, extra in _family(r, metric, specs):
             value = r.metrics[key]
             if not _finite(value):
                 continue
@@ -217,7 +232,7 @@ def long_results(records: Sequence[RunRecord], metric: str = "test_nll"
     m_lab = _labels({_method_config(r) for r, *_ in entries})
     d_lab = _labels({_dataset_config(r) for r, *_ in entries}, hide=_SPLIT_FIELDS)
     rows = []
-    sampled = _sampled(metric)
+    sampled = _sampled(metric, specs)
     for r, extra, kind, value, se in entries:
         label, col = m_lab[_method_config(r)], d_lab[_dataset_config(r)]
         if sampled:  # samplers side by side: a column each
@@ -230,7 +245,7 @@ def long_results(records: Sequence[RunRecord], metric: str = "test_nll"
     truth: dict[str, dict[str | None, tuple[float, float]]] = defaultdict(dict)
     for r, extra, *_ in entries:  # the truth (floor) of a column, from the runs in it
         col = d_lab[_dataset_config(r)]
-        key = f"{metric}_floor" if sampled else f"true_{metric}"
+        key = _reference_key(metric, specs)
         if sampled and extra:
             col += f" [{extra}]"
         t, t_se = r.metrics.get(key), r.metrics.get(f"{key}_se")
@@ -260,13 +275,17 @@ def _num_g(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _cell(values: pd.Series, se: pd.Series | None = None, num=_num) -> str:
-    """mean ± std over seeds (count); one value: with ``se`` its own standard error."""
+def _cell(values: pd.Series, se: pd.Series | None = None, num=_num, how: str = "mean"
+          ) -> str:
+    """mean ± std over seeds (count), or the spec's other aggregate ``how`` ("median 1.2
+    (3)"); one value: with ``se`` its own standard error."""
     n = len(values)
     if n == 1:
         if se is not None and _finite(se.iloc[0]):
             return f"{num(values.iloc[0])} ± {num(se.iloc[0])} (1)"
         return f"{num(values.iloc[0])} (1)"
+    if how != "mean":
+        return f"{how} {num(float(values.agg(how)))} ({n})"
     return f"{num(values.mean())} ± {num(values.std(ddof=1))} ({n})"
 
 
@@ -282,21 +301,33 @@ def _truth_cell(values: pd.Series) -> str:
     return _cell(values)
 
 
-def _with_se(metric: str) -> bool:
-    """Whether a one-seed cell shows the run's own standard error: sample metrics and
-    gaps to the truth (paired over test rows)."""
-    return _sampled(metric) or metric.endswith("_gap")
+def _with_se(metric: str, specs: dict[str, MetricSpec] | None = None) -> bool:
+    """Whether a one-seed cell shows the run's own standard error: an estimate or a
+    statistic whose spec declares ``se`` (sample metrics, the gap to the truth paired over
+    test rows; not a likelihood: its se is over test rows)."""
+    spec = (specs or BUILTIN_SPECS).get(metric)
+    if spec is None:
+        return metric.endswith("_gap")
+    return _sampled(metric, specs) or (spec.se and spec.kind in ("estimate", "statistic"))
 
 
-def _unit(metric: str) -> str:
-    unit = unit_of(metric)
+def _unit(metric: str, specs: dict[str, MetricSpec] | None = None) -> str:
+    """The table's header: the metric with its unit, what it was scored on and its
+    direction (from its spec, `bench.api.scoring.find_spec`; else `unit_of`)."""
+    specs = specs or BUILTIN_SPECS
+    spec = find_spec(metric, specs)
+    unit = spec.unit if spec is not None else unit_of(metric)
     parts = [unit] if unit != "none" else []
     if metric.startswith("test_"):
         parts.append("test split")
-    if _sampled(metric.removesuffix("_se")):
+    if _sampled(metric.removesuffix("_se"), specs):
         parts.append("samples vs test split; ± se for one seed, std over seeds else")
     elif metric.endswith("_gap"):
         parts.append("± paired se over test rows for one seed, std over seeds else")
+    elif _with_se(metric, specs):
+        parts.append("± se for one seed, std over seeds else")
+    if spec is not None and spec.better and not metric.endswith("_se"):
+        parts.append(spec.direction)
     return f"{metric} ({', '.join(parts)})" if parts else metric
 
 
@@ -317,20 +348,22 @@ def comparison_table(records: Sequence[RunRecord], metric: str = "test_nll"
         left = f" ({notes[0]})" if notes and "left out" in notes[0] else ""
         raise ConfigError(f"no finished runs with metric {metric!r} recorded yet{left}{hint}")
     truth = long["row"].isin((TRUTH, FLOOR))
-    if _sampled(metric):
+    specs = specs_for(r for r in records if r.status == "FINISHED")
+    how = specs[metric].aggregate if metric in specs else "mean"
+    if _sampled(metric, specs):
         tab = _se_cells(long)  # the floor is an estimate too: its se, std over runs
-    elif _with_se(metric):
+    elif _with_se(metric, specs):
         tab = long[~truth].groupby(["row", "dataset"]).apply(
-            lambda g: _cell(g["value"], g["se"]), include_groups=False)
+            lambda g: _cell(g["value"], g["se"], how=how), include_groups=False)
     else:
-        tab = long[~truth].groupby(["row", "dataset"])["value"].apply(_cell)
+        tab = long[~truth].groupby(["row", "dataset"])["value"].apply(_cell, how=how)
         if truth.any():
             tab = pd.concat([tab, long[truth].groupby(["row", "dataset"])["value"]
                              .apply(_truth_cell)])
     tab = tab.unstack("dataset").fillna("")
     tab = tab[sorted(tab.columns)]
     tab.columns.name = None
-    tab.index.name = _unit(metric)
+    tab.index.name = _unit(metric, specs)
     order = sorted(tab.index, key=lambda s: (s in (TRUTH, FLOOR), s))
     return tab.loc[order], notes
 
