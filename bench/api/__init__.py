@@ -25,7 +25,7 @@ from bench.api.errors import (
 from bench.api.jobs import Budget, Execution, Job, JobSpec, OptimConfig, SampleEval
 from bench.api.launchers import Launcher, failed_record
 from bench.api.plugins import Dataset, FlowMethod, Method
-from bench.api.records import RunRecord, Sink
+from bench.api.records import RunRecord, Sink, Source
 from bench.api.scoring import MetricSpec, ScoreContext, Scorer, Scores
 from bench.api.types import (
     DatasetRef,
@@ -43,7 +43,7 @@ __all__ = [
     "BenchError", "ConfigError", "ContractError", "DataError", "PluginUnavailable",
     "LossExploded", "Dataset", "FlowMethod", "Method", "Budget", "Job", "OptimConfig",
     "SampleEval", "Execution", "JobSpec", "Launcher", "failed_record", "RunRecord", "Sink",
-    "DatasetRef", "FlowEngine",
+    "Source", "DatasetRef", "FlowEngine",
     "LogLikelihood", "NoParams", "RunContext", "SolverConfig", "Splits", "default_data_dir",
     "Domain", "at_least", "greater_than", "in_range", "non_negative", "positive",
     "probability", "per_row_problem", "MetricSpec", "Scorer", "Scores", "ScoreContext",
