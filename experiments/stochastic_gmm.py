@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from bench.science import sample_metrics as sm
-from bench.science.interpolants import build_stochastic_interpolant
 from bench.science.nets import build_net
 from bench.science.sde import SDEConfig, sde_integrate
 from bench.science.si_objectives import GaussianMixturePath, interpolant_losses, relative_l2
+from bench.science.si_paths import build_stochastic_interpolant
 
 T_MIN = 1e-2
 

@@ -224,8 +224,8 @@ class InterFlow(FlowMethod):
                 self.likelihood = "none"  # no closed-form base density: no NLL
 
     def _build_stochastic(self, net) -> None:
-        from bench.science.interpolants import build_stochastic_interpolant
         from bench.science.si_objectives import OBJECTIVES, DriftField, ScoreField
+        from bench.science.si_paths import build_stochastic_interpolant
 
         p = self.params
         self.stochastic_interpolant = build_stochastic_interpolant(

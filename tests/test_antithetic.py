@@ -10,8 +10,8 @@ import torch
 from bench.api import ConfigError, SolverConfig
 from bench.harness import make_context
 from bench.harness.planning.selection import build_params
-from bench.science.interpolants import build_stochastic_interpolant
 from bench.science.si_objectives import TARGETS, GaussianMixturePath, interpolant_losses
+from bench.science.si_paths import build_stochastic_interpolant
 
 D = torch.float64
 CASES = [("linear", "none", True), ("trig", "none", True), ("linear", "sqrt", False),

@@ -7,16 +7,15 @@ import pytest
 import torch
 
 from bench.api.errors import ConfigError
-from bench.science.interpolants import (
+from bench.science.interpolants import INTERPOLANTS, get_interpolant
+from bench.science.si_paths import (
     GAMMAS,
-    INTERPOLANTS,
     PATHS,
     Mirror,
     OneSided,
     StochasticInterpolant,
     build_stochastic_interpolant,
     get_gamma,
-    get_interpolant,
 )
 
 D = torch.float64

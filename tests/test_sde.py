@@ -9,10 +9,10 @@ import torch
 
 from bench.api import SolverConfig
 from bench.api.errors import ConfigError
-from bench.science.interpolants import build_stochastic_interpolant
 from bench.science.ode import integrate, log_likelihood
 from bench.science.sde import SDEConfig, sde_integrate, sde_log_likelihood
 from bench.science.si_objectives import GaussianMixturePath
+from bench.science.si_paths import build_stochastic_interpolant
 
 D = torch.float64
 

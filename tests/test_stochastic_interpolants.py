@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.science.interpolants import build_stochastic_interpolant
 from bench.science.nets import build_net
 from bench.science.si_objectives import (
     GaussianMixturePath,
     interpolant_losses,
     relative_l2,
 )
+from bench.science.si_paths import build_stochastic_interpolant
 
 D = torch.float64
 

@@ -1,6 +1,6 @@
 """Objectives of stochastic interpolants and their closed forms on Gaussian mixtures.
 
-x_t = a x_0 + b x_1 + gamma z (`bench.science.interpolants.StochasticInterpolant`), t=0 base,
+x_t = a x_0 + b x_1 + gamma z (`bench.science.si_paths.StochasticInterpolant`), t=0 base,
 t=1 data. Let rho_t be the density of x_t. Since x_t | (x_0, x_1) ~ N(I_t, gamma^2 I),
 
     grad rho_t(x) = E[-(x - I_t) / gamma^2 N(x; I_t, gamma^2)] ,  x - I_t = gamma z,
@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from bench.science.interpolants import StochasticInterpolant, StochasticSample
+from bench.science.si_paths import StochasticInterpolant, StochasticSample
 
 __all__ = ["TARGETS", "OBJECTIVES", "quadratic_loss", "interpolant_losses",
            "GaussianMixturePath", "relative_l2", "DriftField", "ScoreField"]
