@@ -9,10 +9,10 @@ import dataclasses
 
 import pytest
 
-from bench.api import Launcher, RunRecord
+from bench.api import ConfigError, Launcher, RunRecord
 from bench.harness.planning.plan import plan_jobs
 from bench.launch.local import LocalLauncher
-from bench.launch.specs import specs_of
+from bench.launch.specs import job_of, specs_of
 
 METHOD = "interflow[hidden=(8,8),batch_size=16]"
 TOY = "8gaussians[n_train=200,n_val=50,n_test=50]"
@@ -39,13 +39,23 @@ def test_local_launcher_records_every_spec_in_order(registry, tmp_path, one_thre
     from bench.record.memory import MemorySink
 
     seen = []
-    launcher = LocalLauncher(lambda: MemorySink(tmp_path / "artifacts"), registry=registry,
+    # registry=None: the launcher loads the plug-ins itself, as a worker elsewhere does
+    launcher = LocalLauncher(lambda: MemorySink(tmp_path / "artifacts"),
                              on_record=lambda spec, rec: seen.append((spec.seed, rec.status)))
     assert isinstance(launcher, Launcher)
     specs = _specs(registry, tmp_path)
     records = launcher.submit(specs)
     _check(records)
     assert seen == [(s.seed, r.status) for s, r in zip(specs, records, strict=True)]
+
+
+def test_the_key_is_checked_where_the_plugins_are_loaded_again(registry, tmp_path):
+    good, stale, _ = _specs(registry, tmp_path)
+    assert job_of(good).seed == 0  # a registry of its own: same files, same key
+    with pytest.raises(ConfigError, match="job key"):
+        job_of(stale)
+    # the planner's registry: its classes are the code that was planned, not re-read
+    assert job_of(stale, registry).seed == 1
 
 
 @pytest.mark.slow

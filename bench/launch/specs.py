@@ -29,7 +29,13 @@ def registry_for(plugin_dirs: tuple[str, ...]):
 
 
 def job_of(spec: JobSpec, registry=None) -> Job:
-    """The `Job` of a spec (``registry``: the planner's, else one of the spec's folders).
+    """The `Job` of a spec.
+
+    Args:
+        registry: the planner's own registry (same process: its classes are the code that
+            was planned, whatever the files say now; the key is not checked); None: the
+            registry of the spec's plug-in folders, loaded here, and the rebuilt job's key
+            must be the planner's.
 
     Raises:
         ConfigError: a bad spec, or a rebuilt job whose key differs from the planner's.
@@ -37,7 +43,9 @@ def job_of(spec: JobSpec, registry=None) -> Job:
     from bench.harness.planning.jobspec import from_spec
     from bench.harness.training.runfolder import job_key
 
-    job = from_spec(spec, registry if registry is not None else registry_for(spec.plugin_dirs))
+    if registry is not None:
+        return from_spec(spec, registry)
+    job = from_spec(spec, registry_for(spec.plugin_dirs))
     if spec.key and job_key(job) != spec.key:
         raise ConfigError(f"{spec.label or spec.method}: job key {job_key(job)} here, "
                           f"{spec.key} where it was planned (a plug-in file differs)")
