@@ -322,7 +322,7 @@ def _unit(metric: str, specs: dict[str, MetricSpec] | None = None) -> str:
         parts.append("test split")
     if _sampled(metric.removesuffix("_se"), specs):
         parts.append("samples vs test split; ± se for one seed, std over seeds else")
-    elif metric.endswith("_gap"):
+    elif metric.endswith("_gap") and (spec is None or spec == BUILTIN_SPECS.get(spec.name)):
         parts.append("± paired se over test rows for one seed, std over seeds else")
     elif _with_se(metric, specs):
         parts.append("± se for one seed, std over seeds else")
