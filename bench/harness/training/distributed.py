@@ -14,10 +14,10 @@ What the ranks do (`bench.harness.running.run`, `bench.harness.training.loop`,
 
 - `World.replicate`: after the method is built (before the EMA copies) every rank's
   parameters and buffers are overwritten by rank 0's, so replicas start equal.
-- `GradientSync`: after ``backward()`` and before clipping, one all-reduce of a flat buffer
-  holding every gradient (plus the loss, failure flags and which parameters got a
-  gradient) averages the gradients over ranks: the update of one process on the global
-  batch, so replicas stay equal.
+- `GradientSync` (`bench.harness.training.gradsync`): after ``backward()`` and before
+  clipping, one all-reduce of a flat buffer holding every gradient (plus the loss, failure
+  flags and which parameters got a gradient) averages the gradients over ranks: the update
+  of one process on the global batch, so replicas stay equal.
 - `bench.harness.training.loop.batches`: every rank draws the same permutation (same generator) and
   takes its disjoint, equal share of each global batch (DistributedSampler's padding);
   per-rank batch = the method's batch size, effective batch = per-rank batch x world size,
@@ -61,7 +61,6 @@ weights, EMA weights and optimiser state (equal files = equal replicas).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -70,9 +69,9 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -80,13 +79,16 @@ from torch import Tensor, nn
 
 from bench.api import BenchError, ConfigError, RunRecord, Sink
 
-__all__ = ["World", "NullSink", "GradientSync", "PeerFailure", "setup", "current",
+if TYPE_CHECKING:
+    from bench.harness.training.gradsync import GradientSync
+
+__all__ = ["World", "NullSink", "PeerFailure", "setup", "current",
            "launch_env", "rank_seed", "batch_sizes", "main_rank_sinks", "CONTINUE", "STOP",
-           "EARLY_STOP", "DIVERGED", "SAVE"]
+           "EARLY_STOP", "EXPLODED", "SAVE"]
 
 log = logging.getLogger(__name__)
 
-CONTINUE, STOP, EARLY_STOP, DIVERGED, _FAILED = 0, 1, 2, 3, 4
+CONTINUE, STOP, EARLY_STOP, EXPLODED, _FAILED = 0, 1, 2, 3, 4
 SAVE = 8  # or-ed into a decision: every rank takes part in writing the checkpoint now
 DEFAULT_TIMEOUT_S = 6 * 3600
 
@@ -182,6 +184,8 @@ class World:
 
     def gradient_sync(self) -> GradientSync | None:
         """The trainer's gradient averaging (None in a single process)."""
+        from bench.harness.training.gradsync import GradientSync
+
         return GradientSync(self) if self.enabled else None
 
     # -- collectives (no-ops in a single process) ------------------------------------------
@@ -247,7 +251,7 @@ class World:
         torch.manual_seed(self.seed(seed))
 
     def decide(self, decision: Callable[[], int]) -> int:
-        """``decision()`` on rank 0 (CONTINUE, STOP, EARLY_STOP or DIVERGED), the same code on
+        """``decision()`` on rank 0 (CONTINUE, STOP, EARLY_STOP or EXPLODED), the same code on
         every rank. If it raises on rank 0, rank 0 re-raises and the others raise
         `PeerFailure` at the same step."""
         if not self.enabled:
@@ -314,72 +318,6 @@ def _hash(digest: Any, obj: Any) -> None:
             _hash(digest, v)
     else:
         digest.update(repr(obj).encode())
-
-
-class GradientSync:
-    """Averages the gradients of a step over the ranks in one all-reduce (see the module
-    docstring). The trainer wraps each step in `joined` and calls `reduce` after backward."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self._params: list[Tensor] = []
-        self._joined = True
-        self._buf: Tensor | None = None
-
-    @contextlib.contextmanager
-    def joined(self, params: list[Tensor]) -> Iterator[None]:
-        """Every rank joins the step's all-reduce once, also when its own step fails: an
-        exception (re-raised here, `PeerFailure` on the others) or an early return after a
-        non-finite loss or a failed backward (the others then skip the update too)."""
-        self._params, self._joined = params, False
-        try:
-            yield
-        except Exception:
-            if not self._joined:
-                self.reduce(math.nan, error=True)
-            raise
-        if not self._joined:
-            self.reduce(math.nan, failed=True)
-
-    def reduce(self, value: float, *, failed: bool = False, error: bool = False) -> float:
-        """All-reduce this rank's gradients and loss ``value``; on return every parameter's
-        ``grad`` is the mean over ranks (None where no rank had one). Returns the mean loss,
-        NaN when a rank failed its step (then gradients are untouched: skip the update)."""
-        self._joined = True
-        w, params = self.world, self._params
-        sizes = [p.numel() for p in params]
-        total = sum(sizes)
-        dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
-        n = total + len(params) + 2 + w.size
-        if self._buf is None or self._buf.numel() != n or self._buf.dtype != dtype:
-            self._buf = torch.empty(n, dtype=dtype, device=params[0].device)
-        buf = self._buf
-        buf.zero_()
-        grads, present = buf[:total], buf[total:total + len(params)]
-        ok = not (failed or error)
-        if ok:
-            for i, (p, view) in enumerate(zip(params, grads.split(sizes), strict=True)):
-                if p.grad is not None:
-                    view.copy_(p.grad.reshape(-1))
-                    present[i] = 1.0
-        buf[-2 - w.size] = value if ok else 0.0
-        buf[-1 - w.size] = 0.0 if ok else 1.0
-        buf[n - w.size + w.rank] = 1.0 if error else 0.0
-        dist.all_reduce(buf)
-        errors = [r for r in range(w.size) if float(buf[n - w.size + r]) > 0]
-        if errors and not error:
-            raise PeerFailure(f"rank {errors[0]} failed in a training step")
-        if float(buf[-1 - w.size]) > 0 or not ok:
-            return math.nan
-        grads.div_(w.size)
-        for i, (p, view) in enumerate(zip(params, grads.split(sizes), strict=True)):
-            if float(present[i]) == 0.0:
-                p.grad = None
-            elif p.grad is None:
-                p.grad = view.view_as(p).to(p.dtype).clone()
-            else:
-                p.grad.copy_(view.view_as(p))
-        return float(buf[-2 - w.size]) / w.size
 
 
 def launch_env() -> World:

@@ -30,8 +30,8 @@ from bench.harness.training.batches import BatchOrder, batches
 from bench.harness.training.checkpoint import snapshot
 from bench.harness.training.distributed import (
     CONTINUE,
-    DIVERGED,
     EARLY_STOP,
+    EXPLODED,
     SAVE,
     STOP,
     World,
@@ -221,7 +221,7 @@ def _decide(world: World, st: LoopState, step: int, loss: float) -> int:
     def decision() -> int:
         reason[0] = st.explosion(step, loss)
         if reason[0]:
-            return DIVERGED
+            return EXPLODED
         evaluated = st.due(step)
         if evaluated and st.evaluate(step):
             return EARLY_STOP  # the end of training writes the checkpoint
@@ -234,7 +234,7 @@ def _decide(world: World, st: LoopState, step: int, loss: float) -> int:
     st.stop_code = code & ~SAVE
     if code & SAVE:
         st.save()
-    if st.stop_code == DIVERGED:
+    if st.stop_code == EXPLODED:
         raise LossExploded(reason[0] or f"training diverged at step {step}: loss = {loss}"
                                f" (rank {world.rank}; decided on rank 0)")
     return st.stop_code

@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from bench.api import ContractError, Execution, Method, OptimConfig
 
 if TYPE_CHECKING:
-    from bench.harness.training.distributed import GradientSync
+    from bench.harness.training.gradsync import GradientSync
 
 __all__ = ["Trainer", "lr_factor", "SCHEDULES"]
 
@@ -80,7 +80,7 @@ class Trainer:
         execution: bf16 autocast of the loss's forward passes (the backward follows it; the
             optimiser state and EMA stay fp32), channels-last, ``torch.compile``.
         grad_sync: data parallel: averages the gradients over the ranks of a torchrun launch
-            (`bench.harness.training.distributed.GradientSync`; None: a single process).
+            (`bench.harness.training.gradsync.GradientSync`; None: a single process).
 
     The EMA is `torch.optim.swa_utils.AveragedModel` (buffers averaged too), started at
     the initial weights, so after k updates with weights w_1..w_k it holds
