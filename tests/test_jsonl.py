@@ -149,6 +149,44 @@ def test_a_killed_writer_leaves_a_running_run_with_every_step_it_wrote(tmp_path)
         sink.close_stale("nope", "x")
 
 
+def test_fsync_policy(tmp_path, monkeypatch):
+    """Every event is flushed; all but per-step metrics are fsync'ed at once, per-step
+    metrics once ``fsync_seconds`` have passed or at ``flush`` (before a checkpoint)."""
+    import bench.record.jsonl as jl
+
+    synced, clock = [], [0.0]
+    monkeypatch.setattr(jl.os, "fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr(jl.time, "monotonic", lambda: clock[0])
+    sink = JsonlSink(tmp_path, "e")
+    run_id = sink.start("r", {}, {})
+    assert len(synced) == 1
+    for s in range(1, 4):
+        sink.log_metrics({"loss": 1.0}, s)
+    assert len(synced) == 1  # within fsync_seconds of the last fsync
+    (rec,) = JsonlSource(tmp_path).records("e", history=("loss",))
+    assert len(rec.history["loss"]) == 3  # yet written: a killed process loses none
+    clock[0] = 1.0
+    sink.log_metrics({"loss": 1.0}, 4)
+    assert len(synced) == 2  # 1 s since the last fsync
+    sink.log_metrics({"loss": 1.0}, 5)
+    sink.flush()
+    sink.flush()  # nothing new: no fsync
+    assert len(synced) == 3
+    sink.log_metrics({"test_nll": 1.0})  # a final metric
+    sink.set_tags({"a": "b"})
+    sink.end("FINISHED")
+    assert len(synced) == 6
+    strict = JsonlSink(tmp_path, "e", fsync_seconds=0)
+    strict.reopen(run_id)
+    strict.log_metrics({"loss": 1.0}, 6)
+    assert len(synced) == 8
+    lax = JsonlSink(tmp_path, "e", fsync=False)
+    lax.start("r", {}, {})
+    lax.flush()
+    lax.end("FINISHED")
+    assert len(synced) == 8
+
+
 def test_concurrent_runs_write_files_of_their_own(tmp_path):
     def one(i: int) -> None:
         sink = JsonlSink(tmp_path, "e", fsync=False)

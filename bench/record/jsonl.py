@@ -13,12 +13,19 @@ JSON object a line, in the order they happened::
 
 and ``<folder>/<experiment>/<run id>/`` the run's artifacts (copied there: a run's scratch
 folder does not outlive it; the event names them relative to the experiment's folder, so a
-store can be moved or committed whole). Each event is appended and flushed (and fsync'ed, unless
-``fsync=False``) before the call returns, so a crash loses at most the line being written;
-every run has a file of its own, so concurrent runs never share one. `JsonlSource` reads
-the folder back: a run without an ``end`` stays RUNNING, and a truncated last line (a crash
-mid-write, or a live writer) is ignored. Parameters keep their Python types (tuples
-included), as `bench table` compares them. Nothing here imports mlflow.
+store can be moved or committed whole). Each event is appended and flushed to the operating
+system before the call returns, so a crashed or killed process loses at most the line being
+written; every run has a file of its own, so concurrent runs never share one. Against a
+crash of the machine itself, every event but per-step metrics is fsync'ed at once, and
+per-step metrics with the first event written ``fsync_seconds`` (1 s) after the last fsync,
+and at every ``flush`` (before each resumable checkpoint: the metrics it counts on are on
+disk first) and ``end``. An fsync per event cost
+about 3.5 ms on the development box, which made a 500-step toy run (1,013 events) 2.5-4x
+slower (1.1 s -> 4.5 s, 2.1 s -> 5.8 s); ``fsync_seconds=0`` asks for it all the same.
+
+`JsonlSource` reads the folder back: a run without an ``end`` stays RUNNING, and a truncated
+last line (a crash mid-write, or a live writer) is ignored. Parameters keep their Python
+types (tuples included), as `bench table` compares them. Nothing here imports mlflow.
 """
 
 from __future__ import annotations
@@ -95,17 +102,21 @@ class JsonlSink:
     Args:
         root: the store's folder (created if missing).
         experiment: a sub-folder of ``root`` (created if missing).
-        fsync: fsync each event (survives a power cut); False flushes to the OS only
-            (survives a killed process, about 1 ms less per event).
+        fsync: fsync events (see the module docstring); False: never (a killed process
+            still loses at most one line, a crashed machine what the OS had not written).
+        fsync_seconds: per-step metrics are fsync'ed at most this long after they are
+            written (0: each at once, as every other event is).
     """
 
-    def __init__(self, root: str | Path, experiment: str = "bench", fsync: bool = True) -> None:
+    def __init__(self, root: str | Path, experiment: str = "bench", fsync: bool = True,
+                 fsync_seconds: float = 1.0) -> None:
         self.root = Path(root)
         self.folder = _experiment_dir(self.root, experiment)
         self.uri = f"{SCHEME}{self.root}"
-        self.fsync = fsync
+        self.fsync, self.fsync_seconds = fsync, fsync_seconds
         self.run_id: str | None = None
         self._file = None
+        self._synced, self._dirty = time.monotonic(), False
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -115,14 +126,22 @@ class JsonlSink:
     def _path(self, run_id: str) -> Path:
         return self.folder / f"{run_id}.jsonl"
 
-    def _write(self, event: dict[str, Any]) -> None:
+    def _write(self, event: dict[str, Any], durable: bool = True) -> None:
+        """Append one event, flushed; fsync'ed now when ``durable`` (or when the last
+        fsync is ``fsync_seconds`` old)."""
         if self._file is None:
             raise RuntimeError("JsonlSink: call start() or reopen() before recording")
         line = json.dumps({**event, "time": time.time()}, default=str)
         self._file.write(line + "\n")
         self._file.flush()
-        if self.fsync:
+        self._dirty = True
+        if durable or time.monotonic() - self._synced >= self.fsync_seconds:
+            self._sync()
+
+    def _sync(self) -> None:
+        if self.fsync and self._dirty and self._file is not None:
             os.fsync(self._file.fileno())
+        self._synced, self._dirty = time.monotonic(), False
 
     def _open(self, run_id: str) -> None:
         self.run_id = run_id
@@ -160,7 +179,8 @@ class JsonlSink:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._write({"event": "metrics", "step": None if step is None else int(step),
-                     "values": {k: float(v) for k, v in metrics.items()}})
+                     "values": {k: float(v) for k, v in metrics.items()}},
+                    durable=step is None)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._write({"event": "tags", "values": {k: str(v) for k, v in tags.items()}})
@@ -177,7 +197,8 @@ class JsonlSink:
         return str(kept)
 
     def flush(self) -> None:
-        """Nothing buffered: every event is written before its call returns."""
+        """fsync what is written (every event is written before its call returns)."""
+        self._sync()
 
     def close_stale(self, run_id: str, reason: str) -> tuple[str, str]:
         """Append KILLED (``failure.reason`` = ``reason``) to run ``run_id``, left RUNNING
@@ -192,6 +213,7 @@ class JsonlSink:
         rec = _record(_read_events(path), run_id, self.folder)
         if rec.status != "RUNNING":
             return rec.status, rec.tags.get("failure.reason", "")
+        self._sync()  # this sink's own run, before its file is set aside
         mine = self._file, self.run_id
         self._open(run_id)
         try:
