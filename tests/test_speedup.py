@@ -187,10 +187,15 @@ def test_from_record_reads_the_histories_of_a_record():
     assert s["best_val_nll"] == 2.5
 
 
-def test_speedup_command_end_to_end(tmp_path, monkeypatch, registry, tracking_uri):
+@pytest.mark.parametrize("store", ["mlflow", "jsonl"])
+def test_speedup_command_end_to_end(tmp_path, monkeypatch, registry, request, store):
     from click.testing import CliRunner
 
     from bench.cli.main import main
+    from bench.record.stores import open_source
+
+    tracking_uri = (request.getfixturevalue("tracking_uri") if store == "mlflow"
+                    else f"jsonl://{tmp_path / 'runs'}")
 
     cnf = registry.plugins["method"].get("cnf")
     if cnf is None or not cnf.available:
@@ -219,9 +224,8 @@ def test_speedup_command_end_to_end(tmp_path, monkeypatch, registry, tracking_ur
     for point in ("start", "half", "end"):
         assert tab.loc["interflow", f"cost_ratio_{point}_vs_interflow"] == 1.0
         assert tab.loc["cnf", f"cost_ratio_{point}_vs_interflow"] > 0
-    from bench.record.mlflow_sink import load_records
-
-    parent = [r for r in load_records(tracking_uri) if r.params.get("study") == "speedup"]
+    records = open_source(tracking_uri).records()
+    parent = [r for r in records if r.params.get("study") == "speedup"]
     assert len(parent) == 1
     assert parent[0].tags["time_to_target_bound_cnf"] == "exact"
     assert parent[0].metrics["cost_ratio_half_cnf"] == pytest.approx(
