@@ -64,12 +64,12 @@ class Sink(Protocol):
     `bench.harness.training.resume.settle_stale` calls ``close_stale`` for a run left
     RUNNING by a process that died. A sink never raises from ``end``.
 
-    Attributes:
-        run_id: the open run's id (None before ``start``); a sink that moved the run
-            elsewhere mid-run (MLflow's fallback store) names the run there.
     """
 
-    run_id: str | None
+    @property
+    def run_id(self) -> str | None:
+        """The open run's id (None before ``start``); a sink that moved the run elsewhere
+        mid-run (MLflow's fallback store) names the run there."""
 
     def start(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str | None:
         """Open a new run; returns its id."""
