@@ -80,51 +80,71 @@ def closest(name: str, valid: list[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def _coerce_union(raw: str, args: tuple) -> Any:
+    """The first member of a union that reads ``raw`` (``none``/``null`` for an optional)."""
+    if raw.lower() in ("none", "null") and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(raw, a)
+        except (ValueError, TypeError) as e:
+            errors.append(str(e))
+    raise ValueError("; ".join(errors))
+
+
+def _coerce_literal(raw: str, args: tuple) -> Any:
+    for a in args:
+        if str(a) == raw:
+            return a
+    raise ValueError(f"must be one of {list(args)}")
+
+
+def _coerce_tuple(raw: str, args: tuple) -> tuple:
+    """``(64,64)``, ``[64, 64]`` or ``64x64``: the elements read as the tuple's element type."""
+    text = raw.strip("()[] ")
+    items = [s for s in (text.split("x") if "," not in text else text.split(",")) if s]
+    elem = args[0] if args else str
+    return tuple(_coerce(s, elem) for s in items)
+
+
+def _coerce_bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _coerce_int(raw: str) -> int:
+    f = float(raw)
+    if not math.isfinite(f):
+        raise ValueError("must be a finite integer")
+    if f != int(f):
+        raise ValueError("must be an integer")
+    return int(f)
+
+
+#: the readers of a selection's text by the generic origin of the field's type
+_BY_ORIGIN = {typing.Union: _coerce_union, types.UnionType: _coerce_union,
+              typing.Literal: _coerce_literal, tuple: _coerce_tuple}
+#: the readers by the field's plain type
+_BY_TYPE = {bool: _coerce_bool, int: _coerce_int, float: float,
+            str: lambda raw: raw.strip("\"'")}
+
+
 def _coerce(raw: str, tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    """The value of a selection's text ``raw`` for a field typed ``tp``."""
     raw = raw.strip()
-    if origin in (typing.Union, types.UnionType):
-        if raw.lower() in ("none", "null") and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(raw, a)
-            except (ValueError, TypeError) as e:
-                errors.append(str(e))
-        raise ValueError("; ".join(errors))
-    if origin is typing.Literal:
-        for a in args:
-            if str(a) == raw:
-                return a
-        raise ValueError(f"must be one of {list(args)}")
-    if origin is tuple:
-        text = raw.strip("()[] ")
-        items = [s for s in (text.split("x") if "," not in text else text.split(",")) if s]
-        elem = args[0] if args else str
-        return tuple(_coerce(s, elem) for s in items)
-    if tp is bool:
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("must be true or false")
-    if tp is int:
-        f = float(raw)
-        if not math.isfinite(f):
-            raise ValueError("must be a finite integer")
-        if f != int(f):
-            raise ValueError("must be an integer")
-        return int(f)
-    if tp is float:
-        return float(raw)
+    origin = typing.get_origin(tp)
+    if origin in _BY_ORIGIN:
+        return _BY_ORIGIN[origin](raw, typing.get_args(tp))
+    if tp in _BY_TYPE:
+        return _BY_TYPE[tp](raw)
     if isinstance(getattr(tp, "__supertype__", None), type):  # NewType, e.g. DatasetRef
         return tp(_coerce(raw, tp.__supertype__))
-    if tp is str:
-        return raw.strip("\"'")
     raise TypeError(f"unsupported parameter type {tp}")
 
 
