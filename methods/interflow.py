@@ -359,33 +359,13 @@ class InterFlow(FlowMethod):
     def path_metrics(self, n: int | None = None, n_t: int = 16) -> dict[str, float]:
         """``path_length`` = int_0^1 E|v_t(x_t)|^2 dt of the live v along the path (Gauss-
         Legendre in t, n draws per node, the same draws at every call), its standard error
-        ``path_length_se`` and ``path_dI2`` = E|dI/dt|^2 (`learned_paths.path_length`)."""
-        import torch
+        ``path_length_se`` and ``path_dI2`` = E|dI/dt|^2 (`learned_paths.path_metrics`)."""
+        from bench.science.learned_paths import path_metrics
 
-        from bench.science.learned_paths import path_length
-
-        n = n or (256 if len(self.event_shape) == 3 else 2048)
-        gen = torch.Generator().manual_seed(self.ctx.seed + 104729)
-        rows = self._train_rows
-
-        def x0(k: int) -> Tensor:
-            if self.base_dataset is not None:
-                return self.base_dataset.sample(k, generator=gen).to(self.ctx.device)
-            return torch.randn(k, *self.event_shape, generator=gen).to(self.ctx.device)
-
-        def x1(k: int) -> Tensor:
-            return rows[torch.randint(0, rows.shape[0], (k,), generator=gen)].to(
-                self.ctx.device)
-
-        was_training = self.v.training
-        self.v.eval()  # no dropout; fp32 also inside a bf16 training step
-        try:
-            with torch.autocast(torch.device(self.ctx.device).type, enabled=False):
-                pl = path_length(self.v, self.interpolant, x0, x1, n=n, n_t=n_t)
-        finally:
-            self.v.train(was_training)
-        return {"path_length": pl.velocity, "path_length_se": pl.velocity_se,
-                "path_dI2": pl.interpolant}
+        return path_metrics(self.v, self.interpolant, self._train_rows, self.event_shape,
+                            base=self.base_dataset, seed=self.ctx.seed + 104729,
+                            n=n or (256 if len(self.event_shape) == 3 else 2048), n_t=n_t,
+                            device=self.ctx.device)
 
     def _stochastic_loss(self, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
         """The sum of the quadratic losses of the learned fields (`bench.science.si_objectives`)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ from bench.api.errors import ConfigError
 from bench.science.interpolants import Interpolant
 
 __all__ = ["GradReverse", "reverse_grad", "FourierInterpolant", "velocity_objective",
-           "PathLength", "path_length", "interpolant_kinetic_energy",
+           "PathLength", "path_length", "path_metrics", "interpolant_kinetic_energy",
            "gaussian_density_kinetic_energy", "gaussian_ot_kinetic_energy", "gauss_legendre"]
 
 Sampler = Callable[[int], Tensor]
@@ -195,6 +196,35 @@ def path_length(v: nn.Module, interpolant: Interpolant, x0_sampler: Sampler,
         dot += w_i * float(e_i.mean())
         dot_var += w_i**2 * float(e_i.var()) / n
     return PathLength(vel, math.sqrt(vel_var), dot, math.sqrt(dot_var), n, n_t)
+
+
+def path_metrics(v: nn.Module, interpolant: Interpolant, rows: Tensor,
+                 event_shape: tuple[int, ...], *, base: Any = None, seed: int, n: int,
+                 n_t: int, device: str) -> dict[str, float]:
+    """`path_length` of the live network ``v`` between the base (N(0, I), or ``base``'s
+    ``sample(k, generator=)``) and training ``rows``, the same draws at every call (``seed``),
+    as recorded metrics: ``path_length`` (its kinetic energy), ``path_length_se`` and
+    ``path_dI2`` = E|dI/dt|^2. ``v`` runs in eval mode (no dropout) and fp32 (also inside a
+    bf16 training step), its mode restored after."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def x0(k: int) -> Tensor:
+        if base is not None:
+            return base.sample(k, generator=gen).to(device)
+        return torch.randn(k, *event_shape, generator=gen).to(device)
+
+    def x1(k: int) -> Tensor:
+        return rows[torch.randint(0, rows.shape[0], (k,), generator=gen)].to(device)
+
+    was_training = v.training
+    v.eval()
+    try:
+        with torch.autocast(torch.device(device).type, enabled=False):
+            pl = path_length(v, interpolant, x0, x1, n=n, n_t=n_t)
+    finally:
+        v.train(was_training)
+    return {"path_length": pl.velocity, "path_length_se": pl.velocity_se,
+            "path_dI2": pl.interpolant}
 
 
 @torch.no_grad()
