@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'bench[ray]'")
+pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'ctgen-bench[ray]'")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="/proc is Linux's")
 
