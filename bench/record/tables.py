@@ -242,10 +242,21 @@ def long_results(records: Sequence[RunRecord], metric: str = "test_nll"
         label += f" ({kind})" if kind else ""
         rows.append({"row": label, "dataset": col, "method": r.method, "seed": r.seed,
                      "run_id": r.run_id, "kind": kind, "value": value, "se": se})
+    rows += _reference_rows(entries, metric, specs, d_lab, notes)
+    cols = ["row", "dataset", "method", "seed", "run_id", "kind", "value", "se"]
+    return pd.DataFrame(rows, columns=cols), notes
+
+
+def _reference_rows(entries: list, metric: str, specs: dict[str, MetricSpec], d_lab: dict,
+                    notes: list[str]) -> list[dict[str, Any]]:
+    """The truth (floor) rows of each column, from the runs in it (`_reference_key`); a
+    truth that differs among a column's runs adds a note."""
+    sampled = _sampled(metric, specs)
+    key = _reference_key(metric, specs)
+    rows: list[dict[str, Any]] = []
     truth: dict[str, dict[str | None, tuple[float, float]]] = defaultdict(dict)
-    for r, extra, *_ in entries:  # the truth (floor) of a column, from the runs in it
+    for r, extra, *_ in entries:
         col = d_lab[_dataset_config(r)]
-        key = _reference_key(metric, specs)
         if sampled and extra:
             col += f" [{extra}]"
         t, t_se = r.metrics.get(key), r.metrics.get(f"{key}_se")
@@ -263,8 +274,7 @@ def long_results(records: Sequence[RunRecord], metric: str = "test_nll"
                          "method": "floor" if sampled else "truth", "seed": None,
                          "run_id": run_id,
                          "kind": "" if sampled else "exact", "value": v, "se": se})
-    cols = ["row", "dataset", "method", "seed", "run_id", "kind", "value", "se"]
-    return pd.DataFrame(rows, columns=cols), notes
+    return rows
 
 
 def _num(v: float) -> str:

@@ -1,5 +1,6 @@
-"""The unit of every recorded metric, by name pattern: the one table tables, reports and plot
-axes read (a later step turns it into per-metric specs).
+"""The unit of a recorded metric by name pattern: the fallback for figures without a spec
+(training's seconds, steps and losses); a scorer's metrics carry their unit in their
+`bench.api.MetricSpec` (`bench.api.metric_specs`).
 
 >>> unit_of("test_nll"), unit_of("test_nll_nfe"), unit_of("test_bpd_se"), unit_of("fid")
 ('nats', 'evaluations', 'bits/dim', 'none')
