@@ -23,6 +23,7 @@ from torch import nn
 from bench.api import Budget, ConfigError, LogLikelihood, Method, OptimConfig, RunRecord, Splits
 from bench.harness import make_context
 from bench.harness.training import distributed
+from bench.harness.training.gradsync import gradient_sync
 from bench.harness.training.loop import batches, train
 from bench.harness.training.optim import Trainer
 
@@ -151,7 +152,7 @@ def _fit(batch: int, init_seed: int, world=None, **kw) -> tuple[Regression, Trai
     if world is not None:
         world.replicate(method.modules(), seed=0)
     trainer = Trainer(method, OPTIM, total_steps=STEPS,
-                      grad_sync=world.gradient_sync() if world is not None else None)
+                      grad_sync=gradient_sync(world) if world is not None else None)
     train(method, trainer, _splits(), BUDGET, generator=torch.Generator().manual_seed(0))
     return method, trainer
 

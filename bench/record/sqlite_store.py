@@ -4,7 +4,7 @@ told apart (not a database, a half-built schema) in one line.
 MLflow creates a new SQLite store by running its ~60 alembic migrations in place, for
 seconds; a process killed meanwhile left a half-built schema that every later command met as
 a 130-line traceback. Here a new store is built in a temporary file beside it,
-``.<name>.new-<pid>``, under `bench.record.store.store_lock`, and renamed into place once
+``.<name>.new-<pid>``, under `store_lock`, and renamed into place once
 complete: a store file that exists is complete. Leftovers of an interrupted creation are
 removed under the lock by the next creator. A store half-built by an earlier version is
 moved aside (``<name>.incomplete-<time>``, nothing deleted) and created anew when it holds no
@@ -13,18 +13,51 @@ run; with runs it is refused (`ConfigError`), naming ``mlflow db upgrade``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.api import ConfigError
 
-__all__ = ["create_if_missing", "open_store", "schema_state", "read_only_uri"]
+__all__ = ["create_if_missing", "open_store", "schema_state", "read_only_uri", "sqlite_path",
+           "store_lock"]
 
 log = logging.getLogger(__name__)
 _SIDE = ("-journal", "-wal", "-shm")
+
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on ``<store>.lock`` for a SQLite URI (no-op for other stores)."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    lock = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise ConfigError(f"cannot write beside the tracking store {path} ({lock}: "
+                          f"{e.strerror or e}); pass a writable --results-dir or "
+                          "--tracking-uri") from None
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _exists(path: Path) -> bool:
@@ -39,8 +72,6 @@ def create_if_missing(uri: str, path: Path) -> None:
     """Create the store ``path`` (``uri``) atomically if it does not exist yet."""
     if _exists(path):
         return
-    from bench.record.store import store_lock
-
     with store_lock(uri):
         for old in path.parent.glob(f".{path.name}.new-*"):  # an interrupted creation's
             old.unlink(missing_ok=True)
@@ -120,8 +151,6 @@ def open_store(uri: str, path: Path):
         raise ConfigError(f"the tracking store {path} has an incomplete or out-of-date schema "
                           f"(revision {rev}, this MLflow expects {head}) and holds {runs} "
                           f"run(s): back it up, then run `mlflow db upgrade {uri}`")
-    from bench.record.store import store_lock
-
     with store_lock(uri):
         if schema_state(path)[0] != head:  # not already rebuilt by another process
             _forget_engine(uri)

@@ -30,11 +30,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
 from bench.api import ConfigError
+from bench.record.sqlite_store import sqlite_path, store_lock
 
 __all__ = ["IO_LOCK", "quiet", "make_client", "store_lock", "sqlite_path", "retry_locked",
            "is_locked", "is_unreachable", "is_http", "check_tracking_uri", "HTTP_ENV",
@@ -59,35 +59,6 @@ def quiet() -> Iterator[None]:
 
 def is_http(uri: str) -> bool:
     return urlparse(uri).scheme in ("http", "https")
-
-
-def sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """An exclusive lock on ``<store>.lock`` for a SQLite URI (no-op for other stores)."""
-    path = sqlite_path(uri)
-    if path is None:
-        yield
-        return
-    import fcntl
-
-    lock = path.with_name(path.name + ".lock")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock, "a")  # noqa: SIM115 - closed below
-    except OSError as e:
-        raise ConfigError(f"cannot write beside the tracking store {path} ({lock}: "
-                          f"{e.strerror or e}); pass a writable --results-dir or "
-                          "--tracking-uri") from None
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def check_writable(uri: str) -> None:
@@ -144,7 +115,7 @@ def make_client(uri: str):
                 return MlflowClient(tracking_uri=uri)
             except Exception as e:  # noqa: BLE001 - e.g. an unknown scheme
                 raise ConfigError(f"tracking URI {uri!r} cannot be used: {_first(e)}") from None
-        from bench.record.sqlite_store import create_if_missing, open_store
+        from bench.record.sqlite_store import create_if_missing, open_store  # mlflow: lazily
 
         create_if_missing(uri, path)
         client = open_store(uri, path)

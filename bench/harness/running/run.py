@@ -190,6 +190,7 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
     from bench.harness.running.context import make_context
     from bench.harness.training import distributed
     from bench.harness.training.checkpoint import restore_training
+    from bench.harness.training.gradsync import gradient_sync
     from bench.harness.training.loop import train
     from bench.harness.training.optim import Trainer
     from bench.harness.training.runfolder import data_fingerprint
@@ -214,7 +215,7 @@ def _train_and_evaluate(job: Job, rec: Recorder, work: Path, progress: Any,
                                                   world.size)
     rec.set_tags({"batch_size_per_rank": per_rank, "effective_batch_size": effective})
     trainer = Trainer(method, job.optim, total_steps=job.budget.steps,
-                      execution=job.execution, grad_sync=world.gradient_sync())
+                      execution=job.execution, grad_sync=gradient_sync(world))
     n_par = sum(p.numel() for m in method.modules().values() for p in m.parameters())
     rec.log_metrics({"n_parameters": float(n_par)})
     if resume is not None:

@@ -71,16 +71,13 @@ import os
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from bench.api import BenchError, ConfigError, RunRecord, Sink
-
-if TYPE_CHECKING:
-    from bench.harness.training.gradsync import GradientSync
 
 __all__ = ["World", "NullSink", "PeerFailure", "setup", "current",
            "launch_env", "rank_seed", "batch_sizes", "main_rank_sinks", "CONTINUE", "STOP",
@@ -181,12 +178,6 @@ class World:
 
     def seed(self, seed: int) -> int:
         return rank_seed(seed, self.rank)
-
-    def gradient_sync(self) -> GradientSync | None:
-        """The trainer's gradient averaging (None in a single process)."""
-        from bench.harness.training.gradsync import GradientSync
-
-        return GradientSync(self) if self.enabled else None
 
     # -- collectives (no-ops in a single process) ------------------------------------------
     def gather_bytes(self, data: bytes) -> list[bytes]:

@@ -19,7 +19,7 @@ from bench.harness.training.distributed import PeerFailure
 if TYPE_CHECKING:
     from bench.harness.training.distributed import World
 
-__all__ = ["GradientSync"]
+__all__ = ["GradientSync", "gradient_sync"]
 
 
 class GradientSync:
@@ -86,3 +86,8 @@ class GradientSync:
             else:
                 p.grad.copy_(view.view_as(p))
         return float(buf[-2 - w.size]) / w.size
+
+
+def gradient_sync(world: World) -> GradientSync | None:
+    """The trainer's gradient averaging for ``world`` (None in a single process)."""
+    return GradientSync(world) if world.enabled else None
