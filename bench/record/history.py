@@ -71,8 +71,6 @@ def plot_history(points: list[HistoryPoint], baseline: dict[str, dict], threshol
     Raises:
         DataError: no recorded runs to draw.
     """
-    import statistics
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,37 +86,7 @@ def plot_history(points: list[HistoryPoint], baseline: dict[str, dict], threshol
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
-        base = baseline.get(name)
-        if base is not None and base["kind"] == "info":
-            ax.axhline(base["value"], color="tab:gray", lw=1, ls=":")
-        elif base is not None:
-            if base["kind"] == "timing":
-                ref, lo, hi = base["ratio"], 0.0, base["ratio"] * base.get("factor", threshold)
-            else:
-                ref, lo, hi = (base["value"], base["value"] - base["band"],
-                               base["value"] + base["band"])
-            ax.axhspan(lo, hi, color="tab:green", alpha=0.12, lw=0)
-            ax.axhline(ref, color="tab:green", lw=1, ls="--")
-        runs = [(x_of[p.commit], p.figures[name]) for p in points if name in p.figures]
-        per_commit: dict[int, list[float]] = {}
-        for x, y in runs:
-            per_commit.setdefault(x, []).append(y)
-        xs = sorted(per_commit)
-        ax.plot(xs, [statistics.median(per_commit[x]) for x in xs], color="tab:blue", lw=1)
-        for x, y in runs:
-            bad = _outside(y, base, threshold)
-            ax.plot(x, y, ls="", marker="o", ms=5 if bad else 3,
-                    color="tab:red" if bad else "tab:blue")
-        ax.set_title(name, fontsize=9)
-        timing = base is None or base["kind"] == "timing"
-        ax.set_ylabel("seconds" if "_seconds_" in name else
-                      "ratio to reference" if timing else "test NLL (nats)", fontsize=8)
-        if runs and base is not None and timing:
-            top = base["ratio"] * base.get("factor", threshold)
-            ax.set_ylim(0, max(max(y for _, y in runs), top) * 1.15)
-        ax.set_xlim(-0.5, len(commits) - 0.5)
-        ax.set_xticks(range(len(commits)), labels, rotation=60, fontsize=6)
-        ax.tick_params(axis="y", labelsize=7)
+        _panel(ax, name, points, baseline.get(name), threshold, x_of, labels)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     fig.suptitle(f"bench regress ({points[-1].mode}) across commits (* uncommitted changes): "
@@ -131,3 +99,41 @@ def plot_history(points: list[HistoryPoint], baseline: dict[str, dict], threshol
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _panel(ax, name: str, points: list[HistoryPoint], base: dict | None, threshold: float,
+           x_of: dict[str, int], labels: list[str]) -> None:
+    """One figure's panel of `plot_history`: its passing region, the runs and the median per
+    commit."""
+    import statistics
+
+    if base is not None and base["kind"] == "info":
+        ax.axhline(base["value"], color="tab:gray", lw=1, ls=":")
+    elif base is not None:
+        if base["kind"] == "timing":
+            ref, lo, hi = base["ratio"], 0.0, base["ratio"] * base.get("factor", threshold)
+        else:
+            ref, lo, hi = (base["value"], base["value"] - base["band"],
+                           base["value"] + base["band"])
+        ax.axhspan(lo, hi, color="tab:green", alpha=0.12, lw=0)
+        ax.axhline(ref, color="tab:green", lw=1, ls="--")
+    runs = [(x_of[p.commit], p.figures[name]) for p in points if name in p.figures]
+    per_commit: dict[int, list[float]] = {}
+    for x, y in runs:
+        per_commit.setdefault(x, []).append(y)
+    xs = sorted(per_commit)
+    ax.plot(xs, [statistics.median(per_commit[x]) for x in xs], color="tab:blue", lw=1)
+    for x, y in runs:
+        bad = _outside(y, base, threshold)
+        ax.plot(x, y, ls="", marker="o", ms=5 if bad else 3,
+                color="tab:red" if bad else "tab:blue")
+    ax.set_title(name, fontsize=9)
+    timing = base is None or base["kind"] == "timing"
+    ax.set_ylabel("seconds" if "_seconds_" in name else
+                  "ratio to reference" if timing else "test NLL (nats)", fontsize=8)
+    if runs and base is not None and timing:
+        top = base["ratio"] * base.get("factor", threshold)
+        ax.set_ylim(0, max(max(y for _, y in runs), top) * 1.15)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=6)
+    ax.tick_params(axis="y", labelsize=7)

@@ -210,14 +210,7 @@ def reference_table(records: Sequence[RunRecord], metric: str = "test_nll",
     elsewhere = sorted({c["dataset"] for c in ours.values()} - set(datasets))
     if elsewhere:
         notes.append(f"our runs on {', '.join(elsewhere)}: no published {metric} to compare")
-    columns: list[tuple[str, str, str | None]] = []  # (column label, dataset, our label)
-    for d in datasets:
-        mine = sorted(label for label, c in ours.items() if c["dataset"] == d)
-        if not mine:
-            columns.append((d, d, None))
-        for label in mine:
-            flag = ours[label]["comparable"].startswith("NO") and "reduced" not in label
-            columns.append((label + (" (not standard)" if flag else ""), d, label))
+    columns = _reference_columns(datasets, ours)
     body: dict[str, dict[str, str]] = {DATA_ROW: {}, COMPARABLE_ROW: {}}
     for col, _, src in columns:
         if src is None:
@@ -228,6 +221,34 @@ def reference_table(records: Sequence[RunRecord], metric: str = "test_nll",
         for row, cell in cells.items():
             body.setdefault(str(row), {})[col] = cell
         notes.append(f"ours, {col}: {ours[src]['provenance']}")
+    notes += _published_rows(pubs, columns, body)
+    tab = pd.DataFrame.from_dict(body, orient="index")
+    tab = tab.reindex(columns=[c for c, *_ in columns]).fillna("")
+    if not ours:
+        tab = tab.drop(index=[DATA_ROW, COMPARABLE_ROW])
+    tab.index.name = _unit(metric, specs_for(records))
+    return tab, notes
+
+
+def _reference_columns(datasets: list[str], ours: dict[str, dict]
+                       ) -> list[tuple[str, str, str | None]]:
+    """(column label, dataset, our configuration label or None) per column: each published
+    dataset, once per configuration of ours on it (flagged when not the standard split)."""
+    columns: list[tuple[str, str, str | None]] = []
+    for d in datasets:
+        mine = sorted(label for label, c in ours.items() if c["dataset"] == d)
+        if not mine:
+            columns.append((d, d, None))
+        for label in mine:
+            flag = ours[label]["comparable"].startswith("NO") and "reduced" not in label
+            columns.append((label + (" (not standard)" if flag else ""), d, label))
+    return columns
+
+
+def _published_rows(pubs: Sequence[Published], columns: list[tuple[str, str, str | None]],
+                    body: dict[str, dict[str, str]]) -> list[str]:
+    """Fill ``body`` with a "[published]" row per method; returns the notes that label every
+    published number (kind, split, estimator, citation, status)."""
     described: dict[tuple, list[str]] = {}
     for p in pubs:
         row = f"{p.method} [published]"
@@ -236,14 +257,10 @@ def reference_table(records: Sequence[RunRecord], metric: str = "test_nll",
                 body.setdefault(row, {})[col] = p.cell()
         key = (p.method, p.kind, p.split, p.estimator, p.citation, p.status)
         described.setdefault(key, []).append(p.dataset)
-    for (method, kind, split, estimator, citation, status), names in described.items():
-        notes.append(f"published {method} ({', '.join(names)}): {kind}; {split}; "
-                     f"{estimator}; {citation}; {status}")
+    notes = [f"published {method} ({', '.join(names)}): {kind}; {split}; {estimator}; "
+             f"{citation}; {status}"
+             for (method, kind, split, estimator, citation, status), names in described.items()]
     notes.append(f"{CHECK} read in the paper's own text; {DAGGER} not checked against it: "
                  "shown for orientation, never a pass/fail threshold")
-    tab = pd.DataFrame.from_dict(body, orient="index")
-    tab = tab.reindex(columns=[c for c, *_ in columns]).fillna("")
-    if not ours:
-        tab = tab.drop(index=[DATA_ROW, COMPARABLE_ROW])
-    tab.index.name = _unit(metric, specs_for(records))
-    return tab, notes
+    return notes
+

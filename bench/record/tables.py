@@ -25,7 +25,6 @@ superseded. The header names the metric's unit (`bench.record.units`).
 
 from __future__ import annotations
 
-import ast
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -37,8 +36,17 @@ import pandas as pd
 from bench.api import ConfigError, RunRecord
 from bench.api.metric_specs import BUILTIN_SPECS, specs_for
 from bench.api.scoring import MetricSpec, find_spec
+from bench.record.configs import (
+    SPLIT_FIELDS,
+    config_labels,
+    dataset_config,
+    method_config,
+    newest_per_seed,
+    short_labels,
+)
 from bench.record.units import unit_of
 
+# config_labels and newest_per_seed (bench.record.configs) are re-exported for the readers
 __all__ = ["long_results", "comparison_table", "render", "export", "config_labels",
            "newest_per_seed"]
 
@@ -48,80 +56,6 @@ FLOOR = "floor (train vs test rows)"
 #: the built-in sample-based metrics (specs with ``variants="sampler"``), with a ``_floor``
 SAMPLE_METRICS = tuple(n for n, s in BUILTIN_SPECS.items() if s.variants == "sampler"
                        and s.reference)
-_SPLIT_FIELDS = ("split", "provenance")
-
-
-def _norm(value: Any) -> str:
-    """A parameter value as one canonical string, whether recorded typed or as text."""
-    if isinstance(value, str):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            return value
-    text = str(value)
-    return text.replace(", ", ",") if isinstance(value, tuple | list) else text
-
-
-def _fields(rec: RunRecord, prefixes: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    out = {}
-    for k, v in rec.params.items():
-        for p in prefixes:
-            if k.startswith(p):
-                out[k[len(p):]] = _norm(v)
-    return tuple(sorted(out.items()))
-
-
-def _method_config(rec: RunRecord) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """Method, its parameters, the shared optimisation settings, the training budget and
-    the evaluation solver: runs that differ in any of them are different configurations."""
-    harness = tuple(sorted((k, _norm(v)) for k, v in rec.params.items()
-                           if k.startswith("solver_") or k in ("steps", "max_seconds")))
-    return rec.method, tuple(sorted(_fields(rec, ("p_method_", "optim_", "exec_")) + harness))
-
-
-def _dataset_config(rec: RunRecord) -> tuple[str, tuple[tuple[str, str], ...]]:
-    split = (("split", rec.tags.get("test_split", "")),
-             ("provenance", rec.tags.get("dataset_provenance", "")))
-    return rec.dataset, _fields(rec, ("p_dataset_",)) + split
-
-
-def _show(key: str, value: str) -> str:
-    if key == "provenance" and len(value) > 40:
-        value = value[:39] + "…"
-    return f"{key}={value}"
-
-
-def _label(name: str, fields: dict[str, str], keys: list[str]) -> str:
-    return name + (f"[{','.join(_show(k, fields.get(k, 'unset')) for k in keys)}]"
-                   if keys else "")
-
-
-def _labels(configs: set, hide: tuple[str, ...] = ()) -> dict:
-    """A short, unique label per configuration: its name, then the fields that differ
-    among the configurations of that name (``hide``: shown only when needed to tell
-    configurations apart), then " (reduced)" for a reduced split."""
-    by_name: dict[str, list] = defaultdict(list)
-    for c in configs:
-        by_name[c[0]].append(c)
-    out = {}
-    for name, group in by_name.items():
-        fields = [dict(c[1]) for c in group]
-        keys = sorted({k for f in fields for k in f})
-        differ = [k for k in keys if len({f.get(k, "unset") for f in fields}) > 1]
-        main = [k for k in differ if k not in hide]
-        reduced = {c: " (reduced)" if "reduced" in dict(c[1]).get("provenance", "") else ""
-                   for c in group}
-        labels = {c: _label(name, f, main) + reduced[c] for c, f in zip(group, fields,
-                                                                          strict=True)}
-        clash = Counter(labels.values())
-        for c, f in zip(group, fields, strict=True):
-            if clash[labels[c]] > 1:
-                same = [d for d in group if labels[d] == labels[c]]
-                extra = [k for k in hide if len({dict(d[1]).get(k) for d in same}) > 1]
-                out[c] = _label(name, f, main + extra) + reduced[c]
-            else:
-                out[c] = labels[c]
-    return out
 
 
 def _tag(rec: RunRecord, key: str, what: str) -> str | None:
@@ -178,22 +112,6 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def config_labels(records: Sequence[RunRecord]) -> dict[str | None, str]:
-    """Run id -> the short label of its method configuration among ``records``
-    (``interflow[interpolant=linear]``: the method and the settings that differ)."""
-    labels = _labels({_method_config(r) for r in records})
-    return {r.run_id: labels[_method_config(r)] for r in records}
-
-
-def newest_per_seed(runs: Sequence[RunRecord]) -> tuple[list[RunRecord], int]:
-    """The newest run (the last in ``runs``, oldest first) of each (method configuration,
-    dataset configuration, seed), in the order given, and how many earlier reruns it
-    superseded."""
-    newest = {(_method_config(r), _dataset_config(r), r.seed): i for i, r in enumerate(runs)}
-    keep = sorted(newest.values())
-    return [runs[i] for i in keep], len(runs) - len(keep)
-
-
 def long_results(records: Sequence[RunRecord], metric: str = "test_nll"
                  ) -> tuple[pd.DataFrame, list[str]]:
     """One row per (finished run, likelihood): ``row`` and ``dataset`` labels, method,
@@ -229,12 +147,12 @@ def long_results(records: Sequence[RunRecord], metric: str = "test_nll"
     if missing:
         shown = ", ".join(sorted(set(missing))[:4]) + (", ..." if len(set(missing)) > 4 else "")
         notes.append(f"{_plural(len(missing), 'finished run')} without {metric}: {shown}")
-    m_lab = _labels({_method_config(r) for r, *_ in entries})
-    d_lab = _labels({_dataset_config(r) for r, *_ in entries}, hide=_SPLIT_FIELDS)
+    m_lab = short_labels({method_config(r) for r, *_ in entries})
+    d_lab = short_labels({dataset_config(r) for r, *_ in entries}, hide=SPLIT_FIELDS)
     rows = []
     sampled = _sampled(metric, specs)
     for r, extra, kind, value, se in entries:
-        label, col = m_lab[_method_config(r)], d_lab[_dataset_config(r)]
+        label, col = m_lab[method_config(r)], d_lab[dataset_config(r)]
         if sampled:  # samplers side by side: a column each
             col += f" [{extra}]" if extra else ""
         else:
@@ -256,7 +174,7 @@ def _reference_rows(entries: list, metric: str, specs: dict[str, MetricSpec], d_
     rows: list[dict[str, Any]] = []
     truth: dict[str, dict[str | None, tuple[float, float]]] = defaultdict(dict)
     for r, extra, *_ in entries:
-        col = d_lab[_dataset_config(r)]
+        col = d_lab[dataset_config(r)]
         if sampled and extra:
             col += f" [{extra}]"
         t, t_se = r.metrics.get(key), r.metrics.get(f"{key}_se")
