@@ -36,9 +36,8 @@ log = logging.getLogger(__name__)
 def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
     """Run one job to the end and return its record (status FINISHED, FAILED or KILLED).
 
-    With ``job.work_dir`` the job runs in that folder (`bench.harness.training.runfolder`): it
-    holds
-    the folder's lock, writes the resumable checkpoint per ``job.checkpoint_every`` /
+    With ``job.work_dir`` the job runs in that folder (`bench.harness.training.runfolder`):
+    it holds the folder's lock, writes the resumable checkpoint per ``job.checkpoint_every`` /
     ``checkpoint_minutes``, and per ``job.resume`` continues a run of the same job left
     KILLED or RUNNING (a killed process) into the same tracking run (``sink.reopen``).
     Without one it runs in a temporary folder and never resumes. Under torchrun rank 0
@@ -58,8 +57,6 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
         RunInterrupted / KeyboardInterrupt: re-raised after the run is checkpointed, flushed
             and marked KILLED.
     """
-    import torch
-
     from bench.harness.training import distributed
     from bench.harness.training.runfolder import RunFolder, job_key
 
@@ -67,34 +64,17 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
     if world.enabled:  # torchrun: this rank's device; rank 0 alone records, holds the run
         job = dataclasses.replace(job, device=device)  # folder and writes its checkpoint
         sink = sink if world.is_main else distributed.NullSink()
-    tags = {"git_commit": git_commit(), "device": job.device, "torch": torch.__version__,
-            "host": f"{platform.node()} {platform.processor() or platform.machine()}",
-            "threads": str(torch.get_num_threads()), "likelihood": job.method_cls.likelihood,
-            "job": job.label, **{f"source.{k}": v for k, v in job.sources.items()},
-            **world.tags()}
-    record = RunRecord(None, job.name, params=job_params(job), tags=tags)
+    record = RunRecord(None, job.name, params=job_params(job), tags=_run_tags(job, world))
     folder = (RunFolder(job.work_dir) if job.work_dir is not None and world.is_main
               else None)
     key = job_key(job)
     if not world.enabled and folder is not None:
         folder.lock(job.label or job.name)
-    opened = False
+    rec = None
     try:
         resume = (agree_start(job, world, folder, sink) if world.enabled
                   else resume_point(job, folder, sink) if folder is not None else None)
-        if resume is not None:
-            record.run_id = resume["run_id"]
-            recorded = sink.reopen(record.run_id) if world.is_main else {}
-            opened = True
-            rec = Recorder(record, sink, recorded)
-            rec.set_tags({"resumed_at_step": resume["loop"]["step"]})
-            log.info("%s: resuming run %s at step %d", job.label or job.name,
-                     record.run_id, resume["loop"]["step"])
-        else:
-            record.run_id = sink.start(job.name, record.params, {**record.tags,
-                                                                   "job_key": key})
-            opened = True
-            rec = Recorder(record, sink)
+        rec = _open(job, record, sink, world, resume, key)
         if folder is not None:
             folder.write_info(run_id=record.run_id, status="RUNNING", reason="",
                               job_key=key, label=job.label or job.name)
@@ -103,23 +83,57 @@ def run_job(job: Job, sink: Sink, progress: Any = None) -> RunRecord:
                     Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-run-"))))
             _run_guarded(job, rec, work, progress, folder, resume, key)
     finally:
-        if record.status == "RUNNING":  # anything else that ended the job (SystemExit, ...)
-            record.status = "KILLED"
-        try:
-            if opened:
-                with contextlib.suppress(Exception):
-                    rec.flush()
-                sink.end(record.status)
-                # a sink that fell back to a local store mid-run now names the run there
-                record.run_id = sink.run_id or record.run_id
-        finally:
-            if folder is not None:
-                if opened:  # never raises: a full disk must not hide the outcome
-                    folder.settle(status=record.status, reason=record.failure or "")
-                if record.status == "FINISHED":
-                    folder.checkpoint.unlink(missing_ok=True)
-                folder.unlock()
+        _close(record, sink, rec, folder)
     return world.share(record)  # torchrun: rank 0's record on every rank
+
+
+def _run_tags(job: Job, world: Any) -> dict[str, str]:
+    """The labels every run starts with: commit, device, versions, host, the job's sources."""
+    import torch
+
+    return {"git_commit": git_commit(), "device": job.device, "torch": torch.__version__,
+            "host": f"{platform.node()} {platform.processor() or platform.machine()}",
+            "threads": str(torch.get_num_threads()), "likelihood": job.method_cls.likelihood,
+            "job": job.label, **{f"source.{k}": v for k, v in job.sources.items()},
+            **world.tags()}
+
+
+def _open(job: Job, record: RunRecord, sink: Sink, world: Any, resume: dict | None,
+          key: str) -> Recorder:
+    """Start the tracking run, or reopen the one being resumed (its recorded steps are not
+    written again); returns the run's recorder."""
+    if resume is None:
+        record.run_id = sink.start(job.name, record.params, {**record.tags, "job_key": key})
+        return Recorder(record, sink)
+    record.run_id = resume["run_id"]
+    recorded = sink.reopen(record.run_id) if world.is_main else {}
+    rec = Recorder(record, sink, recorded)
+    rec.set_tags({"resumed_at_step": resume["loop"]["step"]})
+    log.info("%s: resuming run %s at step %d", job.label or job.name, record.run_id,
+             resume["loop"]["step"])
+    return rec
+
+
+def _close(record: RunRecord, sink: Sink, rec: Recorder | None, folder: Any) -> None:
+    """However the job ended: a run still RUNNING is KILLED; the record is flushed and the
+    tracking run ended; the run folder settled (its checkpoint removed once FINISHED) and
+    unlocked. Never raises past a full disk: the outcome must not be hidden."""
+    if record.status == "RUNNING":  # anything else that ended the job (SystemExit, ...)
+        record.status = "KILLED"
+    try:
+        if rec is not None:
+            with contextlib.suppress(Exception):
+                rec.flush()
+            sink.end(record.status)
+            # a sink that fell back to a local store mid-run now names the run there
+            record.run_id = sink.run_id or record.run_id
+    finally:
+        if folder is not None:
+            if rec is not None:
+                folder.settle(status=record.status, reason=record.failure or "")
+            if record.status == "FINISHED":
+                folder.checkpoint.unlink(missing_ok=True)
+            folder.unlock()
 
 
 def _run_guarded(job: Job, rec: Recorder, work: Path, progress: Any, folder: Any,
