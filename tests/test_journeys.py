@@ -9,10 +9,11 @@ fresh HOME, TMPDIR and working folder (no state left by earlier runs or other te
   that is not offline is still planned: ``bench run ... --dry-run`` (the reason is in
   `NEEDS`). Other programs (``make``, ``mlflow``, ``git``, ``ray``, ``kubectl``) are not run
   here: a block made only of them carries a ``<!-- journey: skip: why -->`` line.
-- A ```python block that defines a plug-in (``class X(Method|FlowMethod|Dataset)``, named by
-  the ``(`methods/NAME.py`)`` before it) is written to that path in the working folder, as
-  the README tells the user, and then trained by ``bench run`` (the method on 8gaussians,
-  the dataset under gaussian_mle): FINISHED, exit 0. Any other Python block runs as a script.
+- A ```python block that defines a plug-in (``class X(Method|FlowMethod|Dataset|Scorer)``,
+  named by the ``(`methods/NAME.py`)`` before it) is written to that path in the working
+  folder, as the page tells the user, and then trained by ``bench run`` (the method on
+  8gaussians, the dataset under gaussian_mle, a scorer's figures recorded on gaussian_mle
+  and 8gaussians): FINISHED, exit 0. Any other Python block runs as a script.
 - Every fenced block is either run, or marked: a README edit that breaks a journey, or
   adds a command block nobody runs, fails here.
 """
@@ -79,7 +80,7 @@ def blocks(page: Path) -> list[Block]:
         if before and (mm := re.match(r"<!-- journey: (.*?) -->", before[-1].strip())):
             mark = mm.group(1)
         path = None
-        if before and (mp := re.search(r"\(`((?:methods|datasets)/\w+\.py)`\):?$",
+        if before and (mp := re.search(r"\(`((?:methods|datasets|scorers)/\w+\.py)`\):?$",
                                        before[-1].strip())):
             path = mp.group(1)
         out.append(Block(page, start + 1, lang, "\n".join(lines[start + 1:j]), mark, path))
@@ -210,13 +211,18 @@ def test_journey(block: Block, tmp_path):
         if block.path:  # a plug-in: trained by bench run
             kind, name = next(k for k in _write_plugins(work) if f"/{k[1]}." in block.path
                               or block.path.endswith(f"{k[1]}.py"))
-            sel = (["-m", name, "-d", "8gaussians"] if kind == "methods"
-                   else ["-m", "gaussian_mle", "-d", name])
+            sel = {"methods": ["-m", name, "-d", "8gaussians"],
+                   "datasets": ["-m", "gaussian_mle", "-d", name],
+                   "scorers": ["-m", "gaussian_mle", "-d", "8gaussians"]}[kind]
             out = _run([sys.executable, "-m", "bench", "run", *sel, *TINY_RUN, "--json"],
                        work, env, block.id)
             import json
 
-            assert [r["status"] for r in json.loads(out)] == ["FINISHED"], out
+            records = json.loads(out)
+            assert [r["status"] for r in records] == ["FINISHED"], out
+            if kind == "scorers":  # every figure the scorer declares is recorded
+                declared = re.findall(r'MetricSpec\("(\w+)"', block.text)
+                assert declared and set(declared) <= set(records[0]), out  # flat JSON record
             return
         script = work / "journey.py"
         script.write_text(block.text + "\n")

@@ -6,7 +6,7 @@ each), or plug-in files directly.
 The built-in plug-ins (``methods/*.py``, ``datasets/*.py``) are found where they really are:
 in a wheel, inside the package as ``bench/_plugins/{methods,datasets}`` (package data, looked
 at first); in a source checkout or editable install, in the repository root next to the
-``bench`` package, and only if that folder's ``pyproject.toml`` names the project "bench"
+``bench`` package, and only if that folder's ``pyproject.toml`` installs the ``bench`` command
 (an arbitrary parent such as ``site-packages``, where HuggingFace's ``datasets`` lives, is
 never scanned).
 
