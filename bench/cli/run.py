@@ -20,7 +20,8 @@ __all__ = ["run", "result_line"]
 @run_options
 @click.pass_context
 def run(ctx, **o):
-    """Train and evaluate every (method, dataset, seed) combination; record them in MLflow.
+    """Train and evaluate every (method, dataset, seed) combination; record each run in the
+    tracking store (MLflow by default, or a jsonl://FOLDER).
 
     The whole grid is validated before any data is read or any run is opened; each job then
     runs in isolation: a failed job is recorded FAILED with its reason and the others go
