@@ -26,7 +26,7 @@ from bench.api import (
     SolverConfig,
 )
 from bench.api.jobs import JobSpec
-from bench.harness.planning.selection import closest, domain_problem, param_fields
+from bench.harness.planning.selection import closest, construct, param_fields
 
 __all__ = ["to_spec", "from_spec", "plain", "typed"]
 
@@ -102,7 +102,6 @@ def _build(cls: type, data: dict[str, Any], owner: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{owner} of a job spec must be an object, got {data!r}")
     fields = param_fields(cls)
-    by_name = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
@@ -112,13 +111,7 @@ def _build(cls: type, data: dict[str, Any], owner: str) -> Any:
             kwargs[key] = typed(value, fields[key])
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"bad value for {owner} field {key!r}: {exc}") from None
-        problem = domain_problem(by_name[key], fields[key], kwargs[key])
-        if problem:
-            raise ConfigError(f"{owner}: {problem}")
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid {owner}: {exc}") from None
+    return construct(cls, kwargs, owner, f"invalid {owner}")
 
 
 def to_spec(job: Job, plugin_dirs: tuple[str | Path, ...] = (), key: str = "") -> JobSpec:

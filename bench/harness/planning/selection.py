@@ -170,15 +170,23 @@ def build_params(params_cls: type, overrides: dict[str, Any], owner: str) -> Any
             raise ConfigError(
                 f"bad value {raw!r} for {owner} parameter {key!r} ({tname}): {e}"
             ) from None
-    by_name = {f.name: f for f in dataclasses.fields(params_cls)}
-    for key, value in kwargs.items():  # before __post_init__: the domain's sentence first
+    return construct(params_cls, kwargs, owner, f"invalid parameters for {owner}")
+
+
+def construct(cls: type, kwargs: dict[str, Any], owner: str, invalid: str) -> Any:
+    """``cls(**kwargs)`` for typed values: each value held to its field's declared domain
+    first (before ``__post_init__``: the domain's sentence, not the class's), then any
+    ``ValueError``/``TypeError`` of the class as one `ConfigError` line ``invalid: why``."""
+    fields = param_fields(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in kwargs.items():
         problem = domain_problem(by_name[key], fields[key], value)
         if problem:
             raise ConfigError(f"{owner}: {problem}")
     try:
-        return params_cls(**kwargs)
+        return cls(**kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"invalid parameters for {owner}: {e}") from None
+        raise ConfigError(f"{invalid}: {e}") from None
 
 
 # -- parameter domains (`bench.api.domains`) ----------------------------------------------
