@@ -121,6 +121,8 @@ class Suite:
         datasets: dataset selections. seeds: the seeds of every (method, dataset).
         sets: further ``--set`` overrides (key, value) for every job.
         study: the speed-up study (None: the suite is a plain grid).
+        optional: labels of the method entries skipped (and said so) when their plug-in is
+            unavailable here, e.g. FFJORD's own code without its checkout.
         runnable: False for a suite declared for other hardware, not run here.
         path: the TOML file it was read from.
     """
@@ -136,6 +138,7 @@ class Suite:
     seeds: tuple[int, ...] = (0,)
     sets: tuple[tuple[str, str], ...] = ()
     study: SuiteStudy | None = None
+    optional: tuple[str, ...] = ()
     runnable: bool = True
     path: Path | None = None
 
