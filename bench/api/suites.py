@@ -76,6 +76,8 @@ class SuiteProtocol:
             ``n_samples`` samples on vectors).
         n_samples: samples drawn for the sample metrics and plots.
         fid_samples: generated images scored by FID/KID (None: bench run's default).
+        precisions: the training precisions ("fp32", "bf16"); each job is planned once
+            per precision (evaluation is always fp32).
     """
 
     solver: str = "dopri5"
@@ -86,6 +88,13 @@ class SuiteProtocol:
     sample_metrics: bool = True
     n_samples: int = 2000
     fid_samples: int | None = None
+    precisions: tuple[str, ...] = ("fp32",)
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.precisions if p not in ("fp32", "bf16")]
+        if bad or not self.precisions or len(set(self.precisions)) < len(self.precisions):
+            raise ConfigError(f"precisions must be distinct values of fp32, bf16, got "
+                              f"{list(self.precisions)}")
 
 
 @dataclass(frozen=True)
@@ -151,8 +160,9 @@ class Suite:
 
     @property
     def n_jobs(self) -> int:
-        """Jobs in the grid: methods x datasets x seeds."""
-        return len(self.methods) * len(self.datasets) * len(self.seeds)
+        """Jobs in the grid: methods x datasets x seeds x precisions."""
+        return (len(self.methods) * len(self.datasets) * len(self.seeds)
+                * len(self.protocol.precisions))
 
     def label_of(self, selection: str) -> str:
         """The label of a method entry given its selection string."""

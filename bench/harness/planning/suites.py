@@ -26,7 +26,7 @@ from bench.harness.planning.plan import parse_seeds, plan_jobs
 from bench.harness.planning.selection import closest, parse_selection
 
 __all__ = ["SUITES_DIR", "suite_path", "load_suite", "parse_suite", "plan_suite",
-           "suite_names", "eval_times", "skipped", "runnable_part", "device_of",
+           "suite_names", "eval_times", "skipped", "runnable_part", "entry_labels", "device_of",
            "selection_text", "value_text"]
 
 #: where suite files live, relative to the project root
@@ -109,9 +109,13 @@ def _build(cls: type, table: Any, where: str) -> Any:
         if not _is_a(value, hints[key]):
             raise ConfigError(f"{where}: {key} = {value!r} is not a "
                               f"{_type_name(hints[key])}")
+    def typed(key: str, v: Any) -> Any:
+        if hints[key] in (float, float | None) and isinstance(v, int):
+            return float(v)
+        return tuple(v) if isinstance(v, list) else v
+
     try:
-        return cls(**{k: float(v) if hints[k] in (float, float | None) and
-                      isinstance(v, int) else v for k, v in table.items()})
+        return cls(**{k: typed(k, v) for k, v in table.items()})
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except ConfigError as exc:
@@ -122,6 +126,8 @@ def _is_a(value: Any, tp: Any) -> bool:
     args = typing.get_args(tp)
     if typing.get_origin(tp) is typing.Literal:
         return value in args
+    if typing.get_origin(tp) is tuple:
+        return isinstance(value, list) and all(_is_a(v, args[0]) for v in value)
     if args and typing.get_origin(tp) is not dict:
         return any(_is_a(value, a) for a in args)
     if tp is type(None):
@@ -262,16 +268,26 @@ def plan_suite(registry, suite: Suite, *, data_dir: Path | None = None,
     b, p = suite.budget, suite.protocol
     solver = DEFAULTS.solver_config(method=p.solver, rtol=p.rtol, atol=p.atol)
     sample_eval = SampleEval(samples=p.fid_samples if p.sample_metrics else 0)
-    try:
-        jobs = plan_jobs(
-            registry, suite.methods, suite.datasets, suite.seeds, suite.sets,
-            steps=b.steps, max_seconds=b.seconds_per_job, eval_every=b.eval_every,
-            patience=b.patience, eval_at_seconds=eval_times(b), val_rows=p.val_rows,
-            solver=solver, device=device or device_of(suite.device_class),
-            data_dir=data_dir, n_samples=p.n_samples if p.sample_metrics else 0,
-            test_rows=p.test_rows, sample_eval=sample_eval, execution=Execution())
-    except ConfigError as exc:
-        raise ConfigError(f"suite {suite.name}: {exc}") from None
+    jobs = []
+    for precision in p.precisions:
+        try:
+            jobs += plan_jobs(
+                registry, suite.methods, suite.datasets, suite.seeds, suite.sets,
+                steps=b.steps, max_seconds=b.seconds_per_job, eval_every=b.eval_every,
+                patience=b.patience, eval_at_seconds=eval_times(b), val_rows=p.val_rows,
+                solver=solver, device=device or device_of(suite.device_class),
+                data_dir=data_dir, n_samples=p.n_samples if p.sample_metrics else 0,
+                test_rows=p.test_rows, sample_eval=sample_eval,
+                execution=Execution(precision=typing.cast(Any, precision)))
+        except ConfigError as exc:
+            raise ConfigError(f"suite {suite.name}: {exc}") from None
+    labels = entry_labels(suite, len(jobs))
+    return [dataclasses.replace(j, label=f"{label}: {j.label}")
+            for j, label in zip(jobs, labels, strict=True)]
+
+
+def entry_labels(suite: Suite, n_jobs: int) -> list[str]:
+    """The method label of each job of `plan_suite` (of the suite without its skipped
+    entries), in order: precisions, then methods, datasets, seeds."""
     per_method = len(suite.datasets) * len(suite.seeds)
-    return [dataclasses.replace(j, label=f"{suite.labels[i // per_method]}: {j.label}")
-            for i, j in enumerate(jobs)]
+    return [suite.labels[(i // per_method) % len(suite.labels)] for i in range(n_jobs)]
