@@ -203,8 +203,9 @@ def _register() -> None:
     from bench.cli.report import report
     from bench.cli.run import run
     from bench.cli.speedup import speedup
+    from bench.cli.suite import suite
 
-    for cmd in (run, speedup, check, fid, report, regress):
+    for cmd in (run, speedup, check, fid, report, regress, suite):
         main.add_command(cmd)
 
 
