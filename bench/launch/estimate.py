@@ -56,6 +56,8 @@ class Estimate:
 
 
 def fmt_seconds(s: float) -> str:
+    if s < 1:
+        return f"{s:.2g} s"
     if s < 120:
         return f"{s:.0f} s"
     if s < 7200:
