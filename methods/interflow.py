@@ -19,10 +19,10 @@ b = v - gamma gamma' s); ``sampler=sde`` samples dX = (b + eps s) dt + sqrt(2 ep
 (the N(0, I) base is the latent). ``log_prob`` stays the exact probability-flow ODE
 likelihood of b; with a score, ``extra_likelihoods`` adds the backward-SDE estimate
 (``test_nll_sde``, kind "estimate"), and ``samplers()`` offers ODE and SDE samples of the
-same model. Optimisation on images (``InterFlow.default_optim("image")``):
-Adam lr 2e-4, constant rate (the papers decay it by 0.985-0.995 per 1000 epochs), clipping
-at norm 1, EMA of the weights 0.9999 with a warm-up of its decay (stochastic interpolants,
-Albergo, Boffi and Vanden-Eijnden 2023, Table 3: lr 2e-4, EMA 0.9999 from step 10k).
+same model. Optimisation on images: ``InterFlow.image_optim`` (Albergo, Boffi and
+Vanden-Eijnden 2023, Table 3). ``coupling=ot`` pairs each batch's x_0 and x_1 by their exact
+optimal transport plan (OT-CFM, `bench.science.couplings`): training changes, not the
+likelihood (the exact ODE likelihood of the learned field).
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ class InterFlowParams(UNetParams):
         t_min: with a latent or a score, training times and the fields' times lie in
             [t_min, 1 - t_min] (gamma' and 1/gamma are singular at the ends).
         sde_likelihood: report the backward-SDE likelihood estimate (needs a score).
+        coupling: how a batch pairs x_0 and x_1: independent, or ot (minibatch optimal
+            transport, Tong et al. 2023; a fixed deterministic path, `bench.science.couplings`).
     """
 
     interpolant: Literal["trig", "linear", "quadratic", "vp", "encdec", "learned"] = "trig"
@@ -100,8 +102,7 @@ class InterFlowParams(UNetParams):
     base: DatasetRef | None = None
     gamma: Literal["none", "sqrt", "t1mt", "sin2"] = "none"
     gamma_a: float = field(default=2.0, metadata=positive())
-    objective: Literal["auto", "velocity", "velocity_score", "velocity_denoiser",
-                       "split"] = "auto"
+    objective: Literal["auto", "velocity", "velocity_score", "velocity_denoiser", "split"] = "auto"
     sampler: Literal["ode", "sde"] = "ode"
     eps: float = field(default=1.0, metadata=non_negative())
     eps_schedule: Literal["constant", "t1mt"] = "constant"
@@ -110,6 +111,7 @@ class InterFlowParams(UNetParams):
     antithetic: bool = False
     t_min: float = field(default=1e-3, metadata=in_range(0, 0.5, hi_open=True))
     sde_likelihood: bool = True
+    coupling: Literal["independent", "ot"] = "independent"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,6 +134,11 @@ class InterFlowParams(UNetParams):
                              "needs the symmetric N(0, I) base (base=none)")
         if self.interpolant == "learned" and self.is_stochastic_interpolant:
             raise ValueError("interpolant=learned needs gamma=none and objective=velocity")
+        if self.coupling == "ot" and (self.is_stochastic_interpolant or self.antithetic
+                                      or self.record_path or self.interpolant == "learned"):
+            raise ValueError("coupling=ot re-pairs x_0 and x_1 of a fixed deterministic path: "
+                             "needs gamma=none, objective=velocity, interpolant != learned, "
+                             "antithetic=false, record_path=false")
         if self.path_modes < 1 or not self.path_lr_factor > 0:
             raise ValueError("need path_modes >= 1 and path_lr_factor > 0")
 
@@ -145,14 +152,12 @@ class InterFlowParams(UNetParams):
 
     @property
     def is_stochastic_interpolant(self) -> bool:
-        """Whether the stochastic-interpolant machinery is used (else: ICLR 2023 InterFlow,
-        bit for bit)."""
+        """Whether the stochastic-interpolant machinery is used (else ICLR 2023's, bit for bit)."""
         return self.gamma != "none" or self.resolved_objective != "velocity"
 
 
 class InterFlow(FlowMethod):
-    """InterFlow: drift (and score) of a stochastic interpolant, quadratic losses, ODE or SDE
-    sampling."""
+    """InterFlow: drift (and score) of an interpolant, quadratic losses, ODE or SDE sampling."""
 
     name = "interflow"
     Params = InterFlowParams
@@ -161,9 +166,8 @@ class InterFlow(FlowMethod):
     optim: ClassVar[dict[str, Any]] = {"lr": 1e-3, "schedule": "cosine", "grad_clip": 1.0}
     #: images: Adam 2e-4 at a constant rate (the papers decay it by 0.985-0.995 per 1000
     #: epochs, about constant), clipping at 1, EMA 0.9999 with its decay warmed up
-    image_optim: ClassVar[dict[str, Any]] = {"lr": 2e-4, "schedule": "constant",
-                                             "grad_clip": 1.0, "ema": 0.9999,
-                                             "ema_warmup": True}
+    image_optim: ClassVar[dict[str, Any]] = {"lr": 2e-4, "schedule": "constant", "grad_clip": 1.0,
+                                             "ema": 0.9999, "ema_warmup": True}
     event_ranks = (1, 3)
 
     @classmethod
@@ -179,8 +183,7 @@ class InterFlow(FlowMethod):
         from bench.science.unet import build_unet
 
         super().__init__(params, splits, ctx)
-        problem = self.supports("", self.event_shape)
-        if problem:
+        if problem := self.supports("", self.event_shape):
             raise ConfigError(problem)
         self.dim = splits.dim
         self.dequantization = splits.dequantization
@@ -188,8 +191,7 @@ class InterFlow(FlowMethod):
         def net() -> nn.Module:
             if len(self.event_shape) == 3:
                 return build_unet(params, self.event_shape, velocity=True).to(ctx.device)
-            return build_net(self.dim, params.hidden, params.activation,
-                             params.net).to(ctx.device)
+            return build_net(self.dim, params.hidden, params.activation, params.net).to(ctx.device)
 
         self.v: nn.Module = net()
         self.s: nn.Module | None = None
@@ -216,10 +218,8 @@ class InterFlow(FlowMethod):
                                   "ctx.datasets['base']")
             base_shape = tuple(self.base_dataset.splits().event_shape)
             if base_shape != tuple(splits.event_shape):
-                raise ConfigError(
-                    f"base {params.base!r} has shape {base_shape}, data has "
-                    f"{tuple(splits.event_shape)}"
-                )
+                raise ConfigError(f"base {params.base!r} has shape {base_shape}, data has "
+                                  f"{tuple(splits.event_shape)}")
             if not self.base_dataset.has_log_prob:
                 self.likelihood = "none"  # no closed-form base density: no NLL
 
@@ -229,13 +229,11 @@ class InterFlow(FlowMethod):
 
         p = self.params
         self.stochastic_interpolant = build_stochastic_interpolant(
-            p.interpolant, p.gamma, p.gamma_a, p.t_min,
-            one_sided=p.gamma == "none")
+            p.interpolant, p.gamma, p.gamma_a, p.t_min, one_sided=p.gamma == "none")
         learned = OBJECTIVES[p.resolved_objective]
         if len(learned) > 1:
             self.s = net()
-        nets = dict(zip(learned, (self.v, self.s), strict=False))
-        self.fields = nets
+        self.fields = nets = dict(zip(learned, (self.v, self.s), strict=False))
         self.drift = DriftField(nets, self.stochastic_interpolant)
         self.score = ScoreField(nets, self.stochastic_interpolant) if self.s is not None else None
 
@@ -320,8 +318,7 @@ class InterFlow(FlowMethod):
         p = self.params
         if p.time_dist == "beta":
             dist = torch.distributions.Beta(torch.tensor(p.beta_a), torch.tensor(p.beta_b))
-            # torch's Beta has no generator argument: seed it from ours for reproducibility
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
+            seed = int(torch.randint(2**31 - 1, (1,), generator=self.gen))  # Beta has no generator
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 t = dist.sample((n,))
@@ -337,6 +334,10 @@ class InterFlow(FlowMethod):
             return self._stochastic_loss(batch)
         x_1 = batch.to(self.ctx.device)
         x_0, t = self.base_sample(x_1.shape[0]), self.sample_time(x_1.shape[0])
+        if self.params.coupling == "ot":  # OT-CFM: pairs drawn from the batch's exact OT plan
+            from bench.science.couplings import couple
+
+            x_0, x_1 = couple(x_0, x_1, "ot", self.gen)
         if self.params.antithetic:  # each (x_1, t) with x_0 and -x_0, in one forward pass
             import torch
 
