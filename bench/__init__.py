@@ -16,7 +16,6 @@ True
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,11 +26,6 @@ if TYPE_CHECKING:
 #: name and the command are ``bench``
 DISTRIBUTION = "ctgen-bench"
 
-try:
-    __version__ = metadata.version(DISTRIBUTION)
-except metadata.PackageNotFoundError:  # a source folder that was never installed
-    __version__ = "0+unknown"
-
 _LAZY = {"run": "bench.lab", "load": "bench.lab", "Method": "bench.api",
          "FlowMethod": "bench.api", "Dataset": "bench.api", "Splits": "bench.api",
          "LogLikelihood": "bench.api"}
@@ -40,7 +34,21 @@ __all__ = ["run", "load", "Method", "FlowMethod", "Dataset", "Splits", "LogLikel
            "__version__"]
 
 
+def _version() -> str:
+    """The installed distribution's version (read on first use: importlib.metadata costs
+    ~40 ms, which `bench --help` would pay on every call; ``bench regress`` saw it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # a source folder that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'bench' has no attribute {name!r}")
@@ -50,4 +58,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, "__version__"})
