@@ -30,7 +30,9 @@ def _metric_counts(db) -> dict[str, tuple[str, int, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("round_", range(5))
+# before the fix every round failed (0, 1 and 1 of 4 runs recorded): three rounds see a
+# regression with certainty in practice at 60% of five rounds' CI time (~27 s a round)
+@pytest.mark.parametrize("round_", range(3))
 def test_four_concurrent_runs_on_a_fresh_store(tmp_path, round_):
     """Four `bench run` processes started together on a store that does not exist yet all
     record completely (on main: 0, 1 and 1 of 4 runs, and a store broken for good)."""
