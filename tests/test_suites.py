@@ -189,7 +189,7 @@ def test_plan_says_unknown_without_measurements_and_where_missing_data_goes(tmp_
     assert str(tmp_path / "nodata" / "power") in missing
 
 
-def test_plan_estimates_from_the_suites_records(tmp_path):
+def test_plan_estimates_from_the_suites_records(tmp_path, monkeypatch):
     """After a run the estimate is steps x the measured seconds per step (median over the
     runs of the configuration) plus their measured scoring; the total is the sum."""
     import statistics
@@ -213,6 +213,15 @@ def test_plan_estimates_from_the_suites_records(tmp_path):
         assert j["seconds"] > 30 * s_step  # training plus the measured scoring
     assert plan["total_seconds"] == pytest.approx(sum(j["seconds"] for j in plan["jobs"]),
                                                   rel=1e-12)
+    # bench run --dry-run shows the same estimate for the same job (its exports are found
+    # under the working folder)
+    monkeypatch.chdir(tmp_path)
+    res = _cli("run", "-m", "interflow[hidden=(8,8),batch_size=64]", "-d",
+               "8gaussians[n_train=500,n_val=100,n_test=100]", "--steps", "30",
+               "--eval-every", "10", "--test-rows", "50", "--val-rows", "50", "--n-samples",
+               "0", "--dry-run", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)[0]["estimate"] == plan["jobs"][0]["estimate"]
 
 
 # -- run: resumable, retries, status --------------------------------------------------------

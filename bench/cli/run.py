@@ -87,6 +87,10 @@ def _print_plan(jobs: list, as_json: bool) -> None:
     from bench.harness.planning.plan import plan_table
 
     rows = plan_table(jobs)
+    from bench.launch.estimate import plan_estimates  # measured runs of each configuration
+
+    for row, est in zip(rows, plan_estimates(jobs), strict=True):
+        row["estimate"] = est.text()
     if as_json:  # with the job key: a job's identity (lab.plan gives the same one)
         rows = [{**row, "job key": j.work_dir.name} for row, j in zip(rows, jobs, strict=True)]
         click.echo(json.dumps(rows, indent=1, default=str))

@@ -64,18 +64,16 @@ def _data_status(entries) -> dict[str, str]:
 
 
 def _estimates(entries, s, root: Path, probe: bool):
-    from bench.launch.estimate import estimate, probe_records
+    """Each job's estimate: from a probe here, or from the runs of the suite's store and
+    of every export measured on the suite's device class."""
+    from bench.launch.estimate import estimate, measured, probe_records
     from bench.launch.suites import store_records
-    from bench.record.suite_records import export_path, read_records
 
     if probe:
         recs, basis = probe_records([e.job for e in entries]), "probed on this machine"
     else:
-        recs = store_records(root, s)
-        for path in sorted((root / "results" / "suites").glob("*/records.jsonl")):
-            if path != export_path(root, s.name) or not recs:
-                recs += read_records(path)
-        recs = [r for r in recs if r.tags.get("suite.device_class") == s.device_class]
+        recs = {r.run_id: r for r in store_records(root, s) + measured(root, s.device_class)
+                if r.tags.get("suite.device_class") == s.device_class}.values()
         basis = f"measured on {s.device_class}"
     return [estimate(e.job, recs, basis) for e in entries]
 

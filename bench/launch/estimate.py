@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bench.api import Job, RunRecord
 
 __all__ = ["Estimate", "CONFIG_PREFIXES", "config_of", "estimate", "probe_records",
-           "fmt_seconds", "total"]
+           "fmt_seconds", "total", "export_files", "measured", "plan_estimates"]
 
 #: the recorded parameters that fix a run's cost per step and per evaluation
 CONFIG_PREFIXES = ("p_method_", "p_dataset_", "exec_")
@@ -67,8 +68,10 @@ def fmt_seconds(s: float) -> str:
 
 def config_of(params: dict[str, Any]) -> tuple:
     """The part of a run's flat parameters that fixes its cost (and what it runs)."""
-    return (params.get("method"), params.get("dataset"),
-            tuple(sorted((k, str(v)) for k, v in params.items()
+    import json
+
+    return (params.get("method"), params.get("dataset"),  # tuples as lists (as exported)
+            tuple(sorted((k, json.dumps(v, default=str)) for k, v in params.items()
                          if k.startswith(CONFIG_PREFIXES))))
 
 
@@ -123,18 +126,20 @@ def estimate(job: Job, records: Sequence[RunRecord], basis: str) -> Estimate:
     from bench.harness.training.recorder import job_params
 
     want = config_of(job_params(job))
-    recs = [r for r in records if r.status == "FINISHED" and config_of(r.params) == want
-            and r.metrics.get("steps_done", 0) > 0]
-    known_train = (job.budget.max_seconds if job.budget.steps is None else None)
+    recs = [r for r in records if r.status == "FINISHED" and config_of(r.params) == want]
+    trainable = getattr(job.method_cls, "trainable", True)
+    known_train = job.budget.max_seconds if job.budget.steps is None and trainable else None
     if not recs:
         return Estimate(train=known_train)
     s_step = _median([r.metrics["train_seconds"] / r.metrics["steps_done"] for r in recs
-                      if "train_seconds" in r.metrics])
+                      if "train_seconds" in r.metrics and r.metrics.get("steps_done")])
+    if not trainable:  # a closed-form fit: its measured fitting time, whatever the budget
+        known_train = _median([r.metrics.get("train_seconds", -1.0) for r in recs])
     s_nfe = _median([r.metrics["eval_seconds"] / r.metrics["test_nll_nfe"]
                      / float(r.params.get("test_rows") or 1) for r in recs
                      if r.metrics.get("test_nll_nfe") and "eval_seconds" in r.metrics])
     train = known_train
-    if job.budget.steps is not None and s_step is not None:
+    if trainable and job.budget.steps is not None and s_step is not None:
         train = job.budget.steps * s_step
         if job.budget.max_seconds is not None:
             train = min(train, job.budget.max_seconds)
@@ -171,4 +176,44 @@ def probe_records(jobs: Sequence[Job], steps: int = 5, rows: int = 64) -> list[R
         record = run_job(probe, MemorySink())
         if record.status == "FINISHED":
             out.append(record)
+    return out
+
+
+def export_files(root: Path) -> list[Path]:
+    """Every suite export under ``root/results/suites`` and the source checkout's."""
+    from bench.harness.planning.registry import checkout_root
+
+    roots = [Path(root)] + ([checkout_root()] if checkout_root() is not None else [])
+    found = {p.resolve() for r in roots for p in (r / "results" / "suites").glob(
+        "*/records.jsonl")}
+    return sorted(found)
+
+
+def measured(root: Path, device_class: str | None = None,
+             device: str | None = None) -> list[RunRecord]:
+    """The exported suite runs measured on ``device_class`` (or, without one, on any class
+    of ``device``'s type: "cpu-..." for cpu, "gpu-..." for cuda)."""
+    from bench.harness.planning.suites import device_of
+    from bench.record.suite_records import read_records
+
+    out = []
+    for path in export_files(root):
+        for r in read_records(path):
+            cls = r.tags.get("suite.device_class", "")
+            if cls == device_class or (device_class is None and device is not None and cls
+                                       and device_of(cls) == device.split(":")[0]):
+                out.append(r)
+    return out
+
+
+def plan_estimates(jobs: Sequence[Job], root: Path = Path(".")) -> list[Estimate]:
+    """`bench run --dry-run`'s estimate of each job: from the exported suite runs of its
+    configuration measured on its device's type, else unknown."""
+    cache: dict[str, list[RunRecord]] = {}
+    out = []
+    for job in jobs:
+        if job.device not in cache:
+            cache[job.device] = measured(root, device=job.device)
+        classes = sorted({r.tags.get("suite.device_class", "") for r in cache[job.device]})
+        out.append(estimate(job, cache[job.device], "measured on " + ", ".join(classes)))
     return out

@@ -61,21 +61,33 @@ def selection_text(entry: Any, where: str, skip: tuple[str, ...] = ()) -> str:
     return entry["name"] + (f"[{','.join(params)}]" if params else "")
 
 
+def _folders(root: Path) -> list[Path]:
+    """Where suites are looked for: ``root/suites``, then the source checkout's."""
+    from bench.harness.planning.registry import checkout_root
+
+    checkout = checkout_root()
+    out = [Path(root) / SUITES_DIR]
+    if checkout is not None and (checkout / SUITES_DIR).resolve() != out[0].resolve():
+        out.append(checkout / SUITES_DIR)
+    return out
+
+
 def suite_names(root: Path = Path(".")) -> list[str]:
-    """The names of the suites in ``root/suites`` (sorted)."""
-    return sorted(p.stem for p in (root / SUITES_DIR).glob("*.toml"))
+    """The names of the suites in ``root/suites`` and the checkout's ``suites/`` (sorted)."""
+    return sorted({p.stem for folder in _folders(root) for p in folder.glob("*.toml")})
 
 
 def suite_path(name: str, root: Path = Path(".")) -> Path:
-    """The file of suite ``name`` (or ``name`` itself when it is a path to a .toml file)."""
+    """The file of suite ``name``: ``root/suites/<name>.toml``, else the checkout's (or
+    ``name`` itself when it is a path to a .toml file)."""
     if name.endswith(".toml"):
         return Path(name)
-    path = root / SUITES_DIR / f"{name}.toml"
-    if not path.is_file():
-        names = suite_names(root)
-        raise ConfigError(f"no suite {name!r} (no {path}){closest(name, names)}; suites: "
-                          + (", ".join(names) or "none"))
-    return path
+    for folder in _folders(root):
+        if (folder / f"{name}.toml").is_file():
+            return folder / f"{name}.toml"
+    names = suite_names(root)
+    raise ConfigError(f"no suite {name!r} in {' or '.join(map(str, _folders(root)))}"
+                      f"{closest(name, names)}; suites: " + (", ".join(names) or "none"))
 
 
 def load_suite(name: str, root: Path = Path(".")) -> Suite:
