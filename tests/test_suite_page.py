@@ -211,10 +211,19 @@ def test_study_section_and_its_reading(tmp_path):
                  truth=None, extra={"train_seconds": 40.0, "steps_done": 100.0}),
             _rec("cnf", "cnf", "miniboone", 0, 13.5, provenance=REDUCED, truth=None,
                  extra={"train_seconds": 40.0, "steps_done": 400.0})]
-    md = write_suite_page(_suite(study=True), recs, tmp_path)[0].read_text()
+    fit = _rec("gauss", "gaussian_mle", "miniboone", 0, 14.0, provenance=REDUCED, truth=None,
+               extra={"steps_done": 0.0},
+               history={"val_nll": [(0, 14.0)], "train_seconds_at_eval": [(0, 0.0)]})
+    md = write_suite_page(_suite(study=True), recs + [fit], tmp_path / "a")[0].read_text()
     assert "## Speed-up" in md
     assert "| miniboone | cnf | 0 | 0.4 (mean) | 0.1 | 0.25x |" in md
     assert "On miniboone (seed 0), cnf costs less per iteration than interflow" in md
+    assert "Not in the study: gauss (no training steps" in md
+    assert "| miniboone | gauss |" not in md
+    recs[1].metrics["steps_done"] = 40.0  # now 1 s per step: 2.5x InterFlow's cost
+    md = write_suite_page(_suite(study=True), recs, tmp_path / "b")[0].read_text()
+    assert "| miniboone | cnf | 0 | 0.4 (mean) | 1 | 2.5x |" in md
+    assert "costs less per iteration" not in md
 
 
 def test_seed_band_latest_value_min_max():

@@ -150,9 +150,20 @@ def study_pairs(suite: Suite, records: Sequence[RunRecord]
     out = []
     for (ds, name, seed), rec in sorted(runs.items()):
         mine = runs.get((ds, ref, seed))
-        if name != ref and mine is not None:
+        if name != ref and mine is not None and _trained(rec) and _trained(mine):
             out.append((ds, name, pair_speedup(mine, rec, suite.study.target), rec.method))
     return out
+
+
+def _trained(rec: RunRecord) -> bool:
+    """Whether a run took training steps (a closed-form fit takes none: no cost per
+    iteration, no anytime curve to cross a target)."""
+    return rec.metrics.get("steps_done", 0.0) > 0 or bool(rec.history.get("step_seconds"))
+
+
+def _untrained(records: Sequence[RunRecord]) -> list[str]:
+    runs = _runs_by(records)
+    return sorted({name for (_, name, _), r in runs.items() if not _trained(r)})
 
 
 def study_lines(suite: Suite, records: Sequence[RunRecord]) -> list[str]:
@@ -173,8 +184,12 @@ def study_lines(suite: Suite, records: Sequence[RunRecord]) -> list[str]:
            "(`bench.record.speedup.crossing`). Ratios are the other method's over "
            f"{ref}'s: above 1, {ref} is cheaper or faster; the ratio's range [lo, hi] "
            "comes from the brackets.", ""]
+    fits = _untrained(records)
+    if fits:
+        out += [f"Not in the study: {', '.join(fits)} (no training steps: a closed-form fit "
+                "has no cost per iteration and no curve to cross a target).", ""]
     if not pairs:
-        return out + [f"No seed has finished runs of {ref} and another method.", ""]
+        return out + [f"No seed has finished, trained runs of {ref} and another method.", ""]
     head = ["dataset", "method", "seed", f"s/it {ref}", "s/it method", "cost ratio",
             "target val NLL", f"{ref}: time to target", "method: time to target",
             "time ratio [range]"]
@@ -182,6 +197,10 @@ def study_lines(suite: Suite, records: Sequence[RunRecord]) -> list[str]:
              f"{p.cost_ratio:.3g}x", _f(p.target), p.time.text(math.inf),
              p.other_time.text(math.inf), _ratio_text(p.ratio)] for ds, name, p, _ in pairs]
     return out + _md(head, rows) + [""] + _study_summary(pairs, ref)
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
 
 
 def _study_summary(pairs: list[tuple[str, str, Pair, str]], ref: str) -> list[str]:
@@ -193,14 +212,18 @@ def _study_summary(pairs: list[tuple[str, str, Pair, str]], ref: str) -> list[st
         cost = np.array([p.cost_ratio for p in mine])
         exact = np.array([p.ratio[0] for p in mine if p.ratio[1] == speedup.EXACT])
         text = (f"- {ds}, {name} over {ref}: cost ratio median {np.median(cost):.3g}x "
-                f"(min {cost.min():.3g}x, max {cost.max():.3g}x, {len(mine)} seeds)")
+                f"(min {cost.min():.3g}x, max {cost.max():.3g}x, {_seeds(len(mine))})")
         if exact.size:
             text += (f"; time-to-target ratio median {np.median(exact):.3g}x (min "
-                     f"{exact.min():.3g}x, max {exact.max():.3g}x) over the {exact.size} "
-                     "seeds whose crossings are both bracketed")
-        rest = len(mine) - exact.size
-        out.append(text + (f"; {rest} seeds with a bound or undetermined time ratio (see "
-                           "the table)" if rest else "") + ".")
+                     f"{exact.min():.3g}x, max {exact.max():.3g}x) over the "
+                     f"{_seeds(exact.size)} whose crossings are both bracketed")
+        lower = np.array([p.ratio[0] for p in mine if p.ratio[1] == speedup.LOWER])
+        if lower.size:
+            text += (f"; time-to-target ratio >= {lower.min():.3g}x on {_seeds(lower.size)} "
+                     "(lower bounds: the smallest shown)")
+        rest = len(mine) - exact.size - lower.size
+        out.append(text + (f"; {_seeds(rest)} with an upper-bound or undetermined time "
+                           "ratio (see the table)" if rest else "") + ".")
     return out + [""]
 
 
