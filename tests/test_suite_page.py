@@ -253,3 +253,12 @@ def test_no_finished_runs_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no finished runs"):
         write_suite_page(_suite(), recs, tmp_path)
     assert not page_path(_suite(), tmp_path).exists()
+
+
+def test_a_label_over_two_configurations_gives_two_rows(tmp_path):
+    """Runs of one suite label but different parameters are not pooled into one row."""
+    recs = _grid({"interflow": ("interflow", 1.2)})
+    recs[0].params["p_method_hidden"] = "(16,16)"
+    md = write_suite_page(_suite(), recs, tmp_path)[0].read_text()
+    assert "| interflow interflow[hidden=(16,16)] (exact) | 1 |" in md
+    assert "| interflow interflow[hidden=(8,8)] (exact) | 2 |" in md

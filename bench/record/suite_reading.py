@@ -16,7 +16,7 @@ from bench.api import DataError, RunRecord
 from bench.api.metric_specs import headline, specs_for
 from bench.api.suites import Suite
 from bench.record import speedup
-from bench.record.configs import config_labels, newest_per_seed
+from bench.record.configs import config_labels, method_config, newest_per_seed
 from bench.record.reference import Published, _reduced, load_reference
 from bench.record.suite_stats import LEVEL, Pair, pair_speedup, t_interval, welch_interval
 from bench.record.tables import TRUTH, _family, _tag, long_results
@@ -43,10 +43,18 @@ def _md(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def suite_labels(records: Sequence[RunRecord]) -> dict[str | None, str]:
     """Run id -> configuration name: the suite's method label (tag ``suite.method``) where
-    every run carries one, else the comparison tables' short label."""
-    if records and all(r.tags.get("suite.method") for r in records):
-        return {r.run_id: r.tags["suite.method"] for r in records}
-    return config_labels(records)
+    every run carries one, else the comparison tables' short label; a suite label whose
+    runs are more than one configuration (an entry changed between runs) is followed by
+    the table's label, so no two configurations share a row."""
+    tables = config_labels(records)
+    if not (records and all(r.tags.get("suite.method") for r in records)):
+        return tables
+    configs: dict[str, set] = {}
+    for r in records:
+        configs.setdefault(r.tags["suite.method"], set()).add(method_config(r))
+    return {r.run_id: r.tags["suite.method"] + (f" {tables[r.run_id]}"
+                                                 if len(configs[r.tags["suite.method"]]) > 1
+                                                 else "") for r in records}
 
 
 def suite_rows(records: Sequence[RunRecord], metric: str) -> tuple[pd.DataFrame, list[str]]:
@@ -183,7 +191,10 @@ def study_lines(suite: Suite, records: Sequence[RunRecord]) -> list[str]:
            + "; time to it interpolated between the bracketing validations [before, after] "
            "(`bench.record.speedup.crossing`). Ratios are the other method's over "
            f"{ref}'s: above 1, {ref} is cheaper or faster; the ratio's range [lo, hi] "
-           "comes from the brackets.", ""]
+           "comes from the brackets."
+           + (" Shared by every method: " + ", ".join(f"{k}={v}" for k, v in
+                                                      sorted(suite.study.shared.items()))
+              + "." if suite.study.shared else ""), ""]
     fits = _untrained(records)
     if fits:
         out += [f"Not in the study: {', '.join(fits)} (no training steps: a closed-form fit "
