@@ -262,3 +262,9 @@ def test_a_label_over_two_configurations_gives_two_rows(tmp_path):
     md = write_suite_page(_suite(), recs, tmp_path)[0].read_text()
     assert "| interflow interflow[hidden=(16,16)] (exact) | 1 |" in md
     assert "| interflow interflow[hidden=(8,8)] (exact) | 2 |" in md
+
+
+def test_a_declared_dataset_without_runs_says_so(tmp_path):
+    recs = _grid({"interflow": ("interflow", 1.2)})  # the suite declares miniboone too
+    md = write_suite_page(_suite(), recs, tmp_path)[0].read_text()
+    assert "## miniboone\n\nNo finished run of this dataset in the records." in md

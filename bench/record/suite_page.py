@@ -216,7 +216,9 @@ def _header(suite: Suite) -> list[str]:
             f"- protocol: test likelihood by {p.solver} (rtol {p.rtol:g}, atol {p.atol:g}) "
             f"on {rows} test rows; sample metrics {'on' if p.sample_metrics else 'off'}",
             f"- methods: {methods}", f"- datasets: {', '.join(suite.datasets)}",
-            f"- seeds: {', '.join(str(s) for s in suite.seeds)}", "",
+            f"- seeds: {', '.join(str(s) for s in suite.seeds)}",
+            *([f"- set for every job: {', '.join(f'{k}={v}' for k, v in suite.sets)}"]
+              if suite.sets else []), "",
             f"Means are over seeds with a {LEVEL:.0%} confidence interval from Student's t "
             "distribution with n-1 degrees of freedom (n seeds); each run's own standard "
             "error is over its test rows. Kinds: **exact** likelihood, or a **bound**; "
@@ -240,7 +242,11 @@ def write_suite_page(suite: Suite, records: list[RunRecord], root: Path) -> list
     page = page_path(suite, root)
     shutil.rmtree(page.parent / suite.name, ignore_errors=True)
     lines, figures = _header(suite), []
-    for ds in sorted({r.dataset for r in runs}):
+    declared = {sel.split("[", 1)[0].strip() for sel in suite.datasets}
+    for ds in sorted({r.dataset for r in runs} | declared):
+        if not any(r.dataset == ds and r.status == "FINISHED" for r in runs):
+            lines += [f"## {ds}", "", "No finished run of this dataset in the records.", ""]
+            continue
         section, paths = _dataset_section(suite, ds, runs, root)
         lines += section
         figures += paths
