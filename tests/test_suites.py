@@ -247,15 +247,15 @@ def test_a_killed_suite_run_resumes_without_redoing_finished_jobs(tmp_path):
     status = _cli("suite", "status", "tiny", "--root", str(tmp_path), "--json")
     states = [j["state"] for j in json.loads(status.output)]
     assert states[0] == "done" and "left" in states and "done" not in states[1:]
-    res = _bench("suite", "run", "tiny", "--root", str(tmp_path), "-q")
-    assert res.returncode == 0, res.stderr
+    res = _cli("suite", "run", "tiny", "--root", str(tmp_path), "-q")
+    assert res.exit_code == 0, res.output
     runs = _store(tmp_path)
     finished = [r for r in runs if r.status == "FINISHED"]
     keys = [r.tags["job_key"] for r in finished]
     assert len(finished) == 3 and len(set(keys)) == 3
     first_key = first[0].tags["job_key"]
     assert [r.run_id for r in runs if r.tags["job_key"] == first_key] == [first[0].run_id]
-    assert "1 done" in res.stderr.splitlines()[0]
+    assert "suite tiny: 3 job(s), 1 done" in res.output
 
 
 FLAKY = '''
@@ -300,18 +300,18 @@ def test_failed_jobs_rerun_only_with_retry_failed(tmp_path):
     _suite(tmp_path, text=text)
     args = ("--plugins", str(tmp_path / "plugins"), "suite", "run", "tiny", "--root",
             str(tmp_path), "--data-dir", str(data), "-q")
-    res = _bench(*args)
-    assert res.returncode == 1 and "flaky: the data is broken" in res.stderr
-    status = _bench("--plugins", str(tmp_path / "plugins"), "suite", "status", "tiny",
-                    "--root", str(tmp_path), "--data-dir", str(data))
-    assert "1 done, 0 running, 1 failed, 0 killed, 0 left" in status.stdout
+    res = _cli(*args)
+    assert res.exit_code == 1 and "flaky: the data is broken" in res.output
+    status = _cli("--plugins", str(tmp_path / "plugins"), "suite", "status", "tiny",
+                  "--root", str(tmp_path), "--data-dir", str(data))
+    assert "1 done, 0 running, 1 failed, 0 killed, 0 left" in status.output
     assert "failed: InterFlow: interflow on flaky seed 0: flaky: the data is broken" \
-        in status.stdout
+        in status.output
     (data / "broken").unlink()
-    res = _bench(*args)
-    assert res.returncode == 1 and "1 failed (not rerun without --retry-failed)" in res.stderr
+    res = _cli(*args)
+    assert res.exit_code == 1 and "1 failed (not rerun without --retry-failed)" in res.output
     assert sum(r.status == "FAILED" for r in _store(tmp_path)) == 1
-    res = _bench(*args, "--retry-failed", "--jobs", "2")
+    res = _bench(*args, "--retry-failed", "--jobs", "2")  # worker processes
     assert res.returncode == 0, res.stderr
     runs = _store(tmp_path)
     assert [r.status for r in runs].count("FINISHED") == 2
