@@ -224,6 +224,20 @@ def test_plan_estimates_from_the_suites_records(tmp_path, monkeypatch):
     assert json.loads(res.output)[0]["estimate"] == plan["jobs"][0]["estimate"]
 
 
+def test_a_probe_measures_each_configuration_here_as_a_lower_bound(tmp_path):
+    """--probe runs each distinct configuration once (the three seeds share one) for a few
+    steps; the estimate is marked a lower bound and nothing is recorded in the store."""
+    _suite(tmp_path)
+    res = _cli("suite", "plan", "tiny", "--root", str(tmp_path), "--probe", "--json")
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.output)
+    per_step = {j["s_per_step"] for j in plan["jobs"]}
+    assert len(per_step) == 1 and per_step.pop() > 0  # one probe for the three seeds
+    assert all(j["basis"] == "1 run(s) probed on this machine"
+               and j["estimate"].startswith(">= ") for j in plan["jobs"])
+    assert not (tmp_path / "results" / "suites" / "tiny" / "store").exists()
+
+
 # -- run: resumable, retries, status --------------------------------------------------------
 def test_a_killed_suite_run_resumes_without_redoing_finished_jobs(tmp_path):
     """SIGKILL of the runner once its first job is FINISHED; the rerun skips that job
