@@ -60,6 +60,8 @@ def _data_status(entries) -> dict[str, str]:
             out[key] = f"present: {splits.provenance}"
         except (BenchError, OSError) as exc:
             out[key] = "missing: " + " ".join(str(exc).split())
+        except Exception as exc:  # noqa: BLE001 - a plug-in's own failure, said in one line
+            out[key] = f"unreadable: {type(exc).__name__}: " + " ".join(str(exc).split())
     return out
 
 
@@ -147,6 +149,8 @@ def run(ctx, name, launcher, parallel, retry_failed, quiet, root, data_dir):
     from bench.api import ConfigError
     from bench.launch.suites import run_suite, store_records, with_states
 
+    if launcher == "ray" and parallel != 1:
+        raise ConfigError("--jobs is for the local launcher (Ray schedules its own tasks)")
     s, entries = _load(ctx, name, root, data_dir)
     if entries and entries[0].job.device.startswith("cuda"):
         import torch
