@@ -156,8 +156,9 @@ def total(estimates: Sequence[Estimate]) -> float | None:
 
 def probe_records(jobs: Sequence[Job], steps: int = 5, rows: int = 64) -> list[RunRecord]:
     """One short run per distinct configuration of ``jobs`` on this machine: ``steps``
-    training steps, one validation and the test scoring of ``rows`` rows, in a temporary
-    folder, recorded nowhere. A configuration that fails to run gives no record."""
+    training steps, one validation (the job's rows) and the test scoring of ``rows`` rows,
+    in a temporary folder, recorded nowhere. A configuration that fails to run gives no
+    record."""
     from bench.harness.running.run import run_job
     from bench.harness.training.recorder import job_params
     from bench.record.memory import MemorySink
@@ -168,10 +169,10 @@ def probe_records(jobs: Sequence[Job], steps: int = 5, rows: int = 64) -> list[R
         if config in seen:
             continue
         seen.add(config)
-        b = job.budget  # the job's own rows where it sets them (else its estimate of
-        budget = dataclasses.replace(  # validations or test scoring stays unknown)
+        b = job.budget  # the job's own validation rows; ``rows`` test rows, scaled to the
+        budget = dataclasses.replace(  # job's when it sets them (else unknown: all rows)
             b, steps=steps, max_seconds=None, eval_every=steps, eval_at_seconds=(),
-            val_rows=b.val_rows or rows, test_rows=b.test_rows or rows)
+            test_rows=rows)
         probe = dataclasses.replace(job, budget=budget, work_dir=None, resume="never")
         record = run_job(probe, MemorySink())
         if record.status == "FINISHED":
