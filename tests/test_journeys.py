@@ -186,12 +186,13 @@ def _run(argv: list[str], work: Path, env: dict[str, str], what: str) -> str:
     return proc.stdout
 
 
-def _write_plugins(work: Path) -> list[tuple[str, str]]:
+def _write_plugins(work: Path, scorers: bool = False) -> list[tuple[str, str]]:
     """Every plug-in block of the pages, written where the page says it lives; returns
-    (kind, name) of each."""
+    (kind, name) of each. Scorers only when asked (their own journey): a scorer in the
+    folder would score every run of every other journey too."""
     out = []
     for b in ALL:
-        if b.lang == "python" and b.path:
+        if b.lang == "python" and b.path and (scorers or not b.path.startswith("scorers/")):
             m = re.search(r'name\s*=\s*"([^"]+)"', b.text)
             assert m, f"{b.id}: a plug-in block without a name"
             (work / b.path).parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +210,8 @@ def test_journey(block: Block, tmp_path):
     _write_plugins(work)  # the user has pasted the README's plug-ins (any page may use them)
     if block.lang == "python":
         if block.path:  # a plug-in: trained by bench run
-            kind, name = next(k for k in _write_plugins(work) if f"/{k[1]}." in block.path
+            kind, name = next(k for k in _write_plugins(work, block.path.startswith("scorers/"))
+                              if f"/{k[1]}." in block.path
                               or block.path.endswith(f"{k[1]}.py"))
             sel = {"methods": ["-m", name, "-d", "8gaussians"],
                    "datasets": ["-m", "gaussian_mle", "-d", name],
