@@ -28,31 +28,7 @@ import click
 
 from bench.api import ConfigError
 
-__all__ = ["config_option", "config_defaults", "selection_text"]
-
-
-def _value_text(value: Any) -> str:
-    """A setting as the selection grammar writes it: [16, 16] -> "(16,16)"."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return "(" + ",".join(_value_text(v) for v in value) + ")"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str) and "," in value:
-        return f'"{value}"'
-    return str(value)
-
-
-def selection_text(entry: Any, where: str) -> str:
-    """A selection from a string, or from a table ``{name = ..., param = value, ...}``."""
-    if isinstance(entry, str):
-        return entry
-    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise ConfigError(f"{where}: a selection is a string or a table with a name, got "
-                          f"{entry!r}")
-    params = [f"{k}={_value_text(v)}" for k, v in entry.items() if k != "name"]
-    return entry["name"] + (f"[{','.join(params)}]" if params else "")
+__all__ = ["config_option", "config_defaults"]
 
 
 def _keys(command: click.Command) -> dict[str, click.Option]:
@@ -74,19 +50,23 @@ def _long(opt: click.Option) -> str:
 
 
 def _option_value(opt: click.Option, value: Any, where: str) -> Any:
+    # the selection grammar's writer, shared with suite files (imported when a file is read:
+    # `bench --help` must not pay for the suites module)
+    from bench.harness.planning.suites import selection_text, value_text
+
     if opt.is_flag and isinstance(opt.flag_value, str):  # --resume / --fresh
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expects true or false, got {value!r}")
         return opt.flag_value if value else None
     if opt.name == "sets" and isinstance(value, dict):
-        return [f"{k}={_value_text(v)}" for k, v in value.items()]
+        return [f"{k}={value_text(v)}" for k, v in value.items()]
     if opt.name == "seeds" and isinstance(value, list):
         return ",".join(str(v) for v in value)
     if opt.multiple:
         items = value if isinstance(value, list) else [value]
         if opt.name in ("methods", "datasets"):
             return [selection_text(v, where) for v in items]
-        return [v if isinstance(v, str) else _value_text(v) for v in items]
+        return [v if isinstance(v, str) else value_text(v) for v in items]
     if isinstance(value, list | dict):
         raise ConfigError(f"{where}: expects one value, got {value!r}")
     return value
