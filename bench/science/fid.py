@@ -3,7 +3,8 @@ own code, written from its ``interpolate_compat_tensorflow``, ``feature_extracto
 ``metric_fid`` and ``metric_kid`` modules).
 
 Features: uint8 images (n, 3, H, W) -> float32 -> TF1 bilinear resize to 299 x 299
-(``align_corners=False``, no half-pixel centres) -> (x - 128) / 128 -> the TF
+(``align_corners=False``, no half-pixel centres; or clean-fid's PIL bicubic, a labelled
+choice: `bench.science.fid_resize`) -> (x - 128) / 128 -> the TF
 ``inception-2015-12-05`` network's 2048-d pool3 output. C = 1 is replicated to 3 channels
 (PIL's L -> RGB, as torch-fidelity reads grey files). Here the network is the TorchScript
 port in ``<data root>/fid/`` (pinned SHA-256), which takes the normalised 299 x 299 input.
@@ -32,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from bench.api.errors import ConfigError, DataError
+from bench.science.fid_resize import RESIZES, get_resize, tf1_bilinear_resize
 
-__all__ = ["FIDUnavailable", "INCEPTION_FILE", "INCEPTION_SHA256", "KID_SEED",
+__all__ = ["FIDUnavailable", "INCEPTION_FILE", "INCEPTION_SHA256", "KID_SEED", "RESIZES",
            "tf1_bilinear_resize", "InceptionFeatures", "find_inception", "feature_stats",
            "frechet_distance", "fid_from_features", "kid", "reference_features", "fid_kid"]
 
@@ -47,45 +48,11 @@ INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091
 #: torch-fidelity's default ``rng_seed`` (the KID subsets)
 KID_SEED = 2020
 INPUT_SIZE = 299
-RESIZE_RULE = "tf1-bilinear-299"
+RESIZE_RULE = RESIZES["tf1"].rule  # the default resize
 
 
 class FIDUnavailable(DataError):
     """FID cannot be computed here; the message says what to place where."""
-
-
-def tf1_bilinear_resize(x: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """TensorFlow 1.x ``resize_bilinear`` (align_corners=False, half_pixel_centers=False).
-
-    Output pixel i samples the input at s = i * (in / out) (scale rounded to float32, product
-    in ``x.dtype``), lo = floor(s), hi = min(lo + 1, in - 1), lerp a + (b - a) * frac: first
-    along the width, then the height, which is bit for bit torch-fidelity's
-    ``interpolate_bilinear_2d_like_tensorflow1x(..., align_corners=False, method="slow")``.
-
-    Args:
-        x: (N, C, H, W) floating point.
-        size: output (height, width), or one int for both.
-
-    Returns:
-        (N, C, *size) of ``x.dtype``.
-    """
-    if x.dim() != 4 or not torch.is_floating_point(x):
-        raise ValueError(f"expected a float (N, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
-    out_h, out_w = (size, size) if isinstance(size, int) else size
-
-    def axis(n_in: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
-        scale = torch.tensor(n_in / n_out, dtype=torch.float32, device=x.device)
-        pos = torch.arange(n_out, dtype=x.dtype, device=x.device) * scale
-        lo = pos.long()  # floor: pos >= 0
-        hi = (lo + 1).clamp_max(n_in - 1)
-        return lo, hi, pos - lo.float()
-
-    xlo, xhi, dx = axis(x.shape[3], out_w)
-    ylo, yhi, dy = axis(x.shape[2], out_h)
-    left = x.index_select(3, xlo)
-    rows = left + (x.index_select(3, xhi) - left) * dx.view(1, 1, 1, out_w)
-    top = rows.index_select(2, ylo)
-    return top + (rows.index_select(2, yhi) - top) * dy.view(1, 1, out_h, 1)
 
 
 def _sha256(path: Path) -> str:
@@ -134,11 +101,18 @@ class InceptionFeatures:
             switched off during the call. Features on another device differ by float
             rounding (~1e-6), and ``id`` does not name the device.
         sha256: the pinned hash; a file with another hash is refused.
+        resize: "tf1" (default) or "clean" (`bench.science.fid_resize`); named in ``id``.
+
+    Attributes:
+        id: network, hash prefix and resize rule (``...:<sha12>+tf1-bilinear-299``).
+        sha256: the file's SHA-256 (the pinned one). resize: the resize's name.
+        dim: the feature dimension (2048).
     """
 
     def __init__(self, path: Path | str | None = None, *, data_dir: Path | None = None,
                  batch_size: int = 64, device: str = "cpu",
-                 sha256: str = INCEPTION_SHA256) -> None:
+                 sha256: str = INCEPTION_SHA256, resize: str = "tf1") -> None:
+        self._resize = get_resize(resize)
         path = Path(path) if path is not None else find_inception(data_dir)
         if not path.is_file():
             raise FIDUnavailable(f"no FID Inception network at {path}")
@@ -153,7 +127,8 @@ class InceptionFeatures:
         with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript loading
             warnings.simplefilter("ignore", DeprecationWarning)
             self.net = torch.jit.load(str(path), map_location=self.device).eval()
-        self.id = f"inception-2015-12-05-pool3:{sha256[:12]}+{RESIZE_RULE}"
+        self.sha256, self.resize, self.dim = got, self._resize.name, 2048
+        self.id = f"inception-2015-12-05-pool3:{sha256[:12]}+{self._resize.rule}"
         self.images_seen = 0
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -171,7 +146,7 @@ class InceptionFeatures:
                     x = x.to(self.device).float()
                     if x.shape[1] == 1:
                         x = x.expand(-1, 3, -1, -1)
-                    x = (tf1_bilinear_resize(x, INPUT_SIZE) - 128) / 128
+                    x = (self._resize.fn(x, INPUT_SIZE) - 128) / 128
                     out[i:i + len(x)] = self.net(x).double().cpu().numpy()
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
