@@ -355,6 +355,7 @@ def test_cli_fid_json_matches_the_library(inception, proxy, proxy_features, tmp_
     assert out["fid"] == pytest.approx(fid.fid_from_features(a, b), rel=1e-4)
     assert (out["n_gen"], out["n_ref"], out["kid_subset_size"]) == (3, 3, 3)
     assert out["a_shape"] == [3, 32, 32] and out["feature_extractor"].startswith("inception")
+    assert out["resize"] == "tf1" and out["fid_from"] == "features"
     assert len(list((tmp_path / "cache").iterdir())) == 1  # B's features were cached
     text = CliRunner().invoke(fid_command, args[:-1], catch_exceptions=False).output
     assert text.startswith("FID ") and "KID " in text and "3 images" in text
@@ -369,4 +370,56 @@ def test_cli_fid_bad_input_is_one_error(tmp_path: Path) -> None:
                          ConfigError)]:
         res = CliRunner().invoke(fid_command, args)
         assert isinstance(res.exception, error), (args, res.exception)
+        assert "\n" not in str(res.exception)
+
+
+class FakeInception:
+    """A cheap stand-in for the Inception extractor in the command's tests: 8 deterministic
+    features per image, the labels statistics files carry (sha256, resize, dim, id)."""
+
+    def __init__(self, path=None, *, resize: str = "tf1", **_: object) -> None:
+        from bench.science.fid_resize import get_resize
+
+        self.path, self.sha256, self.dim = Path("fake.pt"), "f" * 64, 8
+        self.resize = get_resize(resize).name
+        self.id = f"fake:{self.sha256[:12]}+{get_resize(resize).rule}"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = images.reshape(len(images), -1).astype(np.float64)
+        return np.stack([x[:, k] + 0.1 * x[:, k + 1] * x[:, k + 2] / 255 for k in range(8)], 1)
+
+
+def test_cli_fid_save_stats_then_stats_as_b_and_capped_kid(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(fid, "InceptionFeatures", FakeInception)
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "a.npy", rng.integers(0, 256, (30, 1, 4, 4), dtype=np.uint8))
+    np.save(tmp_path / "b.npy", rng.integers(0, 200, (40, 1, 4, 4), dtype=np.uint8))
+    a, b, s = (str(tmp_path / n) for n in ("a.npy", "b.npy", "s.npz"))
+
+    def run(*args: str) -> dict:
+        res = CliRunner().invoke(fid_command, [*args, "--device", "cpu", "--json"],
+                                 catch_exceptions=False)
+        return json.loads(res.output)
+
+    full = run(a, b, "--save-stats", s)
+    assert full["fid_from"] == "features" and full["resize"] == "tf1"
+    assert full["kid_rows"] == [30, 40] and full["saved_stats"] == s
+    capped = run(a, b, "--max-feature-rows", "5")
+    assert capped["fid_from"] == "streamed statistics" and capped["kid_rows"] == [5, 5]
+    from_file = run(a, s)
+    assert from_file["fid_from"] == "streamed statistics" and from_file["n_ref"] == 40
+    assert from_file["kid"] is None and "statistics file" in from_file["kid_unavailable"]
+    # the routes differ by float64 rounding of the sums: ~n eps relative in the covariances,
+    # amplified at most by the condition number of S_a S_b in the eigenvalue roots; x 100
+    feats = [FakeInception()(np.load(p)) for p in (a, b)]
+    cond = np.linalg.cond(np.cov(feats[0], rowvar=False) @ np.cov(feats[1], rowvar=False))
+    tol = 100 * 40 * np.finfo(float).eps * cond * full["fid"]
+    assert abs(capped["fid"] - full["fid"]) <= tol and abs(from_file["fid"] - full["fid"]) <= tol
+    text = CliRunner().invoke(fid_command, [a, s], catch_exceptions=False).output
+    assert "KID not available" in text and "resize tf1" in text
+    for args, error, words in [([a, s, "--resize", "clean"], DataError, "resize"),
+                               ([a, b, "--resize", "bicubic"], ConfigError, "tf1, clean"),
+                               ([a, s, "--save-stats", s], ConfigError, "already")]:
+        res = CliRunner().invoke(fid_command, args)
+        assert isinstance(res.exception, error) and words in str(res.exception), args
         assert "\n" not in str(res.exception)

@@ -104,6 +104,9 @@ def test_stream_holds_one_chunk_and_keeps_the_first_rows() -> None:
     assert all_reduce(stats) is stats  # no process group: nothing
 
 
+MEASURE = {"max_rows": 200, "kid_subsets": 3, "kid_subset_size": 50}
+
+
 def _rank(rank: int, init: str, out: str) -> None:
     import torch.distributed as dist
 
@@ -116,8 +119,13 @@ def _rank(rank: int, init: str, out: str) -> None:
         lo, hi = shard(len(f), rank, 2)
         stats = all_reduce(FeatureStats(6).add(f[lo:hi]))
         s2, kept = sharded_features(_images(301), Stand(), keep_rows=200, chunk=64)
+        from bench.cli.fid import measure  # the command's sharded path, in-process
+
+        n_calls = len(calls)  # one per accumulator so far
+        res, _ = measure(_images(301), _images(157), None, Stand(), **MEASURE)
         np.savez(f"{out}-{rank}.npz", mean=stats.mean, cov=stats.cov, n=stats.n,
-                 mean2=s2.mean, cov2=s2.cov, kept=kept, calls=len(calls))
+                 mean2=s2.mean, cov2=s2.cov, kept=kept, calls=n_calls, fid=res["fid"],
+                 kid=res["kid"])
     finally:
         dist.all_reduce = real
         dist.destroy_process_group()
@@ -138,6 +146,13 @@ def test_two_gloo_ranks_give_the_one_shot_stats_on_both(tmp_path: Path, monkeypa
     mu, cov = fid.feature_stats(f)
     mean_tol, cov_tol = _bounds(f)
     one = stream_features(_images(301), Stand(), keep_rows=200)
+    from bench.cli.fid import measure
+
+    single, _ = measure(_images(301), _images(157), None, Stand(), **MEASURE)
+    # summation order differs: ~n eps relative in the covariances, amplified at most by the
+    # condition number of S_a S_b in the eigenvalue roots; x 100
+    sa, sb = one[0], stream_features(_images(157), Stand(), keep_rows=0)[0]
+    fid_tol = 100 * 301 * EPS * np.linalg.cond(sa.cov @ sb.cov) * single["fid"]
     for rank in (0, 1):
         with np.load(tmp_path / f"r-{rank}.npz") as z:
             assert z["n"] == 301 and int(z["calls"]) == 2  # one all_reduce per accumulator
@@ -146,6 +161,9 @@ def test_two_gloo_ranks_give_the_one_shot_stats_on_both(tmp_path: Path, monkeypa
             _, tol2 = _bounds(Stand()(_images(301)))
             assert np.all(np.abs(z["cov2"] - one[0].cov) <= tol2)
             assert np.array_equal(z["kept"], one[1])  # rows 0..199, across the shard edge
+            # `bench fid`'s path: KID from the same kept rows, FID from summed statistics
+            assert z["kid"] == single["kid"] and single["fid_from"] == "streamed statistics"
+            assert abs(z["fid"] - single["fid"]) <= fid_tol
 
 
 def test_stats_file_round_trip_and_refusals(tmp_path: Path) -> None:
