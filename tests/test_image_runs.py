@@ -21,7 +21,8 @@ INCEPTION = DATA / "fid" / "inception-2015-12-05-torchscript.pt"
 UNET = ("unet_ch=8,unet_ch_mult=(1,2),unet_num_res_blocks=1,unet_attn_resolutions=(),"
         "batch_size=8")
 FAST = ["--steps", "2", "--eval-every", "2", "--val-rows", "4", "--test-rows", "8",
-        "--fid-samples", "8", "--fid-ref-rows", "8", "--rtol", "1e-3", "--atol", "1e-3",
+        "--fid-samples", "8", "--fid-ref-rows", "8", "--fid-train-rows", "8", "--rtol", "1e-3",
+        "--atol", "1e-3",
         "--json", "-q"]
 
 pytestmark = pytest.mark.skipif(not INCEPTION.is_file() or not (DATA / "mnist").is_dir(),
@@ -52,13 +53,14 @@ def _png_size(uri: str) -> tuple[int, int]:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-@pytest.mark.parametrize("method, dataset, size", [
-    (f"interflow[{UNET}]", "cifar10", 32),
-    (f"ddpm[{UNET},T=100,sample_steps=20]", "mnist", 28),
-    (f"cnf[{UNET},train_atol=1e-3,train_rtol=1e-3]", "mnist", 28),
+@pytest.mark.parametrize("method, dataset, size, resize", [
+    (f"interflow[{UNET}]", "cifar10", 32, "clean"),
+    (f"ddpm[{UNET},T=100,sample_steps=20]", "mnist", 28, "tf1"),
+    (f"cnf[{UNET},train_atol=1e-3,train_rtol=1e-3]", "mnist", 28, "tf1"),
 ])
-def test_image_run_records_bpd_fid_kid_grid_and_epoch_cost(tmp_path, method, dataset, size):
-    r = _run(tmp_path, "-m", method, "-d", dataset, *FAST)
+def test_image_run_records_bpd_fid_kid_grid_and_epoch_cost(tmp_path, method, dataset, size,
+                                                          resize):
+    r = _run(tmp_path, "-m", method, "-d", dataset, *FAST, "--fid-resize", resize)
     m, tags = r.metrics, r.tags
     # bits/dim of the dequantized test images, labelled, on the rows scored
     assert 7.0 < m["test_bpd"] < 40.0  # an untrained model: above the uniform 8 bits/dim
@@ -70,6 +72,15 @@ def test_image_run_records_bpd_fid_kid_grid_and_epoch_cost(tmp_path, method, dat
     assert m["fid"] > 0 and m["fid_sampler_nfe"] >= 1 and "kid" in m
     assert tags["fid.reference"].startswith("test split:") and "first 8" in tags["fid.reference"]
     assert "inception-2015-12-05" in tags["fid.feature_extractor"]
+    # the resize, labelled on the run and in the extractor id
+    rule = {"tf1": "tf1-bilinear-299", "clean": "clean-pil-bicubic-299"}[resize]
+    assert tags["fid.resize"].startswith(f"{resize} ({rule})")
+    assert tags["fid.feature_extractor"].endswith("+" + rule)
+    # the feature metrics on the same features, memorisation against 8 training images
+    assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and 0 <= m["coverage"] <= 1
+    assert m["density"] >= 0 and m["memorisation_ratio"] > 0 and m["fid_n_train"] == 8
+    assert 0 <= m["memorisation_close_fraction"] <= 1 and m["quality_seconds"] > 0
+    assert "train split, first 8" in tags["memorisation.estimator"]
     # the samples grid: 64 images of size x size in 8 rows with 2-pixel padding
     grid = r.artifacts["samples.png"]
     side = 8 * size + 9 * 2
@@ -89,3 +100,12 @@ def test_fid_unavailable_records_the_reason_and_no_number(tmp_path, monkeypatch)
     assert "fid" not in r.metrics and "kid" not in r.metrics
     assert "inception" in r.tags["fid.unavailable"].lower()
     assert "samples.png" in r.artifacts  # the grid does not need the network
+    assert "precision" not in r.metrics and r.tags["fid.resize"].startswith("tf1")
+
+
+def test_bad_fid_resize_is_one_error_line(tmp_path):
+    res = CliRunner().invoke(main, ["run", "-m", f"interflow[{UNET}]", "-d", "mnist",
+                                    "--results-dir", str(tmp_path), *FAST,
+                                    "--fid-resize", "bicubic"])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == "error: --fid-resize must be tf1 or clean, got 'bicubic'"

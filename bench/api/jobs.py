@@ -115,6 +115,10 @@ class SampleEval:
         reference_rows: use only the first N images of the reference split (None: all).
         kid_subsets, kid_subset_size: KID's subsets (size clipped to the smaller set).
         grid: images in the samples grid PNG (0: none).
+        resize: the resize to the Inception input, "tf1" (TF1 bilinear, the published FIDs)
+            or "clean" (clean-fid's PIL bicubic); tagged ``fid.resize`` on every run.
+        train_rows: the first N training images whose features the memorisation check
+            compares samples with (0: no memorisation check).
     """
 
     samples: int | None = None
@@ -123,6 +127,8 @@ class SampleEval:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     grid: int = 64
+    resize: Literal["tf1", "clean"] = "tf1"
+    train_rows: int = 5000
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 0:
@@ -135,6 +141,10 @@ class SampleEval:
             raise ConfigError(f"--fid-ref-rows must be >= 2, got {self.reference_rows}")
         if self.kid_subsets < 1 or self.kid_subset_size < 2 or self.grid < 0:
             raise ConfigError("kid_subsets must be >= 1, kid_subset_size >= 2, grid >= 0")
+        if self.resize not in ("tf1", "clean"):
+            raise ConfigError(f"--fid-resize must be tf1 or clean, got {self.resize!r}")
+        if self.train_rows < 0:
+            raise ConfigError(f"--fid-train-rows must be >= 0, got {self.train_rows}")
 
     def n_samples(self, kind: str) -> int:
         """Generated images to score on data of this kind."""

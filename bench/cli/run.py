@@ -66,7 +66,8 @@ def _plan(registry, o: dict[str, Any]) -> list:
     from bench.harness.planning.plan import parse_seeds, parse_sets, plan_jobs
 
     sample_eval = SampleEval(samples=o["fid_samples"], reference=o["fid_ref"],
-                             reference_rows=o["fid_ref_rows"])
+                             reference_rows=o["fid_ref_rows"], resize=o["fid_resize"],
+                             train_rows=o["fid_train_rows"])
     execution = Execution(precision=o["precision"], channels_last=o["channels_last"],
                           compile=o["compile_"])
     solver = make_solver(o["solver"], o["rtol"], o["atol"], o["divergence"], o["probes"],

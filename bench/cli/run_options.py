@@ -71,6 +71,12 @@ scoring_options = option_group(
                  show_default=True, help="Split whose Inception features are FID's reference."),
     click.option("--fid-ref-rows", type=int, default=None,
                  help="Use the first N images of the reference split [default: all]."),
+    click.option("--fid-resize", default="tf1", show_default=True,
+                 help="Resize to the Inception input: tf1 (TF1 bilinear, the published "
+                      "FIDs) or clean (clean-fid's PIL bicubic)."),
+    click.option("--fid-train-rows", type=int, default=5000, show_default=True,
+                 help="Training images the memorisation check compares samples with "
+                      "(0: off)."),
     solver_options,
     click.option("--val-tol", type=float, default=DEFAULTS.val_tol, show_default=True,
                  help="rtol = atol of the validation solves (the early-stopping signal); the "

@@ -27,8 +27,8 @@ import numpy as np
 from bench.api.errors import DataError
 
 __all__ = ["FeatureStats", "STATS_FORMAT", "all_reduce", "fid_from_stats", "save_stats",
-           "load_stats", "is_stats_file", "shard", "stream_features", "sharded_features",
-           "cached_stats"]
+           "load_stats", "is_stats_file", "rank_world", "shard", "stream_features",
+           "sharded_features", "cached_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ def _write_npz(path: Path, **fields: np.ndarray) -> Path:
     return path
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, else (0, 1)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -185,7 +186,7 @@ def sharded_features(images: np.ndarray, extractor, keep_rows: int, chunk: int =
     first ``keep_rows`` rows of the whole set gathered in order (each rank sends only its
     rows below ``keep_rows``). Without a process group: `stream_features` of all images.
     Every rank returns the same result."""
-    rank, world = _rank_world()
+    rank, world = rank_world()
     start, stop = shard(len(images), rank, world)
     stats, kept = stream_features(images[start:stop], extractor, keep_rows, chunk, start)
     if world == 1:
