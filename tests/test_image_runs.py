@@ -21,8 +21,7 @@ INCEPTION = DATA / "fid" / "inception-2015-12-05-torchscript.pt"
 UNET = ("unet_ch=8,unet_ch_mult=(1,2),unet_num_res_blocks=1,unet_attn_resolutions=(),"
         "batch_size=8")
 FAST = ["--steps", "2", "--eval-every", "2", "--val-rows", "4", "--test-rows", "8",
-        "--fid-samples", "8", "--fid-ref-rows", "8", "--fid-train-rows", "8", "--rtol", "1e-3",
-        "--atol", "1e-3",
+        "--fid-samples", "8", "--fid-ref-rows", "8", "--rtol", "1e-3", "--atol", "1e-3",
         "--json", "-q"]
 
 pytestmark = pytest.mark.skipif(not INCEPTION.is_file() or not (DATA / "mnist").is_dir(),
@@ -53,14 +52,15 @@ def _png_size(uri: str) -> tuple[int, int]:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-@pytest.mark.parametrize("method, dataset, size, resize", [
-    (f"interflow[{UNET}]", "cifar10", 32, "clean"),
-    (f"ddpm[{UNET},T=100,sample_steps=20]", "mnist", 28, "tf1"),
-    (f"cnf[{UNET},train_atol=1e-3,train_rtol=1e-3]", "mnist", 28, "tf1"),
+@pytest.mark.parametrize("method, dataset, size, resize, train", [
+    (f"interflow[{UNET}]", "cifar10", 32, "clean", []),
+    (f"ddpm[{UNET},T=100,sample_steps=20]", "mnist", 28, "tf1", ["--fid-train-rows", "5"]),
+    (f"cnf[{UNET},train_atol=1e-3,train_rtol=1e-3]", "mnist", 28, "tf1",
+     ["--fid-train-rows", "0"]),
 ])
 def test_image_run_records_bpd_fid_kid_grid_and_epoch_cost(tmp_path, method, dataset, size,
-                                                          resize):
-    r = _run(tmp_path, "-m", method, "-d", dataset, *FAST, "--fid-resize", resize)
+                                                          resize, train):
+    r = _run(tmp_path, "-m", method, "-d", dataset, *FAST, "--fid-resize", resize, *train)
     m, tags = r.metrics, r.tags
     # bits/dim of the dequantized test images, labelled, on the rows scored
     assert 7.0 < m["test_bpd"] < 40.0  # an untrained model: above the uniform 8 bits/dim
@@ -76,11 +76,18 @@ def test_image_run_records_bpd_fid_kid_grid_and_epoch_cost(tmp_path, method, dat
     rule = {"tf1": "tf1-bilinear-299", "clean": "clean-pil-bicubic-299"}[resize]
     assert tags["fid.resize"].startswith(f"{resize} ({rule})")
     assert tags["fid.feature_extractor"].endswith("+" + rule)
-    # the feature metrics on the same features, memorisation against 8 training images
+    # the feature metrics on the same features, and the memorisation check against the
+    # first training images: by default min(5000, the 8 reference images); 0: off
     assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and 0 <= m["coverage"] <= 1
-    assert m["density"] >= 0 and m["memorisation_ratio"] > 0 and m["fid_n_train"] == 8
-    assert 0 <= m["memorisation_close_fraction"] <= 1 and m["quality_seconds"] > 0
-    assert "train split, first 8" in tags["memorisation.estimator"]
+    assert m["density"] >= 0 and m["quality_seconds"] > 0
+    if train == ["--fid-train-rows", "0"]:
+        assert "memorisation_ratio" not in m and "fid_n_train" not in m
+        assert tags["memorisation.skipped"] == "--fid-train-rows 0"
+    else:
+        n_train = 8 if not train else 5
+        assert m["memorisation_ratio"] > 0 and m["fid_n_train"] == n_train
+        assert 0 <= m["memorisation_close_fraction"] <= 1
+        assert f"train split, first {n_train} images" in tags["memorisation.estimator"]
     # the samples grid: 64 images of size x size in 8 rows with 2-pixel padding
     grid = r.artifacts["samples.png"]
     side = 8 * size + 9 * 2
@@ -103,9 +110,11 @@ def test_fid_unavailable_records_the_reason_and_no_number(tmp_path, monkeypatch)
     assert "precision" not in r.metrics and r.tags["fid.resize"].startswith("tf1")
 
 
-def test_bad_fid_resize_is_one_error_line(tmp_path):
+@pytest.mark.parametrize("args, error", [
+    (["--fid-resize", "bicubic"], "--fid-resize must be tf1 or clean, got 'bicubic'"),
+    (["--fid-train-rows", "-1"], "--fid-train-rows must be >= 0, got -1")])
+def test_bad_fid_options_are_one_error_line(tmp_path, args, error):
     res = CliRunner().invoke(main, ["run", "-m", f"interflow[{UNET}]", "-d", "mnist",
-                                    "--results-dir", str(tmp_path), *FAST,
-                                    "--fid-resize", "bicubic"])
+                                    "--results-dir", str(tmp_path), *FAST, *args])
     assert res.exit_code == 2, res.output
-    assert res.stderr.strip() == "error: --fid-resize must be tf1 or clean, got 'bicubic'"
+    assert res.stderr.strip() == f"error: {error}"

@@ -118,7 +118,8 @@ class SampleEval:
         resize: the resize to the Inception input, "tf1" (TF1 bilinear, the published FIDs)
             or "clean" (clean-fid's PIL bicubic); tagged ``fid.resize`` on every run.
         train_rows: the first N training images whose features the memorisation check
-            compares samples with (0: no memorisation check).
+            compares samples with (0: no memorisation check); None: min(5000, the
+            reference images), so a run with few reference images stays cheap.
     """
 
     samples: int | None = None
@@ -128,7 +129,7 @@ class SampleEval:
     kid_subset_size: int = 1000
     grid: int = 64
     resize: Literal["tf1", "clean"] = "tf1"
-    train_rows: int = 5000
+    train_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 0:
@@ -143,7 +144,7 @@ class SampleEval:
             raise ConfigError("kid_subsets must be >= 1, kid_subset_size >= 2, grid >= 0")
         if self.resize not in ("tf1", "clean"):
             raise ConfigError(f"--fid-resize must be tf1 or clean, got {self.resize!r}")
-        if self.train_rows < 0:
+        if self.train_rows is not None and self.train_rows < 0:
             raise ConfigError(f"--fid-train-rows must be >= 0, got {self.train_rows}")
 
     def n_samples(self, kind: str) -> int:

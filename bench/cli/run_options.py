@@ -74,9 +74,9 @@ scoring_options = option_group(
     click.option("--fid-resize", default="tf1", show_default=True,
                  help="Resize to the Inception input: tf1 (TF1 bilinear, the published "
                       "FIDs) or clean (clean-fid's PIL bicubic)."),
-    click.option("--fid-train-rows", type=int, default=5000, show_default=True,
+    click.option("--fid-train-rows", type=int, default=None,
                  help="Training images the memorisation check compares samples with "
-                      "(0: off)."),
+                      "(0: off) [default: min(5000, the reference images)]."),
     solver_options,
     click.option("--val-tol", type=float, default=DEFAULTS.val_tol, show_default=True,
                  help="rtol = atol of the validation solves (the early-stopping signal); the "

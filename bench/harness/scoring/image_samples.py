@@ -25,7 +25,8 @@ import torch
 from bench.api import BenchError, Method, SampleEval, Scores, Splits
 from bench.harness.scoring.cost import forward_calls, synchronize
 
-__all__ = ["generate", "image_scores", "fid_cache_dir", "SAMPLE_CHUNK", "FEATURE_ROWS"]
+__all__ = ["generate", "image_scores", "fid_cache_dir", "SAMPLE_CHUNK", "FEATURE_ROWS",
+           "TRAIN_ROWS"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 SAMPLE_CHUNK = 250
 #: features kept per set for KID and the feature metrics (the first rows; FID uses all)
 FEATURE_ROWS = 10000
+#: training images of the memorisation check when ``SampleEval.train_rows`` is None (at
+#: most as many as the reference images)
+TRAIN_ROWS = 5000
 
 
 def fid_cache_dir() -> Path:
@@ -89,7 +93,8 @@ def image_scores(method: Method, splits: Splits, cfg: SampleEval, work: Path, de
     if sink is not None:
         try:
             metrics, tags, f_ref = _fid(sink, nfe, splits, cfg)
-            metrics_q, tags_q = _quality(sink.features(), f_ref, sink.extractor, splits, cfg)
+            metrics_q, tags_q = _quality(sink.features(), f_ref, sink.extractor, splits, cfg,
+                                         int(metrics["fid_n_reference"]))
             out.metrics.update({**metrics, **metrics_q})
             out.tags.update({**tags, **tags_q})
             return out
@@ -210,18 +215,19 @@ def _fid(sink: _Features, nfe: float, splits: Splits, cfg: SampleEval
 
 
 def _quality(f_gen: np.ndarray, f_ref: np.ndarray, extractor, splits: Splits,
-             cfg: SampleEval) -> tuple[dict[str, float], dict[str, str]]:
+             cfg: SampleEval, n_ref: int) -> tuple[dict[str, float], dict[str, str]]:
     """Precision/recall, density/coverage and the memorisation check
     (`bench.science.image_quality.feature_metrics`) on the kept features, the training
-    split's first ``cfg.train_rows`` images as the training set (features cached); where
-    they cannot be computed, a tag says why."""
+    split's first ``cfg.train_rows`` images (None: min(`TRAIN_ROWS`, ``n_ref``)) as the
+    training set (features cached); where they cannot be computed, a tag says why."""
     from bench.data.imageset import to_uint8
     from bench.science.fid import reference_features
     from bench.science.image_quality import feature_metrics
 
     t0 = time.perf_counter()
     f_train, skipped, train_label = None, "", ""
-    rows = min(cfg.train_rows, splits.train.shape[0])
+    want = min(TRAIN_ROWS, n_ref) if cfg.train_rows is None else cfg.train_rows
+    rows = min(want, splits.train.shape[0])
     if cfg.reference == "train":
         skipped = "the reference is the train split: no held-out set"
     elif rows < 2:
