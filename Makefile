@@ -19,6 +19,9 @@ $(BIN)/bench: pyproject.toml
 	# without its dependencies, since PyPI's torchvision is a CUDA build that does not load
 	# with the CPU torch (bench.science.fid_tfidelity loads its Inception module alone)
 	$(BIN)/pip install --quiet --no-deps torch-fidelity==0.4.0
+	# clean-fid (MIT), whose PIL resize tests/test_fid_resize.py holds the "clean" resize
+	# against bit for bit: only cleanfid.resize is imported (torch, numpy, PIL), so no deps
+	$(BIN)/pip install --quiet --no-deps clean-fid==0.1.35
 	touch $(BIN)/bench
 
 setup: $(BIN)/bench

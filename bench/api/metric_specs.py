@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from bench.api.records import RunRecord
 from bench.api.scoring import MetricSpec, specs_from_tags
 
-__all__ = ["LIKELIHOOD_SPECS", "VECTOR_SAMPLE_SPECS", "IMAGE_SAMPLE_SPECS", "SAMPLING_SPECS",
-           "BUILTIN_SPECS", "HEADLINE", "specs_for", "headline"]
+__all__ = ["LIKELIHOOD_SPECS", "VECTOR_SAMPLE_SPECS", "IMAGE_QUALITY_SPECS", "IMAGE_SAMPLE_SPECS",
+           "SAMPLING_SPECS", "BUILTIN_SPECS", "HEADLINE", "specs_for", "headline"]
 
 LIKELIHOOD_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("test_nll", "nats", "lower", "likelihood", se=True, variants="likelihood",
@@ -48,12 +48,21 @@ _SAMPLE = "{} between model samples and test rows (vector data); .<sampler> per 
 _FLOOR = "{} between training rows and test rows: what sampling the data itself reaches"
 VECTOR_SAMPLE_SPECS: tuple[MetricSpec, ...] = (
     *(MetricSpec(name, "none", "lower", "estimate", se=True, variants="sampler",
-                 reference=f"{name}_floor", description=_SAMPLE.format(what))
+                 reference=f"{name}_floor", description=_SAMPLE.format(what),
+                 label="sample_metrics.estimator")
       for name, what in (("mmd2", "squared MMD (Gaussian kernel)"),
                          ("energy", "energy distance"),
                          ("swd", "sliced Wasserstein-2 distance"))),
     *(MetricSpec(f"{name}_floor", "none", "lower", "estimate", se=True,
-                 description=_FLOOR.format(name)) for name in ("mmd2", "energy", "swd")),
+                 description=_FLOOR.format(name), label="sample_metrics.floor")
+      for name in ("mmd2", "energy", "swd")),
+    MetricSpec("c2st", "accuracy", "lower", "estimate", se=True, variants="sampler",
+               reference="c2st_floor",
+               description="classifier two-sample test, model samples vs test rows: an MLP's "
+                           "cross-validated accuracy; 0.5 (indistinguishable) is the optimum, "
+                           "below 0.5 is noise, 1 = separated"),
+    MetricSpec("c2st_floor", "accuracy", "lower", "estimate", se=True,
+               description=_FLOOR.format("the C2ST accuracy") + " (about 0.5)"),
     MetricSpec("sample_metrics_n", "count", "", "count",
                description="rows per side of the sample metrics"),
     MetricSpec("sample_metrics_bandwidth", "none", "", "statistic",
@@ -61,13 +70,39 @@ VECTOR_SAMPLE_SPECS: tuple[MetricSpec, ...] = (
     *SAMPLING_SPECS,
 )
 
+#: precision/recall, density/coverage and memorisation of image runs
+#: (`bench.science.image_quality`, on Inception features)
+IMAGE_QUALITY_SPECS: tuple[MetricSpec, ...] = (
+    MetricSpec("precision", "fraction", "higher", "estimate", label="quality.estimator",
+               description="improved precision (k=3): generated images inside the reference "
+                           "features' k-NN support (fidelity)"),
+    MetricSpec("recall", "fraction", "higher", "estimate", label="quality.estimator",
+               description="improved recall (k=3): reference images inside the generated "
+                           "features' k-NN support (diversity)"),
+    MetricSpec("density", "none", "higher", "estimate", label="quality.estimator",
+               description="density (k=5): mean count of reference k-NN balls holding a "
+                           "generated image, over k (about 1 when the distributions match)"),
+    MetricSpec("coverage", "fraction", "higher", "estimate", label="quality.estimator",
+               description="coverage (k=5): reference images whose k-NN ball holds a "
+                           "generated image"),
+    MetricSpec("memorisation_ratio", "none", "higher", "estimate",
+               label="memorisation.estimator",
+               description="median distance of generated images to their nearest training "
+                           "image over the same median of held-out images (about 1 without "
+                           "copying, near 0 for copies)"),
+    MetricSpec("memorisation_close_fraction", "fraction", "lower", "estimate",
+               label="memorisation.estimator",
+               description="generated images closer to a training image than 99% of held-out "
+                           "images are (about 0.01 without copying)"),
+)
+
 IMAGE_SAMPLE_SPECS: tuple[MetricSpec, ...] = (
     *SAMPLING_SPECS,
     MetricSpec("samples_per_second", "samples/second", "higher", "cost",
                description="generated images per second"),
-    MetricSpec("fid", "none", "lower", "statistic", headline=True,
+    MetricSpec("fid", "none", "lower", "statistic", headline=True, label="fid.estimator",
                description="Frechet Inception distance of generated vs reference images"),
-    MetricSpec("kid", "none", "lower", "estimate", headline=True,
+    MetricSpec("kid", "none", "lower", "estimate", headline=True, label="fid.estimator",
                description="kernel Inception distance (unbiased, mean over subsets)"),
     MetricSpec("kid_std", "none", "", "statistic",
                description="standard deviation of KID over its subsets"),
@@ -78,6 +113,12 @@ IMAGE_SAMPLE_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("kid_subset_size", "count", "", "count", description="images per KID subset"),
     MetricSpec("fid_seconds", "seconds", "lower", "cost",
                description="wall-clock of the Inception features and FID/KID"),
+    MetricSpec("fid_n_train", "count", "", "count",
+               description="training images the memorisation check compares samples with"),
+    MetricSpec("quality_seconds", "seconds", "lower", "cost",
+               description="wall-clock of precision/recall, density/coverage and the "
+                           "memorisation check (with the training images' features)"),
+    *IMAGE_QUALITY_SPECS,
 )
 
 #: every built-in spec by name (one spec per name: the shared sampling specs once)

@@ -70,6 +70,9 @@ class MetricSpec:
         reference: the key of a reference figure tables show beside it (the truth
             ``true_test_nll``, a floor ``mmd2_floor``), "" for none.
         headline: tabulated in the report and printed in ``bench run``'s result line.
+        label: the run tag that says how the figure was estimated (``fid.estimator``,
+            ``sample_metrics.estimator``), printed beside it where a table shows an
+            estimator and the metric has no ``<key>.estimator`` tag of its own; "" for none.
     """
 
     name: str
@@ -82,6 +85,7 @@ class MetricSpec:
     variants: str = ""
     reference: str = ""
     headline: bool = False
+    label: str = ""
 
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name):

@@ -44,7 +44,7 @@ from bench.record.suite_reading import (
     suite_rows,
 )
 from bench.record.suite_stats import LEVEL, t_interval
-from bench.record.tables import TRUTH
+from bench.record.tables import FLOOR, TRUTH
 
 __all__ = ["write_suite_page", "page_path", "COMPUTE_METRICS"]
 
@@ -52,8 +52,10 @@ __all__ = ["write_suite_page", "page_path", "COMPUTE_METRICS"]
 #: test likelihood, sampling, FID): the harness records no other wall-clock
 COMPUTE_METRICS = ("train_seconds", "val_seconds", "eval_seconds", "sample_seconds",
                    "fid_seconds")
-#: besides the headline metrics, tabulated where recorded: the gap to a closed-form truth
-EXTRA_METRICS = ("test_nll_gap",)
+#: besides the headline metrics, tabulated where recorded: the gap to a closed-form truth,
+#: the sample metrics of vector data and the feature metrics of images
+EXTRA_METRICS = ("test_nll_gap", "mmd2", "swd", "c2st", "precision", "recall", "density",
+                 "coverage", "memorisation_ratio", "memorisation_close_fraction")
 
 
 def page_path(suite: Suite, root: Path) -> Path:
@@ -80,7 +82,7 @@ def _title(metric: str, specs: dict) -> str:
 
 def _metric_table(long: pd.DataFrame, col: str, metric: str, specs: dict) -> list[str]:
     """One dataset configuration's table of ``metric``: a row per configuration."""
-    part = long[(long["dataset"] == col) & (long["method"] != "truth")]
+    part = long[(long["dataset"] == col) & ~long["method"].isin(("truth", "floor"))]
     rows = []
     for row, g in sorted(part.groupby("row"), key=lambda kv: kv[0]):
         ci = t_interval(list(g["value"]))
@@ -89,12 +91,22 @@ def _metric_table(long: pd.DataFrame, col: str, metric: str, specs: dict) -> lis
                      "; ".join(sorted(set(g["estimator"])))])
     header = ["configuration (kind)", "seeds", "mean", f"{LEVEL:.0%} CI (t, n-1 dof)",
               "per run: value ± se over test rows", "estimator"]
-    out = [f"**{_title(metric, specs)}**", "", *_md(header, rows), ""]
+    variant = col.split(" [", 1)[1].rstrip("]") if " [" in col else ""
+    title = _title(metric, specs) + (f", sampler {variant}" if variant else "")
+    out = [f"**{title}**", "", *_md(header, rows), ""]
     truth = long[(long["dataset"] == col) & (long["row"] == TRUTH)]
     if not truth.empty:
         vals = sorted(set(truth["value"]))
         out += ["Truth (the dataset's closed-form density on the same test rows): "
                 + ", ".join(_f(v) for v in vals) + ".", ""]
+    floor = long[(long["dataset"] == col) & (long["row"] == FLOOR)]
+    if not floor.empty:
+        out += ["Floor (the same metric between training rows and the test rows, what "
+                "sampling the data itself reaches): "
+                + ", ".join(f"{_f(v)} ± {_f(se)}" if math.isfinite(se) else _f(v)
+                            for v, se in sorted(set(zip(floor["value"], floor["se"],
+                                                        strict=True))))
+                + ".", ""]
     desc = specs[metric].description if metric in specs else ""
     return out + ([f"{metric}: {desc}.", ""] if desc else [])
 
@@ -104,6 +116,18 @@ def _metrics(records: Sequence[RunRecord]) -> list[str]:
     specs = specs_for(fin)
     wanted = (*headline(specs), *EXTRA_METRICS)
     return [m for m in wanted if any(m in r.metrics for r in fin)]
+
+
+def _columns(long: pd.DataFrame) -> list[str]:
+    """A metric's columns (the dataset, then one per named sampler, ``8gaussians [ode]``),
+    without a sampler's column that only repeats the default one (the default sampler's
+    figures are recorded under both keys)."""
+    cols = sorted(set(long["dataset"]))
+    first = long[long["dataset"] == cols[0]]
+    seen = set(zip(first["run_id"], first["value"], strict=True))
+    return [cols[0]] + [c for c in cols[1:] if not set(zip(
+        long.loc[long["dataset"] == c, "run_id"], long.loc[long["dataset"] == c, "value"],
+        strict=True)) <= seen]
 
 
 def _dataset_section(suite: Suite, ds: str, records: Sequence[RunRecord], root: Path
@@ -123,7 +147,7 @@ def _dataset_section(suite: Suite, ds: str, records: Sequence[RunRecord], root: 
         notes += [n for n in more if n not in notes]
         if long.empty:
             continue
-        for col in sorted(set(long["dataset"])):
+        for col in _columns(long):
             out += _metric_table(long, col, metric, specs)
     out += [f"- note: {n}" for n in notes] + ([""] if notes else [])
     out += published_lines(ds, fin)

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from bench.api import DataError, RunRecord
-from bench.api.metric_specs import headline, specs_for
+from bench.api.metric_specs import BUILTIN_SPECS, headline, specs_for
+from bench.api.scoring import find_spec
 from bench.api.suites import Suite
 from bench.record import speedup
 from bench.record.configs import config_labels, method_config, newest_per_seed
@@ -28,9 +29,11 @@ INTERFLOW = "interflow"
 
 
 def _f(v: float) -> str:
-    """A number on the page: 3 decimals (4 significant digits past 1e6)."""
+    """A number on the page: 3 decimals (3 significant digits below 0.1, 4 past 1e6)."""
     if not math.isfinite(v):
         return "n/a"
+    if v != 0 and abs(v) < 0.1:
+        return f"{v:.3g}" if abs(v) >= 1e-4 else f"{v:.2e}"
     return f"{v:.3f}" if abs(v) < 1e6 else f"{v:.4g}"
 
 
@@ -71,15 +74,21 @@ def suite_rows(records: Sequence[RunRecord], metric: str) -> tuple[pd.DataFrame,
     ours = suite_labels(fin)
     specs = specs_for(fin)
     est: dict[tuple, str] = {}
+    # the label tag of the metric's spec (a record written before specs had labels: the
+    # built-in spec's)
+    label = next((s.label for s in (find_spec(metric, specs), find_spec(metric, BUILTIN_SPECS))
+                  if s is not None and s.label), "")
     for r in fin:
         for key, lik, _ in _family(r, metric, specs):
-            est[(r.run_id, float(r.metrics[key]))] = _tag(r, lik, "estimator") or "unrecorded"
+            est[(r.run_id, float(r.metrics[key]))] = (_tag(r, lik, "estimator")
+                                                       or r.tags.get(label) or "unrecorded")
     names, estimators, flows = [], [], []
     for row, run_id, value, method in zip(long["row"], long["run_id"], long["value"],
                                           long["method"], strict=True):
-        if method == "truth" or run_id not in tables:
+        if method in ("truth", "floor") or run_id not in tables:
             names.append(row)
-            estimators.append("closed-form density")
+            estimators.append("training rows vs test rows" if method == "floor"
+                              else "closed-form density")
         else:
             names.append(ours[run_id] + row[len(tables[run_id]):])
             estimators.append(est.get((run_id, float(value)), "unrecorded"))

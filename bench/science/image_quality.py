@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from bench.api.errors import DataError
-from bench.api.scoring import MetricSpec
+from bench.api.metric_specs import IMAGE_QUALITY_SPECS
 
 __all__ = ["K_PR", "K_DC", "MEM_QUANTILE", "IMAGE_QUALITY_SPECS", "knn_radii",
            "precision_recall", "density_coverage", "memorisation", "feature_metrics"]
@@ -41,28 +41,6 @@ K_DC = 5
 #: the held-out quantile of the memorisation check
 MEM_QUANTILE = 0.01
 _CHUNK_BYTES = 1 << 28
-
-IMAGE_QUALITY_SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("precision", "fraction", "higher", "estimate",
-               description="improved precision (k=3): generated images inside the reference "
-                           "features' k-NN support (fidelity)"),
-    MetricSpec("recall", "fraction", "higher", "estimate",
-               description="improved recall (k=3): reference images inside the generated "
-                           "features' k-NN support (diversity)"),
-    MetricSpec("density", "none", "higher", "estimate",
-               description="density (k=5): mean count of reference k-NN balls holding a "
-                           "generated image, over k (about 1 when the distributions match)"),
-    MetricSpec("coverage", "fraction", "higher", "estimate",
-               description="coverage (k=5): reference images whose k-NN ball holds a "
-                           "generated image"),
-    MetricSpec("memorisation_ratio", "none", "higher", "estimate",
-               description="median distance of generated images to their nearest training "
-                           "image over the same median of held-out images (about 1 without "
-                           "copying, near 0 for copies)"),
-    MetricSpec("memorisation_close_fraction", "fraction", "lower", "estimate",
-               description="generated images closer to a training image than 99% of held-out "
-                           "images are (about 0.01 without copying)"),
-)
 
 
 def _features(x: np.ndarray, what: str, least: int = 1) -> np.ndarray:

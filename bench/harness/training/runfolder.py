@@ -99,13 +99,24 @@ def job_key(job: Job) -> str:
             "dataset": job.dataset, "dataset_params": _plain(job.dataset_params),
             "seed": job.seed, "optim": _plain(job.optim), "budget": _plain(job.budget),
             "solver": _plain(job.solver), "execution": _plain(job.execution),
-            "sample_eval": _plain(job.sample_eval), "evaluate_test": job.evaluate_test,
+            "sample_eval": _since_v01(_plain(job.sample_eval)),
+            "evaluate_test": job.evaluate_test,
             "n_samples": job.n_samples,
             "sources": [plugin_sha256(job.method_cls), plugin_sha256(job.dataset_cls)]}
     if job.scorers:  # what is scored is part of the run (keys without plug-in scorers stay)
         spec["scorers"] = sorted(f"{c.name}:{plugin_sha256(c)}" for c in job.scorers)
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: SampleEval fields added after keys were first published, left out of the key at their
+#: defaults so that a run (or a suite's record) made before they existed keeps its key
+_ADDED_SAMPLE_EVAL = {"resize": "tf1", "train_rows": None}
+
+
+def _since_v01(sample_eval: dict) -> dict:
+    return {k: v for k, v in sample_eval.items()
+            if not (k in _ADDED_SAMPLE_EVAL and v == _ADDED_SAMPLE_EVAL[k])}
 
 
 def plugin_sha256(cls: type | None) -> str:
