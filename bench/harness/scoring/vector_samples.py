@@ -3,14 +3,18 @@ method's default sampler and of each named sampler (the optional ``method.sample
 ``{name: callable(n) -> (n, *event_shape) samples}``, e.g. ``{"ode": ..., "sde": ...}``),
 each compared with the TEST split by MMD^2, the energy distance and the sliced
 Wasserstein-2 distance, with standard errors (definitions in `bench.science.sample_metrics`),
-and the same three between n training rows and the test rows: the floor a model that
-samples the data distribution itself would reach at this n.
+and by the classifier two-sample test on at most `bench.science.c2st.MAX_ROWS` of those rows
+per side (`bench.science.c2st`: an MLP's cross-validated accuracy, 0.5 = indistinguishable),
+and the same four between training rows and the test rows: the floor a model that samples
+the data distribution itself would reach at this n.
 
-Recorded metrics: ``mmd2``, ``energy``, ``swd`` (default sampler), ``<metric>.<sampler>`` for
-each named one, ``<metric>_floor``, each with ``<key>_se``; ``sample_metrics_n`` (rows per
-side), ``sample_metrics_bandwidth``, ``sample_seconds[.<sampler>]`` and
-``sample_nfe[.<sampler>]`` (forward calls of ``method.modules()`` per sampling call). Tags
-``sample_metrics.kernel``, ``.bandwidth_rule``, ``.reference``, ``.estimator``, ``.floor``;
+Recorded metrics: ``mmd2``, ``energy``, ``swd``, ``c2st`` (default sampler),
+``<metric>.<sampler>`` for each named one, ``<metric>_floor``, each with ``<key>_se``;
+``sample_metrics_n`` (rows per side), ``sample_metrics_bandwidth``,
+``sample_seconds[.<sampler>]`` and ``sample_nfe[.<sampler>]`` (forward calls of
+``method.modules()`` per sampling call). Tags
+``sample_metrics.kernel``, ``.bandwidth_rule``, ``.reference``, ``.estimator``, ``.floor``,
+``.c2st`` (classifier, folds, normalisation, rows per side);
 ``sample_metrics[.<sampler>].skipped`` with the reason where a sampler cannot be scored
 (never a number then).
 """
@@ -25,6 +29,7 @@ import torch
 
 from bench.api import ContractError, Method, Splits
 from bench.harness.scoring.cost import forward_calls, synchronize
+from bench.science import c2st as c2
 from bench.science import sample_metrics as sm
 
 __all__ = ["score_samples", "sample_scores"]
@@ -104,12 +109,15 @@ def sample_scores(method: Method, splits: Splits, *, n: int | None = None, seed:
                                     + (" (seeded subset)" if rows < test.shape[0] else ""),
         "sample_metrics.kernel": sm.KERNEL, "sample_metrics.bandwidth_rule": sm.BANDWIDTH_RULE,
         "sample_metrics.estimator": sm.ESTIMATOR})
+    c2st_rows = _c2st_rows(rows)
+    tags["sample_metrics.c2st"] = (
+        f"{c2.CLASSIFIER}; {c2st_rows} rows per side" if c2st_rows else
+        f"not scored: {rows} rows per side, at least {2 * c2.FOLDS} needed")
     metrics.update({"sample_metrics_n": float(rows), "sample_metrics_bandwidth": bandwidth})
     n_floor = min(rows, splits.train.shape[0])
     if n_floor >= 4:
         train = _subset(splits.train.reshape(splits.train.shape[0], -1).double(), n_floor, gen)
-        _put(metrics, "_floor", sm.two_sample_scores(train, ref[:n_floor], bandwidth,
-                                                     seed=seed))
+        _put(metrics, "_floor", _scores(train, ref[:n_floor], bandwidth, seed))
         tags["sample_metrics.floor"] = (f"{n_floor} training rows vs {n_floor} reference rows "
                                         "(the same metrics, data against data)")
     samplers, default = _samplers(method)
@@ -123,6 +131,23 @@ def sample_scores(method: Method, splits: Splits, *, n: int | None = None, seed:
         _alias_default(default, metrics, tags)
     log.debug("sample metrics of %s: %s", type(method).__name__, metrics)
     return metrics, tags
+
+
+def _c2st_rows(rows: int) -> int:
+    """Rows per side the C2ST scores (at most ``c2.MAX_ROWS``), 0 when too few."""
+    rows = min(rows, c2.MAX_ROWS)
+    return rows if rows >= 2 * c2.FOLDS else 0
+
+
+def _scores(x: torch.Tensor, ref: torch.Tensor, bandwidth: float,
+            seed: int) -> dict[str, sm.Estimate]:
+    """MMD^2, energy and SW2 of equal-size x and ref, and the C2ST of their first
+    `_c2st_rows` rows (none when too few)."""
+    out = sm.two_sample_scores(x, ref, bandwidth, seed=seed)
+    rows = _c2st_rows(x.shape[0])
+    if rows:
+        out["c2st"] = c2.c2st(x[:rows], ref[:rows], seed=seed)
+    return out
 
 
 def _put(metrics: dict[str, float], suffix: str, scores: dict[str, sm.Estimate]) -> None:
@@ -165,7 +190,7 @@ def _score_sampler(suffix: str, fn: Callable[[int], torch.Tensor], ref: torch.Te
     if bad:
         tags[f"sample_metrics{suffix}.skipped"] = f"{bad} of {rows} samples not finite"
         return
-    _put(metrics, suffix, sm.two_sample_scores(x, ref, bandwidth, seed=seed))
+    _put(metrics, suffix, _scores(x, ref, bandwidth, seed))
 
 
 def _alias_default(default: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
