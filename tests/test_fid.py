@@ -423,3 +423,30 @@ def test_cli_fid_save_stats_then_stats_as_b_and_capped_kid(tmp_path: Path, monke
         res = CliRunner().invoke(fid_command, args)
         assert isinstance(res.exception, error) and words in str(res.exception), args
         assert "\n" not in str(res.exception)
+
+
+def test_cli_fid_reports_precision_recall_and_flags_a_copied_training_subset(tmp_path: Path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(fid, "InceptionFeatures", FakeInception)
+    rng = np.random.default_rng(4)
+    train = rng.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "t.npy", train)
+    np.save(tmp_path / "copies.npy", train[:20])
+    np.save(tmp_path / "b.npy", rng.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8))
+    t, copies, b = (str(tmp_path / n) for n in ("t.npy", "copies.npy", "b.npy"))
+
+    def run(*args: str) -> dict:
+        res = CliRunner().invoke(fid_command, [*args, "--device", "cpu", "--json"],
+                                 catch_exceptions=False)
+        return json.loads(res.output)
+
+    res = run(copies, b, "--train", t)
+    # every copy is at distance 0 from the training set: below any held-out quantile
+    assert res["memorisation_close_fraction"] == 1.0 and res["memorisation_ratio"] == 0.0
+    assert res["labels"]["memorisation.verdict"].startswith("flagged")
+    assert all(0 <= res[k] <= 1 for k in ("precision", "recall", "coverage"))
+    honest = run(b, t)  # no --train: the four feature metrics, no memorisation check
+    assert "memorisation_ratio" not in honest and "precision" in honest
+    assert honest["labels"]["memorisation.skipped"] == "no --train images given"
+    text = CliRunner().invoke(fid_command, [copies, b, "--train", t]).output
+    assert "precision" in text and "memorisation: ratio 0.0000, flagged" in text

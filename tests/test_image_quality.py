@@ -123,3 +123,9 @@ def test_bad_feature_sets_are_one_line_errors():
         iq.precision_recall(x[:3], x)
     with pytest.raises(DataError, match="finite"):
         iq.density_coverage(np.full((10, 4), np.nan), x)
+
+
+def test_too_few_rows_are_skipped_with_the_reason():
+    x, _ = _modes(2, 2, 8, 10)  # 4 rows: density/coverage need k + 1 = 6
+    metrics, tags = iq.feature_metrics(x, x, x)
+    assert metrics == {} and "at least 6 each" in tags["quality.skipped"]

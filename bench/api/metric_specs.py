@@ -57,12 +57,13 @@ VECTOR_SAMPLE_SPECS: tuple[MetricSpec, ...] = (
                  description=_FLOOR.format(name), label="sample_metrics.floor")
       for name in ("mmd2", "energy", "swd")),
     MetricSpec("c2st", "accuracy", "lower", "estimate", se=True, variants="sampler",
-               reference="c2st_floor",
+               reference="c2st_floor", label="sample_metrics.c2st",
                description="classifier two-sample test, model samples vs test rows: an MLP's "
                            "cross-validated accuracy; 0.5 (indistinguishable) is the optimum, "
                            "below 0.5 is noise, 1 = separated"),
     MetricSpec("c2st_floor", "accuracy", "lower", "estimate", se=True,
-               description=_FLOOR.format("the C2ST accuracy") + " (about 0.5)"),
+               description=_FLOOR.format("the C2ST accuracy") + " (about 0.5)",
+               label="sample_metrics.floor"),
     MetricSpec("sample_metrics_n", "count", "", "count",
                description="rows per side of the sample metrics"),
     MetricSpec("sample_metrics_bandwidth", "none", "", "statistic",

@@ -62,9 +62,12 @@ def _positive(name: str, value: int, least: int = 1) -> None:
 @click.option("--max-feature-rows", type=int, default=10000, show_default=True,
               help="Features kept per set for KID: the first N rows (FID uses every image, "
                    "through streamed statistics).")
+@click.option("--train", "set_train", default=None, metavar="SET",
+              help="The training images of the model that made A: the memorisation check "
+                   "compares A's nearest-training-image distances with B's (B held out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
 def fid(set_a, set_b, inception, data_dir, batch_size, device, kid_subsets, kid_subset_size,
-        seed, cache_dir, resize, save_stats, max_feature_rows, as_json):
+        seed, cache_dir, resize, save_stats, max_feature_rows, set_train, as_json):
     """FID and KID between image sets A (generated) and B (reference, or a statistics file
     written by --save-stats: then FID only). Under torchrun each rank takes a contiguous
     shard of A and B and rank 0 prints."""
@@ -82,6 +85,7 @@ def fid(set_a, set_b, inception, data_dir, batch_size, device, kid_subsets, kid_
         raise ConfigError(f"--save-stats: B ({set_b}) is already a statistics file")
     a = read_image_set(set_a)
     b = None if b_is_stats else read_image_set(set_b)
+    train = read_image_set(set_train) if set_train is not None else None
     if b is not None and a.shape[2:] != b.shape[2:]:
         log.warning("A is %sx%s, B is %sx%s: both are resized to 299x299",
                     *a.shape[2:], *b.shape[2:])
@@ -90,7 +94,7 @@ def fid(set_a, set_b, inception, data_dir, batch_size, device, kid_subsets, kid_
     t0 = time.perf_counter()
     res, stats_b = measure(a, b, b_stats, extractor, max_rows=max_feature_rows,
                            kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed,
-                           cache_dir=cache_dir)
+                           cache_dir=cache_dir, train=train)
     if rank != 0:
         return
     if save_stats is not None:
@@ -122,12 +126,15 @@ def _extractor(inception, data_dir, batch_size: int, device: str, resize: str):
 
 
 def measure(a, b, b_stats, extractor, *, max_rows: int = 10000, kid_subsets: int = 100,
-            kid_subset_size: int = 1000, seed: int = 2020, cache_dir: Path | None = None):
+            kid_subset_size: int = 1000, seed: int = 2020, cache_dir: Path | None = None,
+            train=None):
     """FID (every image, from streamed `FeatureStats`; sharded over the ranks of an
     initialised process group) and KID (the first ``max_rows`` features of each set) of
     uint8 sets ``a`` and ``b``, or of ``a`` and loaded statistics ``b_stats`` (then KID is
     not available, and says why). With every feature kept, FID comes from the features
     (`fid_from_features`: the same number, exact where covariances are rank-deficient).
+    Precision/recall, density/coverage and, with ``train`` images, the memorisation check
+    (`bench.science.image_quality`) use the same kept features.
 
     Returns:
         (result dict, B's statistics). Every rank returns the same.
@@ -154,11 +161,25 @@ def measure(a, b, b_stats, extractor, *, max_rows: int = 10000, kid_subsets: int
     if fb is None:
         res.update({"kid": None, "kid_std": None, "kid_subset_size": None,
                     "kid_unavailable": "B is a statistics file: KID needs features"})
+        res["quality_unavailable"] = "B is a statistics file: these need features"
         return res, sb
     m = min(int(kid_subset_size), len(fa), len(fb))
     res["kid"], res["kid_std"] = science.kid(fa, fb, kid_subsets, m, seed)
     res.update({"kid_subset_size": m, "kid_rows": [len(fa), len(fb)]})
+    res.update(_quality(fa, fb, train, extractor, max_rows))
     return res, sb
+
+
+def _quality(fa, fb, train, extractor, max_rows: int) -> dict:
+    """Precision, recall, density, coverage (and memorisation against ``train``) of the
+    kept features, with their labels (``labels``)."""
+    from bench.science import fid_stats
+    from bench.science.image_quality import feature_metrics
+
+    ft = fid_stats.sharded_features(train, extractor, max_rows)[1] if train is not None else None
+    metrics, labels = feature_metrics(fa, fb, ft, ref_label="B", train_label="--train",
+                                      skipped="no --train images given")
+    return {**metrics, "labels": labels}
 
 
 def _print(res: dict, as_json: bool) -> None:
@@ -178,6 +199,15 @@ def _print(res: dict, as_json: bool) -> None:
         click.echo(f"KID {res['kid']:.6f} +- {res['kid_std']:.6f}  ({res['kid_subsets']} "
                    f"subsets of {res['kid_subset_size']}, seed {res['kid_seed']}; unbiased "
                    f"MMD^2, polynomial kernel (x.y/d + 1)^3{capped})")
+    if "precision" in res:
+        click.echo(f"precision {res['precision']:.4f}  recall {res['recall']:.4f}  density "
+                   f"{res['density']:.4f}  coverage {res['coverage']:.4f}  "
+                   f"({res['labels']['quality.estimator']})")
+        mem = res["labels"].get("memorisation.verdict")
+        click.echo(f"memorisation: ratio {res['memorisation_ratio']:.4f}, {mem}" if mem else
+                   f"memorisation: not checked ({res['labels']['memorisation.skipped']})")
+    elif "labels" in res:
+        click.echo(f"precision/recall not computed: {res['labels']['quality.skipped']}")
     click.echo(f"features: {res['feature_extractor']} on {res['device']}, resize "
                f"{res['resize']} ({res['seconds']:.1f} s)")
     if res.get("saved_stats"):

@@ -152,16 +152,23 @@ def memorisation(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray,
 
 
 def feature_metrics(f_gen: np.ndarray, f_ref: np.ndarray, f_train: np.ndarray | None = None,
-                    *, ref_label: str = "reference", train_label: str = "train"
+                    *, ref_label: str = "reference", train_label: str = "train",
+                    skipped: str = "no held-out reference (the reference is the train split)"
                     ) -> tuple[dict[str, float], dict[str, str]]:
     """Precision, recall, density and coverage of generated vs reference features, and the
     memorisation check against ``f_train`` with the reference as the held-out set (pass
-    ``f_train=None`` when the reference is the training split itself: then it is skipped,
-    and a tag says why).
+    ``f_train=None`` when the reference is the training split itself or there is no
+    training set: then it is skipped, and the tag ``memorisation.skipped`` says ``skipped``).
 
     Returns:
-        (metrics, tags) in the names of `IMAGE_QUALITY_SPECS`.
+        (metrics, tags) in the names of `IMAGE_QUALITY_SPECS`; with at most
+        max(`K_PR`, `K_DC`) rows in a set, none, and the tag ``quality.skipped`` says why.
     """
+    n_min = min(len(f_gen), len(f_ref))
+    if n_min <= max(K_PR, K_DC):
+        return {}, {"quality.skipped": f"{len(f_gen)} generated and {len(f_ref)} {ref_label} "
+                                       f"feature vectors: at least {max(K_PR, K_DC) + 1} each "
+                                       "needed"}
     precision, recall = precision_recall(f_ref, f_gen, K_PR)
     density, coverage = density_coverage(f_ref, f_gen, K_DC)
     metrics = {"precision": precision, "recall": recall, "density": density,
@@ -172,7 +179,7 @@ def feature_metrics(f_gen: np.ndarray, f_ref: np.ndarray, f_train: np.ndarray | 
         f"coverage (Naeem et al. 2020, k={K_DC}) of {n_gen} generated vs {n_ref} {ref_label} "
         "feature vectors (all four move with n: compare at equal n)")}
     if f_train is None:
-        tags["memorisation.skipped"] = "no held-out reference (the reference is the train split)"
+        tags["memorisation.skipped"] = skipped
         return metrics, tags
     mem = memorisation(f_gen, f_train, f_ref, MEM_QUANTILE)
     metrics.update({"memorisation_ratio": mem["ratio"],

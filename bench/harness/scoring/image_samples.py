@@ -244,7 +244,7 @@ def _quality(f_gen: np.ndarray, f_ref: np.ndarray, extractor, splits: Splits,
         return {}, {"quality.unavailable": _reason(exc)}
     if skipped:
         tags["memorisation.skipped"] = skipped
-    else:
+    elif "memorisation_ratio" in metrics:
         metrics["fid_n_train"] = float(rows)
     metrics["quality_seconds"] = time.perf_counter() - t0
     return metrics, tags
