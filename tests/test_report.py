@@ -73,6 +73,9 @@ def test_report_links_tables_and_header(store, tmp_path):
             "gaussian_mle (exact)", "truth (closed form)"} <= set(rows)
     assert "- runs: 5 (5 FINISHED), and 1 speed-up study" in md
     assert "synthetic test (300 rows)" in md  # the split each number was scored on
+    # the sample-quality figures after the headline ones: C2ST with its floor row
+    c2st = md.split("### c2st")[1].split("\n\n")[1]
+    assert "interflow" in c2st and "floor (train vs test rows)" in c2st
     assert "## Speed-up study" in md and "## Cost per iteration" in md
     assert len(re.findall(r"\(speed-up study\) *\| FINISHED", md)) == 2
     # a second report into the same folder leaves no stale image behind

@@ -17,6 +17,7 @@ from bench.api import DataError, RunRecord
 from bench.api.suites import Suite, SuiteBudget, SuiteProtocol, SuiteStudy
 from bench.record.suite_page import page_path, write_suite_page
 from bench.record.suite_plots import seed_band
+from bench.record.suite_reading import _f
 from bench.record.suite_stats import pair_speedup, t_interval, welch_interval
 
 EXACT = "ode dopri5 rtol=1e-05 atol=1e-05 div=exact"
@@ -141,8 +142,9 @@ def test_table_labels_interval_and_per_run_se(tmp_path):
     assert "95% CI (t, n-1 dof)" in md and "Student's t" in md
     ci = t_interval([1.2, 1.21, 1.22])
     row = next(line for line in md.splitlines() if line.startswith("| interflow (exact) |"))
-    assert f"| 3 | {ci.mean:.3f} | [{ci.lo:.3f}, {ci.hi:.3f}] |" in row
-    assert "s0: 1.200 ± 0.010; s1: 1.210 ± 0.010; s2: 1.220 ± 0.010" in row
+    assert f"| 3 | {_f(ci.mean)} | [{_f(ci.lo)}, {_f(ci.hi)}] |" in row
+    # 3 decimals, and 3 significant digits below 0.1 (a standard error of 0.01)
+    assert "s0: 1.200 ± 0.0100; s1: 1.210 ± 0.0100; s2: 1.220 ± 0.0100" in row
     assert EXACT in row
     bound = next(line for line in md.splitlines() if line.startswith("| ddpm (bound) |"))
     assert ELBO in bound
@@ -159,8 +161,8 @@ def test_reading_says_where_interflow_is_not_better(tmp_path):
                           tmp_path / "w")[0].read_text()
     d = welch_interval([1.1, 1.11, 1.12], [1.2, 1.21, 1.22])
     assert (f"On 8gaussians, cnf (exact)'s test_nll is lower than the best InterFlow "
-            f"configuration's (interflow (exact)) by {abs(d.mean):.3f} nats") in md
-    assert f"[{d.lo:.3f}, {d.hi:.3f}]" in md
+            f"configuration's (interflow (exact)) by {_f(abs(d.mean))} nats") in md
+    assert f"[{_f(d.lo)}, {_f(d.hi)}]" in md
     better = _grid({"interflow": ("interflow", 1.2), "cnf": ("cnf", 1.3)})
     md = write_suite_page(_suite(), better, tmp_path / "b")[0].read_text()
     assert "is lower than the best InterFlow" not in md

@@ -14,7 +14,8 @@ from bench.api.records import RunRecord
 from bench.api.scoring import MetricSpec, specs_from_tags
 
 __all__ = ["LIKELIHOOD_SPECS", "VECTOR_SAMPLE_SPECS", "IMAGE_QUALITY_SPECS", "IMAGE_SAMPLE_SPECS",
-           "SAMPLING_SPECS", "BUILTIN_SPECS", "HEADLINE", "specs_for", "headline"]
+           "SAMPLING_SPECS", "TRAINING_SPECS", "BUILTIN_SPECS", "QUALITY", "HEADLINE",
+           "specs_for", "headline"]
 
 LIKELIHOOD_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("test_nll", "nats", "lower", "likelihood", se=True, variants="likelihood",
@@ -122,9 +123,21 @@ IMAGE_SAMPLE_SPECS: tuple[MetricSpec, ...] = (
     *IMAGE_QUALITY_SPECS,
 )
 
+#: figures of the training loop that tables and suite pages show (not a scorer's)
+TRAINING_SPECS: tuple[MetricSpec, ...] = (
+    MetricSpec("steps_done", "steps", "", "count",
+               description="optimiser steps taken within the training budget (at equal "
+                           "wall-clock, what a method's per-step cost leaves it)"),
+)
+
 #: every built-in spec by name (one spec per name: the shared sampling specs once)
 BUILTIN_SPECS: dict[str, MetricSpec] = {
-    s.name: s for s in LIKELIHOOD_SPECS + VECTOR_SAMPLE_SPECS + IMAGE_SAMPLE_SPECS}
+    s.name: s for s in LIKELIHOOD_SPECS + VECTOR_SAMPLE_SPECS + IMAGE_SAMPLE_SPECS
+    + TRAINING_SPECS}
+#: the sample-quality figures the report and the suite pages tabulate after the headline
+#: ones, where runs recorded them
+QUALITY: tuple[str, ...] = ("mmd2", "swd", "c2st", "precision", "recall", "density",
+                            "coverage", "memorisation_ratio", "memorisation_close_fraction")
 #: the headline metrics, in the order the report and the result line show them
 HEADLINE: tuple[str, ...] = tuple(s.name for s in BUILTIN_SPECS.values() if s.headline)
 

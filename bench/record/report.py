@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from bench.api import ConfigError, DataError, RunRecord
-from bench.api.metric_specs import HEADLINE, headline, specs_for
+from bench.api.metric_specs import HEADLINE, QUALITY, headline, specs_for
 from bench.api.records import Source
 from bench.record import speedup
 from bench.record.report_plots import (
@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 #: per-step series the report draws (with those of the speed-up study)
 HISTORY = ("val_nll", "train_seconds_at_eval", "step_seconds")
 #: the built-in metrics tabulated when any finished run recorded them; with them, every
-#: metric whose spec the runs carry says ``headline`` (a plug-in scorer's)
+#: metric whose spec the runs carry says ``headline`` (a plug-in scorer's), then the
+#: sample-quality figures (`bench.api.metric_specs.QUALITY`)
 METRICS = HEADLINE
 
 
@@ -180,7 +181,7 @@ def _tables(records: Sequence[RunRecord]) -> list[str]:
     records = [r for r in records if r.run_id not in study_kids]  # they have their section
     out = ["## Comparison tables", ""]
     specs = specs_for(r for r in records if r.status == "FINISHED")
-    for metric in headline(specs):
+    for metric in (*headline(specs), *QUALITY):
         if not any(metric in r.metrics for r in records if r.status == "FINISHED"):
             continue
         try:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.api import DataError, RunRecord
-from bench.api.metric_specs import headline, specs_for
+from bench.api.metric_specs import QUALITY, headline, specs_for
 from bench.api.scoring import find_spec
 from bench.api.suites import Suite
 from bench.record.configs import newest_per_seed
@@ -54,8 +54,7 @@ COMPUTE_METRICS = ("train_seconds", "val_seconds", "eval_seconds", "sample_secon
                    "fid_seconds")
 #: besides the headline metrics, tabulated where recorded: the gap to a closed-form truth,
 #: the sample metrics of vector data and the feature metrics of images
-EXTRA_METRICS = ("test_nll_gap", "mmd2", "swd", "c2st", "precision", "recall", "density",
-                 "coverage", "memorisation_ratio", "memorisation_close_fraction")
+EXTRA_METRICS = ("test_nll_gap", "steps_done", *QUALITY)
 
 
 def page_path(suite: Suite, root: Path) -> Path:

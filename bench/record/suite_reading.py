@@ -33,7 +33,7 @@ def _f(v: float) -> str:
     if not math.isfinite(v):
         return "n/a"
     if v != 0 and abs(v) < 0.1:
-        return f"{v:.3g}" if abs(v) >= 1e-4 else f"{v:.2e}"
+        return f"{v:#.3g}" if abs(v) >= 1e-4 else f"{v:.2e}"
     return f"{v:.3f}" if abs(v) < 1e6 else f"{v:.4g}"
 
 
