@@ -166,9 +166,19 @@ class Moons(Toy):
 
 
 class Rings(Toy):
-    """Four concentric rings (radii 1..4, scaled), Gaussian noise 0.08."""
+    """Four concentric rings (radii 0.9 k, k = 1..4, equally likely, uniform angle), Gaussian
+    noise 0.08.
+
+    Density: a ring of radius R blurred by N(0, s^2 I) integrates over the angle to
+    exp(-(rho^2 + R^2) / 2s^2) I0(rho R / s^2) / (2 pi s^2) at radius rho (I0 the modified
+    Bessel function), so log p = log(1/4) + logsumexp_R [-log(2 pi s^2) - (rho - R)^2 / 2s^2
+    + log i0e(rho R / s^2)], with the exponentially scaled i0e = exp(-z) I0(z) (no overflow).
+    """
 
     name = "rings"
+    has_log_prob = True
+    _radii = (0.9, 1.8, 2.7, 3.6)
+    _noise = 0.08
 
     def _sample(self, n, g):
         import torch
@@ -176,7 +186,17 @@ class Rings(Toy):
         ring = torch.randint(0, 4, (n,), generator=g).double() + 1
         theta = _rand(n, g) * 2 * math.pi
         pts = torch.stack([torch.cos(theta), torch.sin(theta)], 1) * ring[:, None]
-        return pts * 0.9 + _randn(n, g, 2) * 0.08
+        return pts * 0.9 + _randn(n, g, 2) * self._noise
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        import torch
+
+        s2 = self._noise ** 2
+        rho = x.double().norm(dim=1, keepdim=True)
+        radii = torch.tensor(self._radii, dtype=torch.float64, device=x.device)
+        terms = (-(rho - radii) ** 2 / (2 * s2) + torch.log(torch.special.i0e(rho * radii / s2))
+                 - math.log(2 * math.pi * s2))
+        return (torch.logsumexp(terms, dim=1) - math.log(len(self._radii))).to(x.dtype)
 
 
 @dataclass
