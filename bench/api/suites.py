@@ -72,9 +72,10 @@ class SuiteProtocol:
     Attributes:
         solver, rtol, atol: the test likelihood's ODE solver and tolerances.
         test_rows, val_rows: score / validate on the first N rows only (None: all).
-        sample_metrics: whether sample metrics are computed (FID/KID on images,
-            ``n_samples`` samples on vectors).
-        n_samples: samples drawn for the sample metrics and plots.
+        sample_metrics: whether FID/KID (images) and the 2-D sample plots are made; the
+            sample metrics of vector data (MMD, energy, sliced W2, C2ST against the test
+            rows) are computed for every run.
+        n_samples: samples drawn for the 2-D sample plots.
         fid_samples: generated images scored by FID/KID (None: bench run's default).
         precisions: the training precisions ("fp32", "bf16"); each job is planned once
             per precision (evaluation is always fp32).

@@ -237,7 +237,9 @@ def _header(suite: Suite) -> list[str]:
             suite.description.strip(), "",
             f"- device class: {suite.device_class}", f"- budget: {budget}",
             f"- protocol: test likelihood by {p.solver} (rtol {p.rtol:g}, atol {p.atol:g}) "
-            f"on {rows} test rows; sample metrics {'on' if p.sample_metrics else 'off'}",
+            f"on {rows} test rows; image sample metrics and 2-D sample plots "
+            f"{'on' if p.sample_metrics else 'off'} (the sample metrics of vector data are "
+            "computed for every run)",
             f"- methods: {methods}", f"- datasets: {', '.join(suite.datasets)}",
             f"- seeds: {', '.join(str(s) for s in suite.seeds)}",
             *([f"- set for every job: {', '.join(f'{k}={v}' for k, v in suite.sets)}"]
