@@ -389,6 +389,13 @@ class FakeInception:
         return np.stack([x[:, k] + 0.1 * x[:, k + 1] * x[:, k + 2] / 255 for k in range(8)], 1)
 
 
+def _fid_json(*args: str) -> dict:
+    """`bench fid ARGS --device cpu --json`, parsed."""
+    res = CliRunner().invoke(fid_command, [*args, "--device", "cpu", "--json"],
+                             catch_exceptions=False)
+    return json.loads(res.output)
+
+
 def test_cli_fid_save_stats_then_stats_as_b_and_capped_kid(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(fid, "InceptionFeatures", FakeInception)
     rng = np.random.default_rng(3)
@@ -396,17 +403,12 @@ def test_cli_fid_save_stats_then_stats_as_b_and_capped_kid(tmp_path: Path, monke
     np.save(tmp_path / "b.npy", rng.integers(0, 200, (40, 1, 4, 4), dtype=np.uint8))
     a, b, s = (str(tmp_path / n) for n in ("a.npy", "b.npy", "s.npz"))
 
-    def run(*args: str) -> dict:
-        res = CliRunner().invoke(fid_command, [*args, "--device", "cpu", "--json"],
-                                 catch_exceptions=False)
-        return json.loads(res.output)
-
-    full = run(a, b, "--save-stats", s)
+    full = _fid_json(a, b, "--save-stats", s)
     assert full["fid_from"] == "features" and full["resize"] == "tf1"
     assert full["kid_rows"] == [30, 40] and full["saved_stats"] == s
-    capped = run(a, b, "--max-feature-rows", "5")
+    capped = _fid_json(a, b, "--max-feature-rows", "5")
     assert capped["fid_from"] == "streamed statistics" and capped["kid_rows"] == [5, 5]
-    from_file = run(a, s)
+    from_file = _fid_json(a, s)
     assert from_file["fid_from"] == "streamed statistics" and from_file["n_ref"] == 40
     assert from_file["kid"] is None and "statistics file" in from_file["kid_unavailable"]
     # the routes differ by float64 rounding of the sums: ~n eps relative in the covariances,
@@ -435,17 +437,12 @@ def test_cli_fid_reports_precision_recall_and_flags_a_copied_training_subset(tmp
     np.save(tmp_path / "b.npy", rng.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8))
     t, copies, b = (str(tmp_path / n) for n in ("t.npy", "copies.npy", "b.npy"))
 
-    def run(*args: str) -> dict:
-        res = CliRunner().invoke(fid_command, [*args, "--device", "cpu", "--json"],
-                                 catch_exceptions=False)
-        return json.loads(res.output)
-
-    res = run(copies, b, "--train", t)
+    res = _fid_json(copies, b, "--train", t)
     # every copy is at distance 0 from the training set: below any held-out quantile
     assert res["memorisation_close_fraction"] == 1.0 and res["memorisation_ratio"] == 0.0
     assert res["labels"]["memorisation.verdict"].startswith("flagged")
     assert all(0 <= res[k] <= 1 for k in ("precision", "recall", "coverage"))
-    honest = run(b, t)  # no --train: the four feature metrics, no memorisation check
+    honest = _fid_json(b, t)  # no --train: the four feature metrics, no memorisation check
     assert "memorisation_ratio" not in honest and "precision" in honest
     assert honest["labels"]["memorisation.skipped"] == "no --train images given"
     text = CliRunner().invoke(fid_command, [copies, b, "--train", t]).output
